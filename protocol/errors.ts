@@ -1,0 +1,56 @@
+/**
+ * Errors that cross a boundary (socket, wire, CLI) carry a stable `code` that scripts and tests
+ * match on, and a message a person can act on. One class per family; the code names the condition.
+ *
+ * @example
+ * throw new PicocloudError('BAD_PEER_KEY', 'not a peer key: "xyz" (expected the output of `picocloud id`)')
+ */
+export class PicocloudError extends Error {
+  override name = 'PicocloudError'
+  readonly code: string
+  /** HTTP status used when this error answers a local API call. */
+  readonly status: number
+
+  constructor (code: string, message: string, status = 400, options?: ErrorOptions) {
+    super(message, options)
+    this.code = code
+    this.status = status
+  }
+
+  toJSON (): ErrorBody {
+    return { error: { code: this.code, message: this.message } }
+  }
+}
+
+/** The JSON body of every failed local API call. */
+export interface ErrorBody {
+  error: { code: string, message: string }
+}
+
+export function isErrorBody (value: unknown): value is ErrorBody {
+  if (typeof value !== 'object' || value === null) return false
+  const e = (value as { error?: unknown }).error
+  return typeof e === 'object' && e !== null &&
+    typeof (e as { code?: unknown }).code === 'string' &&
+    typeof (e as { message?: unknown }).message === 'string'
+}
+
+/** Stable error codes. Scripts may rely on these strings. */
+export const ErrorCode = {
+  BadRequest: 'BAD_REQUEST',
+  BadJson: 'BAD_JSON',
+  BodyTooLarge: 'BODY_TOO_LARGE',
+  NotFound: 'NOT_FOUND',
+  MethodNotAllowed: 'METHOD_NOT_ALLOWED',
+  BadPeerKey: 'BAD_PEER_KEY',
+  BadAddress: 'BAD_ADDRESS',
+  NotInMesh: 'NOT_IN_MESH',
+  AlreadyInMesh: 'ALREADY_IN_MESH',
+  NotAllowed: 'NOT_ALLOWED',
+  NotMember: 'NOT_MEMBER',
+  JoinFailed: 'JOIN_FAILED',
+  DaemonUnreachable: 'DAEMON_UNREACHABLE',
+  Internal: 'INTERNAL',
+  Config: 'BAD_CONFIG',
+  Usage: 'USAGE'
+} as const
