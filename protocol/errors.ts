@@ -52,5 +52,26 @@ export const ErrorCode = {
   DaemonUnreachable: 'DAEMON_UNREACHABLE',
   Internal: 'INTERNAL',
   Config: 'BAD_CONFIG',
-  Usage: 'USAGE'
+  Usage: 'USAGE',
+  // Canonical JSON and signed request envelopes (protocol/canonical-json.ts, protocol/envelope.ts)
+  NotCanonicalizable: 'NOT_CANONICALIZABLE',
+  NotCanonical: 'NOT_CANONICAL',
+  BadEnvelope: 'BAD_ENVELOPE',
+  UnknownIssuer: 'UNKNOWN_ISSUER',
+  BadSignature: 'BAD_SIGNATURE',
+  WrongMesh: 'WRONG_MESH',
+  CreatedInFuture: 'CREATED_IN_FUTURE',
+  RequestExpired: 'REQUEST_EXPIRED',
+  LifetimeTooLong: 'LIFETIME_TOO_LONG',
+  Replay: 'REPLAYED_REQUEST',
+  BadBody: 'BAD_BODY',
+  // OpenPGP keyring and trust policy (keys/keyring.ts, keys/trust-policy.ts)
+  BadKey: 'BAD_KEY',
+  KeyNotFound: 'KEY_NOT_FOUND',
+  NoSecretKey: 'NO_SECRET_KEY',
+  PassphraseRequired: 'PASSPHRASE_REQUIRED',
+  BadPassphrase: 'BAD_PASSPHRASE',
+  Keyring: 'KEYRING_ERROR',
+  BadFingerprint: 'BAD_FINGERPRINT',
+  BadPolicy: 'BAD_POLICY'
 } as const
