@@ -53,6 +53,10 @@ export const ErrorCode = {
   Internal: 'INTERNAL',
   Config: 'BAD_CONFIG',
   Usage: 'USAGE',
+  // Data plane: addressing, network plan and network drivers (node/net, node/drivers/network)
+  BadNetworkPlan: 'BAD_NETWORK_PLAN',
+  NetworkDriver: 'NETWORK_DRIVER_ERROR',
+  WireguardUnavailable: 'WIREGUARD_UNAVAILABLE',
   // Canonical JSON and signed request envelopes (protocol/canonical-json.ts, protocol/envelope.ts)
   NotCanonicalizable: 'NOT_CANONICALIZABLE',
   NotCanonical: 'NOT_CANONICAL',

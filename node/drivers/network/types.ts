@@ -1,0 +1,22 @@
+/**
+ * The network driver: reads the actual data-plane state of one host (or one network namespace)
+ * and applies the steps computed by `diff` (node/net/plan.ts). Two implementations: `linux.ts`
+ * (ip, bridge, wg, wireguard-go) and `fake.ts` (in memory, records steps).
+ *
+ * @example
+ * const driver = linuxNetworkDriver({ exec: inNetns(realExec, 'pct-1-a') })
+ * const steps = await reconcileNetwork(driver, input)
+ */
+import type { ActualState, Step } from '../../net/plan.ts'
+
+export interface ReadStateOptions {
+  /** The WireGuard interface whose configuration (`wg show … dump`) is read. */
+  wgIfname: string
+}
+
+export interface NetworkDriver {
+  /** Links (all of them: taps are needed too), the WireGuard interface and `pc-vx` flooding entries. */
+  readState: (options: ReadStateOptions) => Promise<ActualState>
+  /** Applies steps in order; stops at the first failure with a NETWORK_DRIVER_ERROR. */
+  apply: (steps: readonly Step[]) => Promise<void>
+}

@@ -1,0 +1,20 @@
+/**
+ * One data-plane reconciliation round: plan → read actual → diff → apply.
+ *
+ * @example
+ * const steps = await reconcileNetwork(driver, input) // [] when everything was already right
+ */
+import type { NetworkDriver } from '../drivers/network/types.ts'
+import type { Logger } from '../log.ts'
+import { silentLogger } from '../log.ts'
+import { planHost, diff } from './plan.ts'
+import type { PlanInput, Step } from './plan.ts'
+
+export async function reconcileNetwork (driver: NetworkDriver, input: PlanInput, log: Logger = silentLogger): Promise<Step[]> {
+  const desired = planHost(input)
+  const actual = await driver.readState({ wgIfname: desired.wireguard.ifname })
+  const steps = diff(desired, actual)
+  for (const s of steps) log.info(s.description, { step: s.type })
+  await driver.apply(steps)
+  return steps
+}
