@@ -1,0 +1,154 @@
+/**
+ * The local API: HTTP/1.1 with JSON bodies on a Unix socket (mode 0660, in a 0750 directory).
+ * Routing, body limits and error mapping live here, in one place; handlers (node/api/routes.ts)
+ * only validate and call the node. A rejected call changes nothing.
+ */
+import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http'
+import { createConnection } from 'node:net'
+import { chmod, chown, mkdir, readFile, rm, stat } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
+import type { Logger } from '../log.ts'
+
+/** Bodies over this are refused with 413 before they are read whole. */
+export const MAX_BODY_BYTES = 1024 * 1024
+
+export interface Ctx {
+  body: unknown
+  query: URLSearchParams
+  params: Record<string, string>
+  req: IncomingMessage
+  res: ServerResponse
+}
+
+/** A handler returns the JSON to send, or undefined when it wrote the response itself (streams). */
+export type Handler = (ctx: Ctx) => Promise<unknown> | unknown
+
+export interface Route { method: 'GET' | 'POST' | 'DELETE', path: string, handler: Handler }
+
+interface Compiled extends Route { re: RegExp, names: string[] }
+
+function compile (r: Route): Compiled {
+  const names: string[] = []
+  const re = new RegExp('^' + r.path.replace(/:([a-zA-Z]+)/g, (_m, n: string) => { names.push(n); return '([^/]+)' }) + '$')
+  return { ...r, re, names }
+}
+
+async function readBody (req: IncomingMessage): Promise<unknown> {
+  const declared = Number(req.headers['content-length'] ?? 0)
+  if (declared > MAX_BODY_BYTES) throw new PicocloudError(ErrorCode.BodyTooLarge, `request body of ${declared} bytes is over the limit of ${MAX_BODY_BYTES}`, 413)
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length
+    if (size > MAX_BODY_BYTES) throw new PicocloudError(ErrorCode.BodyTooLarge, `request body is over the limit of ${MAX_BODY_BYTES} bytes`, 413)
+    chunks.push(chunk as Buffer)
+  }
+  if (size === 0) return {}
+  const text = Buffer.concat(chunks).toString('utf8')
+  try {
+    return JSON.parse(text)
+  } catch (err: any) {
+    throw new PicocloudError(ErrorCode.BadJson, `request body is not valid JSON: ${err.message}`)
+  }
+}
+
+export function sendJson (res: ServerResponse, status: number, value: unknown): void {
+  const body = JSON.stringify(value)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+  res.end(body)
+}
+
+export class ApiServer {
+  private readonly routes: Compiled[]
+  private readonly log: Logger
+  private server?: Server
+  private readonly socketPath: string
+
+  constructor (socketPath: string, routes: Route[], log: Logger) {
+    this.socketPath = socketPath
+    this.routes = routes.map(compile)
+    this.log = log
+  }
+
+  async handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
+    try {
+      const url = new URL(req.url ?? '/', 'http://picocloud')
+      const matching = this.routes.filter(r => r.re.test(url.pathname))
+      if (matching.length === 0) throw new PicocloudError(ErrorCode.NotFound, `no such API route: ${url.pathname} (is the CLI newer than the daemon?)`, 404)
+      const route = matching.find(r => r.method === req.method)
+      if (route === undefined) {
+        res.setHeader('allow', matching.map(r => r.method).join(', '))
+        throw new PicocloudError(ErrorCode.MethodNotAllowed, `${req.method ?? '?'} is not allowed on ${url.pathname} (allowed: ${matching.map(r => r.method).join(', ')})`, 405)
+      }
+      const m = route.re.exec(url.pathname) as RegExpExecArray
+      const params: Record<string, string> = {}
+      route.names.forEach((n, i) => { params[n] = decodeURIComponent(m[i + 1]) })
+      const body = req.method === 'GET' ? {} : await readBody(req)
+      const out = await route.handler({ body, query: url.searchParams, params, req, res })
+      if (out !== undefined) sendJson(res, 200, out)
+    } catch (err: any) {
+      const e = err instanceof PicocloudError ? err : new PicocloudError(ErrorCode.Internal, `internal error: ${err?.message ?? String(err)}`, 500)
+      if (e.status >= 500) this.log.error('API call failed', { method: req.method, url: req.url, error: e.message })
+      if (!res.headersSent) sendJson(res, e.status, e.toJSON())
+      else res.end()
+      // Drain what the client still sends so it reads our answer instead of a reset.
+      if (!req.complete) req.resume()
+    }
+  }
+
+  async start (group?: string): Promise<void> {
+    const dir = dirname(this.socketPath)
+    await mkdir(dir, { recursive: true, mode: 0o750 })
+    await this.removeStaleSocket()
+    const server = createServer((req, res) => { void this.handle(req, res) })
+    server.headersTimeout = 10_000
+    server.requestTimeout = 0 // event streams stay open
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(this.socketPath, () => { server.off('error', reject); resolve() })
+    })
+    this.server = server
+    await chmod(this.socketPath, 0o660)
+    const gid = await groupId(group ?? 'picocloud')
+    if (gid !== undefined) {
+      await chown(this.socketPath, -1, gid).catch(() => {})
+      await chown(dir, -1, gid).catch(() => {})
+    }
+  }
+
+  private async removeStaleSocket (): Promise<void> {
+    try {
+      const st = await stat(this.socketPath)
+      if (!st.isSocket()) throw new PicocloudError(ErrorCode.Config, `${this.socketPath} exists and is not a socket; remove it or choose another --socket`, 500)
+    } catch (err: any) {
+      if (err?.code === 'ENOENT') return
+      throw err
+    }
+    const live = await new Promise<boolean>(resolve => {
+      const c = createConnection(this.socketPath)
+      c.once('connect', () => { c.destroy(); resolve(true) })
+      c.once('error', () => resolve(false))
+    })
+    if (live) throw new PicocloudError(ErrorCode.Config, `another daemon is already listening on ${this.socketPath}; stop it or use --socket`, 500)
+    await rm(this.socketPath, { force: true })
+  }
+
+  async stop (): Promise<void> {
+    const server = this.server
+    if (server === undefined) return
+    this.server = undefined
+    server.closeAllConnections()
+    await new Promise<void>(resolve => server.close(() => resolve()))
+    await rm(this.socketPath, { force: true })
+  }
+}
+
+async function groupId (name: string): Promise<number | undefined> {
+  try {
+    const line = (await readFile('/etc/group', 'utf8')).split('\n').find(l => l.startsWith(name + ':'))
+    return line === undefined ? undefined : Number(line.split(':')[2])
+  } catch {
+    return undefined
+  }
+}

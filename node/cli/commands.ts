@@ -1,0 +1,223 @@
+/**
+ * The CLI's commands. Each one declares its usage, options and help, parses its own arguments and
+ * talks to the daemon through the local API. `--json` prints the API's JSON unchanged.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { ApiClient } from '../api/client.ts'
+import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
+import type { HostView, IdView, StatusView } from '../../protocol/api.ts'
+import { table, ago, short } from './output.ts'
+
+export interface Io {
+  out: (s: string) => void
+  err: (s: string) => void
+}
+
+export interface Globals {
+  socket: string
+  json: boolean
+}
+
+type Options = NonNullable<ParseArgsConfig['options']>
+
+export interface Command {
+  name: string
+  summary: string
+  usage: string
+  description?: string
+  options?: Options
+  optionHelp?: Record<string, string>
+  /** Number of positional arguments [min, max]. */
+  positionals?: [number, number]
+  run: (args: { values: Record<string, any>, positionals: string[], g: Globals, io: Io, api: ApiClient }) => Promise<void>
+}
+
+function print (io: Io, g: Globals, value: unknown, human: () => string): void {
+  io.out(g.json ? JSON.stringify(value, null, 2) : human())
+}
+
+const statusText = (s: StatusView): string => {
+  const lines = [
+    `host      ${s.name}  ${s.peerId}`,
+    `version   ${s.version}, up ${s.uptimeSeconds}s`,
+    `mesh      ${s.mesh === null ? 'none (run `picocloud init` or `picocloud join <address>`)' : `${s.mesh.name} (${s.mesh.id}), ${s.mesh.members} members, founder ${short(s.mesh.founder)}`}`,
+    `state     ${s.state.changes} changes, ${s.state.pending} pending, ${s.state.logBytes} bytes, heads ${s.state.heads.map(h => h.slice(0, 12)).join(' ') || '-'}`,
+    `listen    ${s.addresses.join(' ') || '-'}`
+  ]
+  if (s.expelled !== null) lines.push(`EXPELLED  by ${s.expelled.by} at ${s.expelled.at}: ${s.expelled.reason || 'no reason given'}`)
+  lines.push('', `peers connected: ${s.peers.length}`)
+  if (s.peers.length > 0) lines.push(table(['PEER', 'NAME', 'ADDRESS', 'DIR'], s.peers.map(p => [p.peerId, p.name, p.address, p.direction])))
+  if (s.penalties.length > 0) {
+    lines.push('', 'penalised peers:')
+    lines.push(table(['PEER', 'SCORE', 'LAST OFFENCE'], s.penalties.map(p => [p.peerId, String(p.score), p.offences.at(-1)?.reason ?? ''])))
+  }
+  return lines.join('\n')
+}
+
+export const commands: Command[] = [
+  {
+    name: 'daemon',
+    summary: 'run the picocloud daemon on this host',
+    usage: 'picocloud daemon [--config FILE] [--state DIR] [--socket PATH] [--listen MULTIADDR]... [--announce MULTIADDR]... [--name NAME]',
+    description: 'Runs in the foreground and logs structured lines to stderr. Paths come from the flags, then PICOCLOUD_CONFIG / PICOCLOUD_STATE / PICOCLOUD_SOCKET, then the config file (default /etc/picocloud/config.toml), then the defaults (/var/lib/picocloud, /run/picocloud/picocloud.sock, /ip4/0.0.0.0/tcp/9777).',
+    options: {
+      config: { type: 'string' },
+      state: { type: 'string' },
+      listen: { type: 'string', multiple: true },
+      announce: { type: 'string', multiple: true },
+      name: { type: 'string' }
+    },
+    optionHelp: {
+      config: 'TOML config file (default /etc/picocloud/config.toml; env PICOCLOUD_CONFIG)',
+      state: 'state directory with keys and the replicated state (default /var/lib/picocloud; env PICOCLOUD_STATE)',
+      listen: 'libp2p listen address, repeatable (default /ip4/0.0.0.0/tcp/9777)',
+      announce: 'address other hosts should dial, repeatable (behind NAT)',
+      name: 'this host\'s name (default: the machine\'s hostname)'
+    },
+    run: async ({ values, g }) => {
+      const { runDaemon } = await import('../daemon.ts')
+      await runDaemon({ config: values.config, state: values.state, socket: g.socket, listen: values.listen, announce: values.announce, name: values.name })
+    }
+  },
+  {
+    name: 'init',
+    summary: 'start a new mesh with this host as its founder',
+    usage: 'picocloud init [--name MESH-NAME]',
+    options: { name: { type: 'string' } },
+    optionHelp: { name: 'name of the mesh (default: <host name>-mesh)' },
+    run: async ({ values, g, io, api }) => {
+      const s = await api.call<StatusView>('POST', '/v1/init', { name: values.name })
+      print(io, g, s, () => `mesh ${s.mesh?.name ?? ''} (${s.mesh?.id ?? ''}) founded by this host.\nNext: on a new host run \`picocloud id\`, then here \`picocloud admit <its peer key>\`.`)
+    }
+  },
+  {
+    name: 'id',
+    summary: 'print this host\'s peer key and addresses (what a newcomer hands to a member)',
+    usage: 'picocloud id',
+    run: async ({ g, io, api }) => {
+      const id = await api.call<IdView>('GET', '/v1/id')
+      print(io, g, id, () => [
+        `peer key:  ${id.peerId}`,
+        'addresses:',
+        ...id.addresses.map(a => `  ${a}`),
+        '',
+        `To join a mesh: hand the peer key to a member's operator (\`picocloud admit ${id.peerId}\`),`,
+        'then run `picocloud join <one of the member\'s addresses>` here.'
+      ].join('\n'))
+    }
+  },
+  {
+    name: 'admit',
+    summary: 'admit a host into the mesh by its peer key (run on a member)',
+    usage: 'picocloud admit PEER-KEY [--name NAME]',
+    positionals: [1, 1],
+    options: { name: { type: 'string' } },
+    optionHelp: { name: 'a name for the new host until it publishes its own' },
+    run: async ({ values, positionals, g, io, api }) => {
+      const r = await api.call<{ peerId: string, changed: boolean }>('POST', '/v1/admit', { peerId: positionals[0], name: values.name })
+      print(io, g, r, () => r.changed
+        ? `admitted ${r.peerId}.\nNext, on that host: picocloud join <an address from \`picocloud id\` here>`
+        : `${r.peerId} is already a member; nothing changed.`)
+    }
+  },
+  {
+    name: 'join',
+    summary: 'join a mesh through a member that admitted this host (run on the newcomer)',
+    usage: 'picocloud join MEMBER-ADDRESS',
+    description: 'MEMBER-ADDRESS is a multiaddr ending in /p2p/<peer id>, as `picocloud id` prints it on the member.',
+    positionals: [1, 1],
+    run: async ({ positionals, g, io, api }) => {
+      const s = await api.call<StatusView>('POST', '/v1/join', { address: positionals[0] })
+      print(io, g, s, () => `joined mesh ${s.mesh?.name ?? ''} (${s.mesh?.id ?? ''}) with ${s.mesh?.members ?? 0} members.`)
+    }
+  },
+  {
+    name: 'expel',
+    summary: 'expel a host from the mesh (founder or a named expeller only)',
+    usage: 'picocloud expel PEER [--reason TEXT]',
+    description: 'PEER is a peer id or a member\'s unique name. Every member disconnects it and refuses it until it is admitted again.',
+    positionals: [1, 1],
+    options: { reason: { type: 'string' } },
+    optionHelp: { reason: 'why, recorded in the state for everyone to read' },
+    run: async ({ values, positionals, g, io, api }) => {
+      const r = await api.call<{ peerId: string, changed: boolean }>('POST', '/v1/expel', { peer: positionals[0], reason: values.reason })
+      print(io, g, r, () => r.changed ? `expelled ${r.peerId}.` : `${r.peerId} was already expelled; nothing changed.`)
+    }
+  },
+  {
+    name: 'status',
+    summary: 'this host, its mesh, connected peers and the state',
+    usage: 'picocloud status',
+    run: async ({ g, io, api }) => {
+      const s = await api.call<StatusView>('GET', '/v1/status')
+      print(io, g, s, () => statusText(s))
+    }
+  },
+  {
+    name: 'hosts',
+    summary: 'the hosts of the mesh, with liveness',
+    usage: 'picocloud hosts',
+    run: async ({ g, io, api }) => {
+      const hosts = await api.call<HostView[]>('GET', '/v1/hosts')
+      print(io, g, hosts, () => hosts.length === 0
+        ? 'no hosts: this host is not in a mesh yet'
+        : table(['NAME', 'PEER', 'REACHABLE', 'LAST SEEN', 'ADDRESS'], hosts.map(h => [
+          h.name + (h.self ? ' (this host)' : ''), h.peerId, h.reachable ? 'yes' : 'no', ago(h.lastSeen), h.addresses[0] ?? '-'
+        ])))
+    }
+  },
+  {
+    name: 'history',
+    summary: 'the audit log of the replicated state (every change, who made it)',
+    usage: 'picocloud history',
+    run: async ({ g, io, api }) => {
+      const h = await api.call<Array<{ hash: string, author: string, time: number, message: string | null }>>('GET', '/v1/history')
+      print(io, g, h, () => table(['TIME', 'AUTHOR', 'CHANGE', 'WHAT'], h.map(e => [
+        new Date(e.time * 1000).toISOString().replace('.000Z', 'Z'), short(e.author), e.hash.slice(0, 12), e.message ?? ''
+      ])))
+    }
+  },
+  {
+    name: 'events',
+    summary: 'follow the daemon\'s events (state changes, peers, rejections) as they happen',
+    usage: 'picocloud events',
+    run: async ({ g, io, api }) => {
+      const ac = new AbortController()
+      process.once('SIGINT', () => ac.abort())
+      await api.events(e => {
+        io.out(g.json ? JSON.stringify(e) : `${String(e.time)}  ${String(e.type)}  ${JSON.stringify(Object.fromEntries(Object.entries(e).filter(([k]) => k !== 'time' && k !== 'type')))}`)
+      }, ac.signal)
+    }
+  }
+]
+
+export function commandHelp (c: Command): string {
+  const lines = [`${c.summary}`, '', `usage: ${c.usage}`]
+  if (c.description !== undefined) lines.push('', c.description)
+  const opts = Object.entries(c.optionHelp ?? {})
+  lines.push('', 'options:')
+  for (const [k, v] of opts) lines.push(`  --${k.padEnd(10)} ${v}`)
+  lines.push(`  --${'socket'.padEnd(10)} daemon socket (default /run/picocloud/picocloud.sock; env PICOCLOUD_SOCKET)`)
+  lines.push(`  --${'json'.padEnd(10)} print JSON for scripts`)
+  lines.push(`  --${'help'.padEnd(10)} this help`)
+  return lines.join('\n')
+}
+
+export function parseCommand (c: Command, argv: string[]): { values: Record<string, any>, positionals: string[] } {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: { ...c.options, socket: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+      allowPositionals: true,
+      strict: true
+    })
+  } catch (err: any) {
+    throw new PicocloudError(ErrorCode.Usage, `${err.message.replace(/\. To specify a positional.*$/s, '')}\nusage: ${c.usage}`)
+  }
+  const [min, max] = c.positionals ?? [0, 0]
+  if (parsed.values.help !== true && (parsed.positionals.length < min || parsed.positionals.length > max)) {
+    throw new PicocloudError(ErrorCode.Usage, `${c.name} takes ${min === max ? min : `${min} to ${max}`} argument${max === 1 ? '' : 's'}, got ${parsed.positionals.length}\nusage: ${c.usage}`)
+  }
+  return { values: parsed.values as Record<string, any>, positionals: parsed.positionals }
+}

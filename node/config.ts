@@ -1,0 +1,113 @@
+/**
+ * Where everything lives and how the daemon is configured. Paths are resolved once, in this order:
+ * command-line flag, environment (PICOCLOUD_CONFIG, PICOCLOUD_STATE, PICOCLOUD_SOCKET), the TOML
+ * config file, the default. Every path is overridable so several daemons run side by side.
+ */
+import { readFile } from 'node:fs/promises'
+import { hostname } from 'node:os'
+import { parse as parseToml } from 'smol-toml'
+import { multiaddr } from '@multiformats/multiaddr'
+import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
+
+import { DEFAULT_CONFIG, DEFAULT_STATE, DEFAULT_SOCKET } from './paths.ts'
+
+export const DEFAULT_LISTEN = ['/ip4/0.0.0.0/tcp/9777']
+
+export interface DaemonConfig {
+  /** The config file that was read, if any. */
+  configFile?: string
+  /** This host's name in `picocloud hosts`. @default the machine's hostname */
+  name: string
+  /** @default /var/lib/picocloud */
+  state: string
+  /** @default /run/picocloud/picocloud.sock */
+  socket: string
+  /** libp2p listen addresses. @default ["/ip4/0.0.0.0/tcp/9777"] */
+  listen: string[]
+  /** Addresses other hosts should dial, when the listen addresses are not reachable as such (NAT). */
+  announce: string[]
+  /** Seconds between liveness heartbeats over gossipsub. @default 10 */
+  heartbeatInterval: number
+  /** Seconds between attempts to reconnect to members we are not connected to. @default 5 */
+  reconnectInterval: number
+  /** Group that may use the socket (mode 0660). @default "picocloud" when it exists */
+  socketGroup?: string
+}
+
+export interface ConfigFlags {
+  config?: string
+  state?: string
+  socket?: string
+  listen?: string[]
+  announce?: string[]
+  name?: string
+}
+
+const KNOWN_KEYS = new Set(['name', 'state', 'socket', 'listen', 'announce', 'heartbeat_interval', 'reconnect_interval', 'socket_group'])
+
+function bad (file: string, msg: string): PicocloudError {
+  return new PicocloudError(ErrorCode.Config, `${file}: ${msg}`)
+}
+
+function stringList (file: string, key: string, v: unknown): string[] {
+  if (!Array.isArray(v) || v.some(x => typeof x !== 'string')) throw bad(file, `${key} must be a list of strings`)
+  return v as string[]
+}
+
+export function validateMultiaddrs (what: string, list: string[]): string[] {
+  for (const a of list) {
+    try {
+      multiaddr(a)
+    } catch {
+      throw new PicocloudError(ErrorCode.Config, `${what}: ${JSON.stringify(a)} is not a multiaddr (example: /ip4/0.0.0.0/tcp/9777)`)
+    }
+  }
+  return list
+}
+
+export async function resolveConfig (flags: ConfigFlags, env: NodeJS.ProcessEnv = process.env): Promise<DaemonConfig> {
+  const explicit = flags.config ?? env.PICOCLOUD_CONFIG
+  const file = explicit ?? DEFAULT_CONFIG
+  let raw: Record<string, unknown> = {}
+  let configFile: string | undefined
+  try {
+    raw = parseToml(await readFile(file, 'utf8'))
+    configFile = file
+  } catch (err: any) {
+    if (err?.code === 'ENOENT') {
+      if (explicit !== undefined) throw new PicocloudError(ErrorCode.Config, `config file ${file} does not exist`)
+    } else if (err?.code === 'EACCES') {
+      throw new PicocloudError(ErrorCode.Config, `cannot read config file ${file}: permission denied`)
+    } else {
+      throw bad(file, `not valid TOML: ${err.message}`)
+    }
+  }
+  for (const k of Object.keys(raw)) {
+    if (!KNOWN_KEYS.has(k)) throw bad(file, `unknown setting "${k}" (known: ${[...KNOWN_KEYS].join(', ')})`)
+  }
+  const str = (k: string): string | undefined => {
+    const v = raw[k]
+    if (v === undefined) return undefined
+    if (typeof v !== 'string' || v === '') throw bad(file, `${k} must be a non-empty string`)
+    return v
+  }
+  const num = (k: string, d: number): number => {
+    const v = raw[k]
+    if (v === undefined) return d
+    if (typeof v !== 'number' || !(v > 0)) throw bad(file, `${k} must be a positive number of seconds`)
+    return v
+  }
+  const listen = flags.listen?.length ? flags.listen : raw.listen !== undefined ? stringList(file, 'listen', raw.listen) : DEFAULT_LISTEN
+  const announce = flags.announce?.length ? flags.announce : raw.announce !== undefined ? stringList(file, 'announce', raw.announce) : []
+  return {
+    configFile,
+    name: flags.name ?? str('name') ?? hostname(),
+    state: flags.state ?? env.PICOCLOUD_STATE ?? str('state') ?? DEFAULT_STATE,
+    socket: flags.socket ?? env.PICOCLOUD_SOCKET ?? str('socket') ?? DEFAULT_SOCKET,
+    listen: validateMultiaddrs('listen', listen),
+    announce: validateMultiaddrs('announce', announce),
+    heartbeatInterval: num('heartbeat_interval', 10),
+    reconnectInterval: num('reconnect_interval', 5),
+    socketGroup: str('socket_group')
+  }
+}

@@ -1,0 +1,490 @@
+/**
+ * A picocloud host: identity, replicated state, libp2p, sync, gossip and membership, started and
+ * stopped in order. The local API (node/api) and the reconcilers call into this object; nothing
+ * here knows about HTTP.
+ *
+ * @example
+ * const node = await PicocloudNode.create(config, logger)
+ * await node.start()
+ * await node.init('ninux-roma')
+ */
+import { EventEmitter } from 'node:events'
+import { readFileSync } from 'node:fs'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { TopicValidatorResult, type PeerId, type PrivateKey, type Message } from '@libp2p/interface'
+import { ensureDir } from './files.ts'
+import type { DaemonConfig } from './config.ts'
+import type { Logger } from './log.ts'
+import { MembershipGate } from './gater.ts'
+import { createP2PNode, type P2PNode } from './p2p.ts'
+import { Penalties, type PeerPenalty } from './penalties.ts'
+import { Liveness, encodeHeartbeat, decodeHeartbeat } from './liveness.ts'
+import { loadOrCreatePeerKey, parsePeerId } from '../keys/peer-key.ts'
+import { loadOrCreateWireguardKey, type WireguardKeyPair } from '../keys/wireguard.ts'
+import { StateStore, type Rejection } from '../crdt/store.ts'
+import { SYNC_PROTOCOL, syncInitiator, syncResponder, type SyncStats } from '../crdt/sync.ts'
+import { encodeSignedChange, decodeSignedChange, type SignedChange } from '../crdt/signed-changes.ts'
+import { foundMesh, admit, expel, publishHostRecord } from '../crdt/membership.ts'
+import { isActiveMember } from '../crdt/schema.ts'
+import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
+import type { StatusView, HostView, IdView, NodeEvent } from '../protocol/api.ts'
+
+export const VERSION: string = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version
+
+const BLOCK_MS = 10 * 60_000
+const ANTI_ENTROPY_MS = 30_000
+const DIAL_TIMEOUT_MS = 10_000
+
+export interface NodeEvents {
+  event: [NodeEvent]
+}
+
+export class PicocloudNode extends EventEmitter<NodeEvents> {
+  readonly config: DaemonConfig
+  readonly log: Logger
+  readonly peerId: string
+  readonly store: StateStore
+  readonly wireguard: WireguardKeyPair
+  readonly gate: MembershipGate
+  readonly penalties = new Penalties()
+  readonly liveness: Liveness
+  private readonly key: PrivateKey
+  private p2p?: P2PNode
+  private readonly started = Date.now()
+  private timers: NodeJS.Timeout[] = []
+  private readonly syncing = new Map<string, Promise<SyncStats | undefined>>()
+  private readonly resync = new Set<string>()
+  private readonly nextDial = new Map<string, { at: number, backoff: number }>()
+  private heartbeatSeq = 0
+  private meshStarted = false
+  private stopping = false
+
+  private constructor (config: DaemonConfig, log: Logger, key: PrivateKey, wireguard: WireguardKeyPair, store: StateStore) {
+    super()
+    this.config = config
+    this.log = log
+    this.key = key
+    this.peerId = peerIdFromPrivateKey(key).toString()
+    this.wireguard = wireguard
+    this.store = store
+    this.gate = new MembershipGate(this.peerId, () => this.store.doc)
+    this.liveness = new Liveness(config.heartbeatInterval * 1000)
+  }
+
+  /** Loads (or creates, on first start) the host's identity and state. */
+  static async create (config: DaemonConfig, log: Logger): Promise<PicocloudNode> {
+    await ensureDir(config.state, 0o700)
+    const key = await loadOrCreatePeerKey(config.state, log)
+    const wg = await loadOrCreateWireguardKey(config.state, log)
+    const store = await StateStore.open({ dir: config.state, key, log: log.forComponent('state') })
+    return new PicocloudNode(config, log, key, wg, store)
+  }
+
+  get libp2p (): P2PNode {
+    if (this.p2p === undefined) throw new Error('node not started')
+    return this.p2p
+  }
+
+  private emitEvent (type: string, data: Record<string, unknown> = {}): void {
+    this.emit('event', { type, time: new Date().toISOString(), ...data })
+  }
+
+  async start (): Promise<void> {
+    this.p2p = await createP2PNode({
+      privateKey: this.key,
+      listen: this.config.listen,
+      announce: this.config.announce,
+      gater: this.gate.gater,
+      version: VERSION
+    })
+    const p2p = this.p2p
+    await p2p.handle(SYNC_PROTOCOL, ({ stream, connection }) => {
+      const remote = connection.remotePeer.toString()
+      syncResponder(stream, this.store, remote, this.log.forComponent('sync'))
+        .then(stats => { this.afterSync(remote, stats) })
+        .catch(() => {})
+    }, { maxInboundStreams: 4, maxOutboundStreams: 4 })
+
+    p2p.addEventListener('peer:connect', evt => {
+      const peer = evt.detail.toString()
+      this.nextDial.delete(peer)
+      this.emitEvent('peer.connected', { peerId: peer })
+      if (this.store.inMesh) void this.syncWith(evt.detail)
+    })
+    p2p.addEventListener('peer:disconnect', evt => {
+      this.emitEvent('peer.disconnected', { peerId: evt.detail.toString() })
+    })
+    p2p.addEventListener('self:peer:update', () => { void this.publishRecord() })
+
+    this.store.on('change', ({ changes, local }) => {
+      if (local) for (const c of changes) void this.pushChange(c)
+      this.enforceMembership()
+      this.emitEvent('state.changed', {
+        local,
+        changes: changes.map(c => ({ hash: c.hash, author: c.author })),
+        heads: this.store.heads()
+      })
+    })
+    this.store.on('rejected', r => { this.onRejected(r) })
+
+    await p2p.start()
+    this.log.info('started', {
+      peerId: this.peerId,
+      listen: p2p.getMultiaddrs().map(a => a.toString()).join(','),
+      mesh: this.store.meshId ?? 'none'
+    })
+    if (this.store.inMesh) await this.startMesh()
+  }
+
+  /** Topics, heartbeats and reconnection: everything that needs a mesh. */
+  private async startMesh (): Promise<void> {
+    if (this.meshStarted) return
+    this.meshStarted = true
+    const pubsub = this.libp2p.services.pubsub
+    const changes = this.changesTopic()
+    const heartbeats = this.heartbeatTopic()
+    pubsub.topicValidators.set(changes, async (from, msg) => await this.validateChangeMessage(from, msg))
+    pubsub.topicValidators.set(heartbeats, (_from, msg) => {
+      const author = msg.type === 'signed' ? msg.from.toString() : ''
+      return isActiveMember(this.store.doc, author) && decodeHeartbeat(msg.data) !== undefined
+        ? TopicValidatorResult.Accept
+        : TopicValidatorResult.Reject
+    })
+    pubsub.addEventListener('message', evt => {
+      const msg = evt.detail
+      if (msg.topic === heartbeats && msg.type === 'signed') this.liveness.heard(msg.from.toString())
+    })
+    pubsub.subscribe(changes)
+    pubsub.subscribe(heartbeats)
+
+    await this.publishRecord()
+    this.every(this.config.heartbeatInterval * 1000, () => { void this.heartbeat() })
+    this.every(this.config.reconnectInterval * 1000, () => { void this.reconnect() })
+    this.every(ANTI_ENTROPY_MS, () => { void this.antiEntropy() })
+    void this.reconnect()
+    void this.heartbeat()
+  }
+
+  private every (ms: number, fn: () => void): void {
+    const t = setInterval(fn, ms)
+    t.unref()
+    this.timers.push(t)
+  }
+
+  private changesTopic (): string { return `/picocloud/${this.store.meshId}/changes/1` }
+  private heartbeatTopic (): string { return `/picocloud/${this.store.meshId}/heartbeat/1` }
+
+  private async validateChangeMessage (from: PeerId, msg: Message): Promise<TopicValidatorResult> {
+    let signed: SignedChange
+    try {
+      signed = decodeSignedChange(msg.data)
+    } catch (err: any) {
+      this.penalise(from.toString(), `undecodable change on gossip: ${err.message}`)
+      return TopicValidatorResult.Reject
+    }
+    const r = await this.store.receive([signed], from.toString())
+    if (r.rejected.some(x => x.misbehaviour)) return TopicValidatorResult.Reject
+    if (r.applied.length > 0) return TopicValidatorResult.Accept
+    if (r.pending > 0 && r.duplicates === 0) void this.syncWith(from)
+    return TopicValidatorResult.Ignore
+  }
+
+  private async pushChange (c: SignedChange): Promise<void> {
+    if (!this.meshStarted) return
+    try {
+      await this.libp2p.services.pubsub.publish(this.changesTopic(), encodeSignedChange(c))
+    } catch (err: any) {
+      this.log.debug('could not publish change', { error: err.message })
+    }
+  }
+
+  private async heartbeat (): Promise<void> {
+    try {
+      await this.libp2p.services.pubsub.publish(this.heartbeatTopic(), encodeHeartbeat({ v: 1, time: Date.now(), seq: this.heartbeatSeq++ }))
+    } catch (err: any) {
+      this.log.debug('heartbeat not sent', { error: err.message })
+    }
+  }
+
+  /**
+   * Syncs with one peer; concurrent requests for the same peer share one run (and one rerun).
+   * Failures are logged, not thrown, unless `strict` (joining needs to know why).
+   */
+  async syncWith (peer: PeerId, strict = false): Promise<SyncStats | undefined> {
+    const id = peer.toString()
+    const running = this.syncing.get(id)
+    if (running !== undefined && !strict) {
+      this.resync.add(id)
+      return await running.catch(() => undefined)
+    }
+    const run = (async () => {
+      try {
+        const stream = await this.libp2p.dialProtocol(peer, SYNC_PROTOCOL, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
+        const stats = await syncInitiator(stream, this.store, id, AbortSignal.timeout(60_000))
+        this.afterSync(id, stats)
+        return stats
+      } catch (err: any) {
+        this.log.debug('sync failed', { peer: id, error: err.message })
+        if (strict) throw err
+        return undefined
+      } finally {
+        this.syncing.delete(id)
+        if (this.resync.delete(id) && !this.stopping) void this.syncWith(peer)
+      }
+    })()
+    this.syncing.set(id, run)
+    return await run
+  }
+
+  private afterSync (peer: string, stats: SyncStats): void {
+    if (stats.received.applied.length > 0 || stats.sent > 0) {
+      this.log.debug('synced', { peer, received: stats.received.applied.length, sent: stats.sent })
+    }
+  }
+
+  private onRejected (r: Rejection & { from?: string }): void {
+    this.emitEvent('change.rejected', { hash: r.hash, author: r.author, from: r.from, reason: r.reason })
+    if (r.misbehaviour && r.from !== undefined) this.penalise(r.from, r.reason)
+  }
+
+  private penalise (peer: string, reason: string): void {
+    const crossed = this.penalties.add(peer, reason)
+    this.log.warn('penalised peer', { peer, reason, score: this.penalties.get(peer)?.score })
+    if (crossed) {
+      this.log.warn('blocking peer for misbehaviour', { peer, minutes: BLOCK_MS / 60_000 })
+      this.gate.block(peer, BLOCK_MS)
+      void this.hangUpPeer(peer)
+    }
+  }
+
+  private async hangUpPeer (peer: string): Promise<void> {
+    for (const conn of this.p2p?.getConnections() ?? []) {
+      if (conn.remotePeer.toString() === peer) await conn.close().catch(() => conn.abort(new Error('expelled')))
+    }
+  }
+
+  /** After any state change: drop connections to peers that are no longer members. */
+  private enforceMembership (): void {
+    if (this.p2p === undefined) return
+    for (const conn of this.p2p.getConnections()) {
+      const peer = conn.remotePeer.toString()
+      if (!this.gate.allowed(peer)) {
+        this.log.info('disconnecting a peer that is not a member (expelled?)', { peer })
+        void this.hangUpPeer(peer)
+      }
+    }
+    const me = this.store.doc.members?.[this.peerId]
+    if (me?.expelled !== undefined) {
+      this.log.error('this host was expelled from the mesh', { by: me.expelled.by, reason: me.expelled.reason })
+    }
+  }
+
+  /** Dials members we are not connected to, with exponential backoff per peer. */
+  private async reconnect (): Promise<void> {
+    if (this.stopping || !this.store.inMesh) return
+    const now = Date.now()
+    const doc = this.store.doc
+    const connected = new Set(this.libp2p.getConnections().map(c => c.remotePeer.toString()))
+    await Promise.all(Object.keys(doc.members).map(async peer => {
+      if (peer === this.peerId || connected.has(peer) || !this.gate.allowed(peer)) return
+      const next = this.nextDial.get(peer)
+      if (next !== undefined && next.at > now) return
+      const addrs = (doc.hosts[peer]?.addresses ?? []).flatMap(a => { try { return [multiaddr(a)] } catch { return [] } })
+      if (addrs.length === 0) return
+      const backoff = Math.min((next?.backoff ?? 500) * 2, 30_000)
+      this.nextDial.set(peer, { at: now + backoff, backoff })
+      try {
+        await this.libp2p.dial(addrs, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
+      } catch (err: any) {
+        this.log.debug('could not reach member', { peer, error: err.message })
+      }
+    }))
+  }
+
+  private async antiEntropy (): Promise<void> {
+    const peers = this.libp2p.getPeers()
+    if (peers.length === 0) return
+    await this.syncWith(peers[Math.floor(Math.random() * peers.length)]).catch(() => {})
+  }
+
+  private addresses (): string[] {
+    return this.p2p?.getMultiaddrs().map(a => a.toString()) ?? []
+  }
+
+  private async publishRecord (): Promise<void> {
+    if (!this.store.inMesh || !isActiveMember(this.store.doc, this.peerId)) return
+    await publishHostRecord(this.store, {
+      name: this.config.name,
+      addresses: this.addresses(),
+      wgPublicKey: this.wireguard.publicKey,
+      version: VERSION
+    }).catch(err => { this.log.warn('could not publish host record', { error: err.message }) })
+  }
+
+  // ——— operations (called by the local API) ———
+
+  id (): IdView {
+    return { peerId: this.peerId, addresses: this.addresses(), name: this.config.name, wgPublicKey: this.wireguard.publicKey }
+  }
+
+  async init (name: string | undefined): Promise<StatusView> {
+    const meshName = name ?? `${this.config.name}-mesh`
+    await foundMesh(this.store, {
+      name: meshName,
+      host: { name: this.config.name, addresses: this.addresses(), wgPublicKey: this.wireguard.publicKey, version: VERSION, updated: new Date().toISOString() }
+    })
+    this.log.info('founded mesh', { mesh: this.store.meshId, name: meshName })
+    this.emitEvent('mesh.founded', { mesh: this.store.meshId, name: meshName })
+    await this.startMesh()
+    return this.status()
+  }
+
+  async admit (peerKey: string, name?: string): Promise<{ peerId: string, changed: boolean }> {
+    const peer = parsePeerId(peerKey).toString()
+    if (peer === this.peerId) throw new PicocloudError(ErrorCode.BadPeerKey, 'that is this host\'s own peer key; run `picocloud id` on the newcomer and admit the key it prints')
+    const r = await admit(this.store, peer, name)
+    if (r.changed) {
+      this.log.info('admitted host', { peer, name })
+      this.emitEvent('member.admitted', { peerId: peer, name })
+    }
+    return { peerId: peer, ...r }
+  }
+
+  async expel (peerKey: string, reason = ''): Promise<{ peerId: string, changed: boolean }> {
+    const peer = this.resolvePeer(peerKey)
+    const r = await expel(this.store, peer, reason)
+    if (r.changed) {
+      this.log.info('expelled host', { peer, reason })
+      this.emitEvent('member.expelled', { peerId: peer, reason })
+    }
+    return { peerId: peer, ...r }
+  }
+
+  /** A peer id, or the unique name of a member. */
+  resolvePeer (text: string): string {
+    const doc = this.store.doc
+    const byName = Object.entries(doc.members ?? {}).filter(([p, m]) => m.name === text || doc.hosts?.[p]?.name === text)
+    if (byName.length === 1) return byName[0][0]
+    if (byName.length > 1) throw new PicocloudError(ErrorCode.BadPeerKey, `${byName.length} hosts are named ${JSON.stringify(text)}; use the peer id`)
+    return parsePeerId(text).toString()
+  }
+
+  async join (address: string): Promise<StatusView> {
+    if (this.store.inMesh) {
+      throw new PicocloudError(ErrorCode.AlreadyInMesh, `this host is already in mesh ${this.store.meshId} (${this.store.doc.mesh.name}); a host belongs to one mesh`, 409)
+    }
+    let ma: Multiaddr
+    try {
+      ma = multiaddr(address.trim())
+    } catch {
+      throw new PicocloudError(ErrorCode.BadAddress, `not a multiaddr: ${JSON.stringify(address)} (expected an address printed by \`picocloud id\` on a member, like /ip4/192.0.2.1/tcp/9777/p2p/12D3KooW…)`)
+    }
+    const peerText = ma.getPeerId()
+    if (peerText === null) {
+      throw new PicocloudError(ErrorCode.BadAddress, `${address} names no peer: it must end in /p2p/<peer id> (copy it from \`picocloud id\` on the member)`)
+    }
+    const peer = parsePeerId(peerText)
+    if (peer.toString() === this.peerId) throw new PicocloudError(ErrorCode.BadAddress, 'that address is this host itself; give the address of a member of the mesh')
+    this.gate.joining.add(peer.toString())
+    this.store.acceptGenesis = true
+    try {
+      await this.libp2p.dial(ma, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
+      await this.syncWith(peer, true)
+    } catch (err: any) {
+      throw new PicocloudError(ErrorCode.JoinFailed,
+        `could not join through ${peer.toString()}: ${err.message}. Check that the address is reachable and that an operator of that host ran \`picocloud admit ${this.peerId}\``, 502)
+    } finally {
+      this.store.acceptGenesis = false
+      this.gate.joining.delete(peer.toString())
+    }
+    if (!this.store.inMesh) {
+      await this.hangUpPeer(peer.toString())
+      throw new PicocloudError(ErrorCode.JoinFailed,
+        `${peer.toString()} did not send a mesh: the connection was refused or it is not in a mesh. Ask its operator to run \`picocloud admit ${this.peerId}\`, then try again`, 502)
+    }
+    if (!isActiveMember(this.store.doc, this.peerId)) {
+      throw new PicocloudError(ErrorCode.JoinFailed, `the mesh does not list this host as a member; ask an operator to run \`picocloud admit ${this.peerId}\``, 403)
+    }
+    this.log.info('joined mesh', { mesh: this.store.meshId, via: peer.toString() })
+    this.emitEvent('mesh.joined', { mesh: this.store.meshId, via: peer.toString() })
+    await this.startMesh()
+    return this.status()
+  }
+
+  status (): StatusView {
+    const doc = this.store.doc
+    const conns = this.p2p?.getConnections() ?? []
+    const me = doc.members?.[this.peerId]
+    return {
+      peerId: this.peerId,
+      name: this.config.name,
+      version: VERSION,
+      uptimeSeconds: Math.round((Date.now() - this.started) / 1000),
+      addresses: this.addresses(),
+      stateDir: this.config.state,
+      socket: this.config.socket,
+      mesh: doc.mesh === undefined
+        ? null
+        : {
+            id: doc.mesh.id,
+            name: doc.mesh.name,
+            founder: doc.mesh.founder,
+            members: Object.values(doc.members).filter(m => m.expelled === undefined).length,
+            policy: { admit: doc.mesh.policy.admit, expellers: [doc.mesh.founder, ...doc.mesh.policy.expellers] }
+          },
+      expelled: me?.expelled === undefined ? null : { ...me.expelled },
+      peers: conns.map(c => ({
+        peerId: c.remotePeer.toString(),
+        name: doc.hosts?.[c.remotePeer.toString()]?.name ?? doc.members?.[c.remotePeer.toString()]?.name ?? '',
+        address: c.remoteAddr.toString(),
+        direction: c.direction
+      })),
+      state: {
+        heads: this.store.heads(),
+        changes: this.store.changeCount,
+        pending: this.store.pendingCount,
+        logBytes: this.store.logBytes
+      },
+      penalties: this.penalties.list() as PeerPenalty[]
+    }
+  }
+
+  hosts (): HostView[] {
+    const doc = this.store.doc
+    if (doc.members === undefined) return []
+    const connected = new Set(this.p2p?.getConnections().map(c => c.remotePeer.toString()) ?? [])
+    return Object.entries(doc.members).filter(([, m]) => m.expelled === undefined).map(([peerId, m]) => {
+      const rec = doc.hosts?.[peerId]
+      const self = peerId === this.peerId
+      const seen = self || connected.has(peerId) ? Date.now() : this.liveness.lastSeen(peerId)
+      return {
+        peerId,
+        name: rec?.name ?? m.name,
+        addresses: rec === undefined ? [] : [...rec.addresses],
+        lastSeen: seen === undefined ? null : new Date(seen).toISOString(),
+        reachable: self || connected.has(peerId) || this.liveness.alive(peerId),
+        self,
+        connected: connected.has(peerId),
+        admittedBy: m.admittedBy,
+        admittedAt: m.admittedAt,
+        wgPublicKey: rec?.wgPublicKey ?? null,
+        version: rec?.version ?? null
+      }
+    }).sort((a, b) => a.name.localeCompare(b.name) || a.peerId.localeCompare(b.peerId))
+  }
+
+  history (): ReturnType<StateStore['history']> {
+    return this.store.history()
+  }
+
+  async stop (): Promise<void> {
+    if (this.stopping) return
+    this.stopping = true
+    for (const t of this.timers) clearInterval(t)
+    this.timers = []
+    await this.p2p?.stop()
+    await this.store.close()
+    this.log.info('stopped')
+  }
+}

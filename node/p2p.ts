@@ -1,0 +1,53 @@
+/**
+ * The libp2p node of a host: TCP, noise, yamux, identify, ping and gossipsub with strict message
+ * signing. Peer discovery is the replicated membership itself (see node/reconnect.ts).
+ */
+import { createLibp2p, type Libp2p } from 'libp2p'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { identify, type Identify } from '@libp2p/identify'
+import { ping, type Ping } from '@libp2p/ping'
+import { gossipsub, type GossipsubEvents } from '@chainsafe/libp2p-gossipsub'
+import type { PrivateKey, PubSub, ConnectionGater } from '@libp2p/interface'
+
+export type P2PServices = {
+  identify: Identify
+  ping: Ping
+  pubsub: PubSub<GossipsubEvents>
+}
+
+export type P2PNode = Libp2p<P2PServices>
+
+export interface P2PInit {
+  privateKey: PrivateKey
+  listen: string[]
+  announce: string[]
+  gater: ConnectionGater
+  version: string
+}
+
+export async function createP2PNode (init: P2PInit): Promise<P2PNode> {
+  return await createLibp2p({
+    privateKey: init.privateKey,
+    addresses: { listen: init.listen, announce: init.announce },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    connectionGater: init.gater,
+    nodeInfo: { name: 'picocloud', version: init.version },
+    services: {
+      identify: identify(),
+      ping: ping(),
+      pubsub: gossipsub({
+        globalSignaturePolicy: 'StrictSign',
+        allowPublishToZeroTopicPeers: true,
+        emitSelf: false,
+        fallbackToFloodsub: false,
+        // Community meshes are small: flood our own messages to every peer for the lowest latency.
+        floodPublish: true,
+        doPX: false
+      })
+    }
+  })
+}

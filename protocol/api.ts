@@ -1,0 +1,131 @@
+/**
+ * Types of the local API (HTTP/1.1 + JSON on the Unix socket) and validation of what callers send.
+ * Field names in these views are what `--json` prints; scripts may rely on them.
+ */
+import { PicocloudError, ErrorCode } from './errors.ts'
+
+export const API_PREFIX = '/v1'
+
+export interface IdView {
+  peerId: string
+  addresses: string[]
+  name: string
+  wgPublicKey: string
+}
+
+export interface MeshView {
+  id: string
+  name: string
+  founder: string
+  members: number
+  policy: { admit: string, expellers: string[] }
+}
+
+export interface PeerView {
+  peerId: string
+  name: string
+  address: string
+  direction: string
+}
+
+export interface StatusView {
+  peerId: string
+  name: string
+  version: string
+  uptimeSeconds: number
+  addresses: string[]
+  stateDir: string
+  socket: string
+  mesh: MeshView | null
+  expelled: { by: string, at: string, reason: string } | null
+  peers: PeerView[]
+  state: { heads: string[], changes: number, pending: number, logBytes: number }
+  penalties: Array<{ peerId: string, score: number, offences: Array<{ at: string, reason: string }> }>
+}
+
+export interface HostView {
+  peerId: string
+  name: string
+  addresses: string[]
+  lastSeen: string | null
+  reachable: boolean
+  self: boolean
+  connected: boolean
+  admittedBy: string
+  admittedAt: string
+  wgPublicKey: string | null
+  version: string | null
+}
+
+export interface NodeEvent {
+  type: string
+  time: string
+  [k: string]: unknown
+}
+
+export interface HistoryEntry {
+  hash: string
+  author: string
+  time: number
+  message: string | null
+  seq: number
+}
+
+// ——— request bodies ———
+
+export interface InitBody { name?: string }
+export interface AdmitBody { peerId: string, name?: string }
+export interface JoinBody { address: string }
+export interface ExpelBody { peer: string, reason?: string }
+
+function object (v: unknown): Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+    throw new PicocloudError(ErrorCode.BadRequest, 'the request body must be a JSON object')
+  }
+  return v as Record<string, unknown>
+}
+
+function only (o: Record<string, unknown>, allowed: string[]): void {
+  for (const k of Object.keys(o)) {
+    if (!allowed.includes(k)) throw new PicocloudError(ErrorCode.BadRequest, `unknown field "${k}" (allowed: ${allowed.join(', ') || 'none'})`)
+  }
+}
+
+function str (o: Record<string, unknown>, k: string, required: true, max?: number): string
+function str (o: Record<string, unknown>, k: string, required: false, max?: number): string | undefined
+function str (o: Record<string, unknown>, k: string, required: boolean, max = 256): string | undefined {
+  const v = o[k]
+  if (v === undefined && !required) return undefined
+  if (typeof v !== 'string' || v.trim() === '') throw new PicocloudError(ErrorCode.BadRequest, `field "${k}" must be a non-empty string`)
+  if (v.length > max) throw new PicocloudError(ErrorCode.BadRequest, `field "${k}" is longer than ${max} characters`)
+  return v
+}
+
+/** Names of hosts and meshes: printable, short, no control characters. */
+export function validName (what: string, v: string | undefined): string | undefined {
+  if (v === undefined) return undefined
+  if (!/^[\p{L}\p{N}][\p{L}\p{N} ._-]{0,62}$/u.test(v)) {
+    throw new PicocloudError(ErrorCode.BadRequest, `${what} ${JSON.stringify(v)} is not a valid name: 1–63 letters, digits, space, dot, dash or underscore, starting with a letter or digit`)
+  }
+  return v
+}
+
+export function parseInitBody (v: unknown): InitBody {
+  const o = object(v); only(o, ['name'])
+  return { name: validName('mesh name', str(o, 'name', false)) }
+}
+
+export function parseAdmitBody (v: unknown): AdmitBody {
+  const o = object(v); only(o, ['peerId', 'name'])
+  return { peerId: str(o, 'peerId', true), name: validName('host name', str(o, 'name', false)) }
+}
+
+export function parseJoinBody (v: unknown): JoinBody {
+  const o = object(v); only(o, ['address'])
+  return { address: str(o, 'address', true, 1024) }
+}
+
+export function parseExpelBody (v: unknown): ExpelBody {
+  const o = object(v); only(o, ['peer', 'reason'])
+  return { peer: str(o, 'peer', true), reason: str(o, 'reason', false, 512) }
+}
