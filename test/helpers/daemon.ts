@@ -1,0 +1,122 @@
+/**
+ * Real picocloud daemons as separate processes on 127.0.0.1, each with its own state dir and
+ * socket, and the CLI run as a user would run it. Everything is removed by `stopAll`, also when a
+ * test fails.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { ApiClient } from '../../node/api/client.ts'
+import type { HostView, IdView, StatusView } from '../../protocol/api.ts'
+import { waitFor } from './wait.ts'
+
+export const ROOT = resolve(import.meta.dirname, '../..')
+const NODE = process.execPath
+const MAIN = join(ROOT, 'node/cli/main.ts')
+
+export interface CliResult { code: number, stdout: string, stderr: string }
+
+/** Runs `picocloud ARGS` against a socket, as a separate process. */
+export async function cli (socket: string, ...args: string[]): Promise<CliResult> {
+  return await new Promise((resolve, reject) => {
+    const p = spawn(NODE, [MAIN, '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''; let stderr = ''
+    p.stdout.on('data', d => { stdout += d })
+    p.stderr.on('data', d => { stderr += d })
+    p.on('error', reject)
+    p.on('close', code => resolve({ code: code ?? -1, stdout, stderr }))
+  })
+}
+
+export class TestDaemon {
+  readonly name: string
+  readonly state: string
+  readonly socket: string
+  readonly api: ApiClient
+  proc?: ChildProcess
+  log = ''
+  private readonly extraEnv: Record<string, string>
+
+  constructor (dir: string, name: string, env: Record<string, string> = {}) {
+    this.name = name
+    this.state = join(dir, name)
+    this.socket = join(dir, `${name}.sock`)
+    this.api = new ApiClient(this.socket)
+    this.extraEnv = env
+  }
+
+  async start (): Promise<void> {
+    const p = spawn(NODE, [MAIN, 'daemon', '--state', this.state, '--socket', this.socket,
+      '--listen', '/ip4/127.0.0.1/tcp/0', '--name', this.name], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, PICOCLOUD_CONFIG: join(this.state, 'none.toml'), ...this.extraEnv }
+    })
+    // PICOCLOUD_CONFIG names an empty file in the state dir, so no host config leaks in.
+    this.proc = p
+    p.stdout?.on('data', d => { this.log += d })
+    p.stderr?.on('data', d => { this.log += d })
+    await waitFor(async () => {
+      if (p.exitCode !== null) throw new Error(`daemon ${this.name} exited with ${p.exitCode}:\n${this.log}`)
+      return await this.api.call('GET', '/v1/status').then(() => true, () => false)
+    }, { timeoutMs: 20_000, what: `daemon ${this.name} to answer on its socket` })
+  }
+
+  get running (): boolean { return this.proc !== undefined && this.proc.exitCode === null && this.proc.signalCode === null }
+
+  async kill (signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const p = this.proc
+    if (p === undefined || p.exitCode !== null || p.signalCode !== null) return
+    const exited = new Promise(resolve => p.once('exit', resolve))
+    p.kill(signal)
+    await exited
+  }
+
+  async cli (...args: string[]): Promise<CliResult> { return await cli(this.socket, ...args) }
+  async status (): Promise<StatusView> { return await this.api.call<StatusView>('GET', '/v1/status') }
+  async hosts (): Promise<HostView[]> { return await this.api.call<HostView[]>('GET', '/v1/hosts') }
+  async id (): Promise<IdView> { return await this.api.call<IdView>('GET', '/v1/id') }
+}
+
+export class TestMesh {
+  readonly dir: string
+  readonly daemons: TestDaemon[] = []
+
+  private constructor (dir: string) { this.dir = dir }
+
+  static async create (): Promise<TestMesh> {
+    return new TestMesh(await mkdtemp(join(tmpdir(), 'pc-mesh-')))
+  }
+
+  async daemon (name: string): Promise<TestDaemon> {
+    const d = new TestDaemon(this.dir, name)
+    const { mkdir, writeFile } = await import('node:fs/promises')
+    await mkdir(d.state, { recursive: true, mode: 0o700 })
+    await writeFile(join(d.state, 'none.toml'), '# test daemons run on flags\n')
+    this.daemons.push(d)
+    await d.start()
+    return d
+  }
+
+  /** `init` on the first, then admit + join the others through it, with the CLI. */
+  async form (names: string[]): Promise<TestDaemon[]> {
+    const ds = await Promise.all(names.map(async n => await this.daemon(n)))
+    const [first, ...rest] = ds
+    const init = await first.cli('init', '--name', 'test-mesh')
+    if (init.code !== 0) throw new Error(`init failed: ${init.stderr}`)
+    const addr = (await first.id()).addresses[0]
+    for (const d of rest) {
+      const peer = (await d.id()).peerId
+      const a = await first.cli('admit', peer, '--name', d.name)
+      if (a.code !== 0) throw new Error(`admit failed: ${a.stderr}`)
+      const j = await d.cli('join', addr)
+      if (j.code !== 0) throw new Error(`join failed: ${j.stderr}\n${d.log}`)
+    }
+    return ds
+  }
+
+  async stopAll (): Promise<void> {
+    await Promise.all(this.daemons.map(async d => await d.kill('SIGKILL')))
+    await rm(this.dir, { recursive: true, force: true })
+  }
+}
