@@ -74,7 +74,12 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
 
   /** Loads (or creates, on first start) the host's identity and state. */
   static async create (config: DaemonConfig, log: Logger): Promise<PicocloudNode> {
-    await ensureDir(config.state, 0o700)
+    try {
+      await ensureDir(config.state, 0o700)
+    } catch (err: any) {
+      if (err?.code !== 'EACCES' && err?.code !== 'EPERM') throw err
+      throw new PicocloudError(ErrorCode.Config, `cannot create the state directory ${config.state}: permission denied. Run as root, or give a directory of yours with --state DIR (and --socket PATH)`, 500)
+    }
     const key = await loadOrCreatePeerKey(config.state, log)
     const wg = await loadOrCreateWireguardKey(config.state, log)
     const store = await StateStore.open({ dir: config.state, key, log: log.forComponent('state') })

@@ -99,7 +99,12 @@ export class ApiServer {
 
   async start (group?: string): Promise<void> {
     const dir = dirname(this.socketPath)
-    await mkdir(dir, { recursive: true, mode: 0o750 })
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o750 })
+    } catch (err: any) {
+      if (err?.code !== 'EACCES' && err?.code !== 'EPERM') throw err
+      throw new PicocloudError(ErrorCode.Config, `cannot create the socket directory ${dir}: permission denied. Run as root, or choose a socket path of yours with --socket PATH`, 500)
+    }
     await this.removeStaleSocket()
     const server = createServer((req, res) => { void this.handle(req, res) })
     server.headersTimeout = 10_000
