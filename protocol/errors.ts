@@ -77,5 +77,13 @@ export const ErrorCode = {
   BadPassphrase: 'BAD_PASSPHRASE',
   Keyring: 'KEYRING_ERROR',
   BadFingerprint: 'BAD_FINGERPRINT',
-  BadPolicy: 'BAD_POLICY'
+  BadPolicy: 'BAD_POLICY',
+  // Hypervisor drivers and the image store (node/drivers/hypervisor, node/drivers/images)
+  BadVmSpec: 'BAD_VM_SPEC',
+  VmNotFound: 'VM_NOT_FOUND',
+  VmStartFailed: 'VM_START_FAILED',
+  Hypervisor: 'HYPERVISOR_ERROR',
+  BadImage: 'BAD_IMAGE',
+  ImageHashMismatch: 'IMAGE_HASH_MISMATCH',
+  ImageNotFound: 'IMAGE_NOT_FOUND'
 } as const
