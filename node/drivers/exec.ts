@@ -40,6 +40,8 @@ export const realExec: Exec = async (cmd, args, options = {}) => {
     const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 30_000)
     child.on('error', err => { clearTimeout(timer); reject(err) })
     child.on('close', code => { clearTimeout(timer); resolve({ code: code ?? -1, stdout, stderr }) })
+    // A command may exit before reading its stdin (ip, wg…): that is not an error of ours.
+    child.stdin.on('error', () => {})
     child.stdin.end(options.input ?? '')
   })
 }

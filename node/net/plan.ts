@@ -178,6 +178,18 @@ export function canonicalEndpoint (endpoint: string): string {
   return endpoint
 }
 
+/**
+ * The private key as WireGuard stores and shows it: X25519-clamped (`wg genkey` output already is;
+ * `nacl.box.keyPair()` secret keys are not, yet give the same public key).
+ */
+export function clampPrivateKey (key: string): string {
+  const b = Buffer.from(key, 'base64')
+  if (b.length !== 32) bad('a WireGuard private key is 32 bytes of base64')
+  b[0] &= 248
+  b[31] = (b[31] & 127) | 64
+  return b.toString('base64')
+}
+
 export function planHost (input: PlanInput): DesiredState {
   const ifname = checkIfname(input.wgIfname ?? DEFAULT_WG_IFNAME)
   const { self } = input
@@ -246,7 +258,7 @@ export function planHost (input: PlanInput): DesiredState {
   return {
     wireguard: {
       ifname,
-      privateKey: self.wgPrivateKey,
+      privateKey: clampPrivateKey(self.wgPrivateKey),
       listenPort: self.listenPort,
       mtu: wgMtu,
       address: `${myAddr}/${HOST_PREFIX_LEN}`,
