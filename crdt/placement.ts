@@ -1,0 +1,206 @@
+/**
+ * Placement without a controller. Every host runs these pure functions over the same replicated
+ * inputs and so reaches the same answer: which hosts may take a VM (and why the others may not),
+ * which of them ranks first, and — for many requests at once — an assignment that never
+ * over-commits a host's capacity or an issuer's quota on a host.
+ *
+ * Ranking is rendezvous (highest-random-weight) hashing: a host's score for a request is
+ *   sha256( utf8(requestId) || utf8(peerId) )
+ * i.e. the UTF-8 bytes of the request id string (64 lower-case hex digits for real requests)
+ * immediately followed by the UTF-8 bytes of the peer id string (base58btc, `12D3KooW…`), with no
+ * separator (the request id has a fixed length). The 32-byte digest is read as an unsigned
+ * big-endian integer; the highest score ranks first; equal scores (never seen in practice) are
+ * ordered by peer id, UTF-16 code-unit order. Adding or removing a host only moves the requests
+ * that host wins or loses, and nobody has to agree on anything beforehand.
+ *
+ * @example
+ * const { decisions, ranking } = placeOne(request, hosts)
+ * const outcome = assign(requests, hosts) // [{ requestId, host, decisions }] in processing order
+ */
+import { createHash } from 'node:crypto'
+import { admits, NO_USAGE, type TrustPolicy, type Usage, type DenyReason } from '../keys/trust-policy.ts'
+import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
+
+export interface Resources { vcpus: number, memMiB: number, diskGiB: number }
+
+export interface VmNeeds extends Resources {
+  arch: string
+  networks: readonly string[]
+  pin?: { host?: string, labels?: Readonly<Record<string, string>> }
+}
+
+export interface PlacementRequest {
+  /** The vm.create request id. */
+  id: string
+  issuer: string
+  /** Milliseconds since the epoch (the payload's `created`): processing order for `assign`. */
+  created: number
+  needs: VmNeeds
+}
+
+/** One host as every peer sees it in the replicated state (plus liveness, if modelled). */
+export interface HostView {
+  peerId: string
+  labels: Readonly<Record<string, string>>
+  arch: readonly string[]
+  capacity: Resources
+  /** What already runs or is claimed here, all issuers together. */
+  used: Resources
+  policy: TrustPolicy
+  /** What each key (fingerprint) already runs here. */
+  usageByIssuer: Readonly<Record<string, Usage>>
+  /** False when the host has been expelled from the mesh. @default true */
+  member?: boolean
+  /** False when the host's heartbeats have stopped. @default true */
+  up?: boolean
+}
+
+export type HostReason = DenyReason | 'capacity-vcpus' | 'capacity-mem' | 'capacity-disk' | 'architecture' |
+'pin-host' | 'pin-labels' | 'not-member' | 'down'
+
+export interface HostDecision {
+  peerId: string
+  eligible: boolean
+  reason?: HostReason
+  detail?: string
+}
+
+export interface Placement {
+  requestId: string
+  /** One per host, sorted by peer id. */
+  decisions: HostDecision[]
+  /** Eligible hosts, best first. */
+  ranking: string[]
+}
+
+export interface Assignment {
+  requestId: string
+  /** The host that runs the VM, or null when no host can take it (then every decision says why). */
+  host: string | null
+  decisions: HostDecision[]
+}
+
+/** Rendezvous score of `peerId` for `requestId` (see the module comment for the exact bytes). */
+export function rendezvousScore (requestId: string, peerId: string): Buffer {
+  return createHash('sha256').update(Buffer.from(requestId, 'utf8')).update(Buffer.from(peerId, 'utf8')).digest()
+}
+
+function compareStrings (a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0
+}
+
+/** Order `peerIds` best first for `requestId`. */
+export function rank (requestId: string, peerIds: readonly string[]): string[] {
+  const scored = peerIds.map(p => ({ p, s: rendezvousScore(requestId, p) }))
+  scored.sort((a, b) => Buffer.compare(b.s, a.s) || compareStrings(a.p, b.p))
+  return scored.map(x => x.p)
+}
+
+/** Mutable running totals while assigning many requests. */
+interface Tally { used: Resources, byIssuer: Map<string, Usage> }
+
+function freshTally (h: HostView): Tally {
+  return { used: { ...h.used }, byIssuer: new Map(Object.entries(h.usageByIssuer).map(([k, u]) => [k, { ...u }])) }
+}
+
+/** `!(a <= b)` rather than `a > b`, so a NaN from a corrupt record makes a host ineligible. */
+function exceeds (want: number, free: number): boolean {
+  return !(want <= free)
+}
+
+function decide (req: PlacementRequest, h: HostView, t: Tally): HostDecision {
+  const no = (reason: HostReason, detail: string): HostDecision => ({ peerId: h.peerId, eligible: false, reason, detail })
+  const n = req.needs
+  if (h.member === false) return no('not-member', 'host is not a member of the mesh')
+  if (h.up === false) return no('down', 'host is not reachable')
+  if (n.pin?.host !== undefined && n.pin.host !== h.peerId) return no('pin-host', `VM is pinned to host ${n.pin.host}`)
+  if (n.pin?.labels !== undefined) {
+    for (const [k, v] of Object.entries(n.pin.labels)) {
+      if (!Object.hasOwn(h.labels, k) || h.labels[k] !== v) return no('pin-labels', `VM is pinned to hosts labelled ${k}=${v}`)
+    }
+  }
+  if (!h.arch.includes(n.arch)) return no('architecture', `host runs ${h.arch.join(', ') || 'no architecture'}, VM needs ${n.arch}`)
+  const admission = admits(h.policy, req.issuer, t.byIssuer.get(req.issuer) ?? NO_USAGE, n)
+  if (!admission.ok) return no(admission.reason, admission.detail)
+  const free = (k: keyof Resources): number => h.capacity[k] - t.used[k]
+  if (exceeds(n.vcpus, free('vcpus'))) return no('capacity-vcpus', `needs ${n.vcpus} vCPUs, ${free('vcpus')} free`)
+  if (exceeds(n.memMiB, free('memMiB'))) return no('capacity-mem', `needs ${n.memMiB} MiB, ${free('memMiB')} MiB free`)
+  if (exceeds(n.diskGiB, free('diskGiB'))) return no('capacity-disk', `needs ${n.diskGiB} GiB, ${free('diskGiB')} GiB free`)
+  return { peerId: h.peerId, eligible: true }
+}
+
+function sortedHosts (hosts: readonly HostView[]): HostView[] {
+  const sorted = [...hosts].sort((a, b) => compareStrings(a.peerId, b.peerId))
+  for (let i = 1; i < sorted.length; i++) {
+    if (sorted[i].peerId === sorted[i - 1].peerId) {
+      throw new PicocloudError(ErrorCode.BadRequest, `placement input lists host ${sorted[i].peerId} twice`)
+    }
+  }
+  return sorted
+}
+
+function placeWith (req: PlacementRequest, hosts: readonly HostView[], tallies: ReadonlyMap<string, Tally>): Placement {
+  const decisions = hosts.map(h => decide(req, h, tallies.get(h.peerId) ?? freshTally(h)))
+  return { requestId: req.id, decisions, ranking: rank(req.id, decisions.filter(d => d.eligible).map(d => d.peerId)) }
+}
+
+/** Decisions for every host and the ranking of the eligible ones, for one request in isolation. */
+export function placeOne (req: PlacementRequest, hosts: readonly HostView[]): Placement {
+  return placeWith(req, sortedHosts(hosts), new Map())
+}
+
+/** The order in which concurrent requests are served: created time, then id. */
+export function processingOrder (requests: readonly PlacementRequest[]): PlacementRequest[] {
+  const sorted = [...requests].sort((a, b) => (a.created - b.created) || compareStrings(a.id, b.id))
+  // The same id is the same signed payload: serve it once.
+  return sorted.filter((r, i) => i === 0 || r.id !== sorted[i - 1].id)
+}
+
+function addUsage (t: Tally, issuer: string, n: Resources): void {
+  t.used = { vcpus: t.used.vcpus + n.vcpus, memMiB: t.used.memMiB + n.memMiB, diskGiB: t.used.diskGiB + n.diskGiB }
+  const u = t.byIssuer.get(issuer) ?? NO_USAGE
+  t.byIssuer.set(issuer, { vms: u.vms + 1, vcpus: u.vcpus + n.vcpus, memMiB: u.memMiB + n.memMiB, diskGiB: u.diskGiB + n.diskGiB })
+}
+
+function assignInOrder (requests: readonly PlacementRequest[], hosts: readonly HostView[],
+  allowed: (requestId: string) => ReadonlySet<string> | undefined): Assignment[] {
+  const sorted = sortedHosts(hosts)
+  const tallies = new Map(sorted.map(h => [h.peerId, freshTally(h)]))
+  const out: Assignment[] = []
+  for (const req of processingOrder(requests)) {
+    const { decisions, ranking } = placeWith(req, sorted, tallies)
+    const candidates = allowed(req.id)
+    const host = ranking.find(p => candidates === undefined || candidates.has(p)) ?? null
+    if (host !== null) addUsage(tallies.get(host) as Tally, req.issuer, req.needs)
+    out.push({ requestId: req.id, host, decisions })
+  }
+  return out
+}
+
+/**
+ * Assign concurrent requests, served in `processingOrder`, each to the best-ranked host still
+ * eligible once the earlier ones are counted against capacity and quotas. Every host computing
+ * this over the same state gets the same result, so 20 simultaneous requests cannot over-commit.
+ */
+export function assign (requests: readonly PlacementRequest[], hosts: readonly HostView[]): Assignment[] {
+  return assignInOrder(requests, hosts, () => undefined)
+}
+
+/** A host's claim (in its own record) that it will run a request's VM. */
+export interface Claim { requestId: string, peerId: string }
+
+/**
+ * Settle claims made concurrently (or on both sides of a partition): requests are served in
+ * `processingOrder`; each goes to its best-ranked claimant that is still eligible; other claimants
+ * withdraw (and stop the VM if they started it). A request nobody claimed gets `host: null` here —
+ * it is not rejected, merely not yet claimed.
+ */
+export function resolveClaims (requests: readonly PlacementRequest[], hosts: readonly HostView[], claims: readonly Claim[]): Assignment[] {
+  const byRequest = new Map<string, Set<string>>()
+  for (const c of claims) {
+    let s = byRequest.get(c.requestId)
+    if (s === undefined) byRequest.set(c.requestId, s = new Set())
+    s.add(c.peerId)
+  }
+  return assignInOrder(requests, hosts, id => byRequest.get(id) ?? new Set())
+}

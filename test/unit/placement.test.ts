@@ -1,0 +1,298 @@
+import { describe, it, expect } from 'vitest'
+import fc from 'fast-check'
+import { createHash } from 'node:crypto'
+import {
+  assign, placeOne, rank, rendezvousScore, resolveClaims, processingOrder,
+  type HostView, type PlacementRequest, type Assignment, type Resources
+} from '../../crdt/placement.ts'
+import { addEntry, emptyPolicy, findEntry, type TrustPolicy, type Usage } from '../../keys/trust-policy.ts'
+
+const KEYS = ['A'.repeat(40), 'B'.repeat(40), 'C'.repeat(40)]
+const PEERS = Array.from({ length: 12 }, (_, i) => `12D3KooWPeer${String.fromCharCode(65 + i)}${'x'.repeat(40)}`)
+const NETS = ['lan', 'wan', 'dmz']
+
+// ---------------------------------------------------------------- generators
+
+const resources = (min: Resources, max: Resources): fc.Arbitrary<Resources> => fc.record({
+  vcpus: fc.integer({ min: min.vcpus, max: max.vcpus }),
+  memMiB: fc.integer({ min: min.memMiB, max: max.memMiB }),
+  diskGiB: fc.integer({ min: min.diskGiB, max: max.diskGiB })
+})
+
+const entryArb = (fingerprint: string): fc.Arbitrary<Record<string, unknown>> => fc.record({
+  fingerprint: fc.constant(fingerprint),
+  maxVms: fc.option(fc.integer({ min: 1, max: 10 }), { nil: undefined }),
+  maxVcpus: fc.option(fc.integer({ min: 2, max: 48 }), { nil: undefined }),
+  maxMemMiB: fc.option(fc.integer({ min: 2048, max: 65536 }), { nil: undefined }),
+  maxDiskGiB: fc.option(fc.integer({ min: 20, max: 1000 }), { nil: undefined }),
+  networks: fc.option(fc.subarray(NETS), { nil: undefined })
+}).map(e => Object.fromEntries(Object.entries(e).filter(([, v]) => v !== undefined)))
+
+const policyArb: fc.Arbitrary<TrustPolicy> = fc.subarray(KEYS, { minLength: 2 })
+  .chain(keys => fc.tuple(...keys.map(entryArb)))
+  .map(entries => entries.reduce((p: TrustPolicy, e) => addEntry(p, e), emptyPolicy()))
+
+const usageArb: fc.Arbitrary<Usage> = fc.record({
+  vms: fc.integer({ min: 0, max: 2 }),
+  vcpus: fc.integer({ min: 0, max: 4 }),
+  memMiB: fc.integer({ min: 0, max: 4096 }),
+  diskGiB: fc.integer({ min: 0, max: 50 })
+})
+
+/** Mostly absent (the default), sometimes `value`, sometimes its opposite. */
+const rarely = (value: boolean): fc.Arbitrary<boolean | undefined> => fc.oneof(
+  { weight: 10, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary: fc.constant(value) }, { weight: 1, arbitrary: fc.constant(!value) })
+
+const hostArb = (peerId: string): fc.Arbitrary<HostView> => fc.record({
+  labels: fc.record({ zone: fc.constantFrom('a', 'b'), rack: fc.constantFrom('1', '2') }, { requiredKeys: [] }),
+  arch: fc.constantFrom(['x86_64'], ['x86_64'], ['aarch64'], ['x86_64', 'aarch64']),
+  capacity: resources({ vcpus: 0, memMiB: 0, diskGiB: 0 }, { vcpus: 32, memMiB: 65536, diskGiB: 1000 }),
+  usedShare: fc.double({ min: 0, max: 1, noNaN: true }).map(x => x * x),
+  policy: policyArb,
+  usageByIssuer: fc.record(Object.fromEntries(KEYS.map(k => [k, usageArb])), { requiredKeys: [] }),
+  up: rarely(false),
+  member: rarely(false)
+}).map(({ usedShare, ...h }) => ({
+  ...h,
+  peerId,
+  used: {
+    vcpus: Math.floor(h.capacity.vcpus * usedShare),
+    memMiB: Math.floor(h.capacity.memMiB * usedShare),
+    diskGiB: Math.floor(h.capacity.diskGiB * usedShare)
+  }
+}))
+
+const hostsArb: fc.Arbitrary<HostView[]> = fc.subarray(PEERS, { minLength: 1, maxLength: 7 })
+  .chain(peers => fc.tuple(...peers.map(hostArb)))
+
+const requestArb = (id: string): fc.Arbitrary<PlacementRequest> => fc.record({
+  id: fc.constant(id),
+  issuer: fc.constantFrom(...KEYS),
+  created: fc.integer({ min: 0, max: 5 }),
+  needs: fc.record({
+    vcpus: fc.integer({ min: 1, max: 8 }),
+    memMiB: fc.integer({ min: 256, max: 8192 }),
+    diskGiB: fc.integer({ min: 1, max: 100 }),
+    arch: fc.constantFrom('x86_64', 'x86_64', 'x86_64', 'aarch64'),
+    networks: fc.subarray(NETS, { maxLength: 2 }),
+    pin: fc.oneof(
+      { weight: 6, arbitrary: fc.constant(undefined) },
+      {
+        weight: 1,
+        arbitrary: fc.record({
+          host: fc.constantFrom(...PEERS),
+          labels: fc.record({ zone: fc.constantFrom('a', 'b') }, { requiredKeys: [] })
+        }, { requiredKeys: [] })
+      })
+  }, { requiredKeys: ['vcpus', 'memMiB', 'diskGiB', 'arch', 'networks'] })
+})
+
+const requestsArb: fc.Arbitrary<PlacementRequest[]> = fc.uniqueArray(fc.stringMatching(/^[0-9a-f]{64}$/), { maxLength: 20 })
+  .chain(ids => fc.tuple(...ids.map(requestArb)))
+
+function shuffle<T> (xs: readonly T[], seed: number): T[] {
+  const out = [...xs]
+  let s = seed >>> 0
+  for (let i = out.length - 1; i > 0; i--) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0
+    const j = s % (i + 1)
+    ;[out[i], out[j]] = [out[j], out[i]]
+  }
+  return out
+}
+
+// ---------------------------------------------------------------- invariant checks
+
+function checkNoOvercommit (requests: PlacementRequest[], hosts: HostView[], result: Assignment[]): void {
+  const byId = new Map(requests.map(r => [r.id, r]))
+  for (const h of hosts) {
+    const mine = result.filter(a => a.host === h.peerId).map(a => byId.get(a.requestId)!)
+    const sum = (k: keyof Resources): number => h.used[k] + mine.reduce((s, r) => s + r.needs[k], 0)
+    expect(sum('vcpus')).toBeLessThanOrEqual(h.capacity.vcpus)
+    expect(sum('memMiB')).toBeLessThanOrEqual(h.capacity.memMiB)
+    expect(sum('diskGiB')).toBeLessThanOrEqual(h.capacity.diskGiB)
+    for (const key of KEYS) {
+      const placed = mine.filter(r => r.issuer === key)
+      if (placed.length === 0) continue
+      const entry = findEntry(h.policy, key)
+      expect(entry, 'only trusted keys are placed').toBeDefined()
+      const u = h.usageByIssuer[key] ?? { vms: 0, vcpus: 0, memMiB: 0, diskGiB: 0 }
+      const total = (k: keyof Resources): number => placed.reduce((s, r) => s + r.needs[k], 0)
+      if (entry!.maxVms !== undefined) expect(u.vms + placed.length).toBeLessThanOrEqual(entry!.maxVms)
+      if (entry!.maxVcpus !== undefined) expect(u.vcpus + total('vcpus')).toBeLessThanOrEqual(entry!.maxVcpus)
+      if (entry!.maxMemMiB !== undefined) expect(u.memMiB + total('memMiB')).toBeLessThanOrEqual(entry!.maxMemMiB)
+      if (entry!.maxDiskGiB !== undefined) expect(u.diskGiB + total('diskGiB')).toBeLessThanOrEqual(entry!.maxDiskGiB)
+      if (entry!.networks !== undefined) {
+        for (const r of placed) for (const n of r.needs.networks) expect(entry!.networks).toContain(n)
+      }
+    }
+    if (mine.length > 0) {
+      expect(h.up).not.toBe(false)
+      expect(h.member).not.toBe(false)
+    }
+  }
+}
+
+// ---------------------------------------------------------------- tests
+
+describe('rendezvous ranking', () => {
+  it('scores sha256(utf8(requestId) || utf8(peerId)), compared big-endian', () => {
+    const id = '0'.repeat(64)
+    expect(rendezvousScore(id, 'peer').toString('hex'))
+      .toBe(createHash('sha256').update(`${id}peer`).digest('hex'))
+    // Fixed vector, so that an implementation in another language can check its byte order.
+    expect(rendezvousScore('abc', '12D3KooW').toString('hex')).toBe(createHash('sha256').update('abc12D3KooW').digest('hex'))
+    const ranked = rank(id, PEERS)
+    const scores = ranked.map(p => rendezvousScore(id, p).toString('hex'))
+    expect([...scores].sort().reverse()).toEqual(scores)
+  })
+
+  it('is independent of input order and stable when a losing host leaves', () => {
+    fc.assert(fc.property(fc.stringMatching(/^[0-9a-f]{64}$/), fc.subarray(PEERS, { minLength: 2 }), fc.nat(), (id, peers, seed) => {
+      const r = rank(id, peers)
+      expect(rank(id, shuffle(peers, seed))).toEqual(r)
+      const loser = r[r.length - 1]
+      expect(rank(id, peers.filter(p => p !== loser))[0]).toBe(r[0])
+    }))
+  })
+})
+
+describe('placeOne', () => {
+  const policy = addEntry(emptyPolicy(), { fingerprint: KEYS[0], maxVms: 2, networks: ['lan'] })
+  const host = (peerId: string, over: Partial<HostView> = {}): HostView => ({
+    peerId,
+    labels: { zone: 'a' },
+    arch: ['x86_64'],
+    capacity: { vcpus: 8, memMiB: 8192, diskGiB: 100 },
+    used: { vcpus: 0, memMiB: 0, diskGiB: 0 },
+    policy,
+    usageByIssuer: {},
+    ...over
+  })
+  const req = (over: Partial<PlacementRequest['needs']> = {}, issuer = KEYS[0]): PlacementRequest => ({
+    id: 'f'.repeat(64), issuer, created: 0, needs: { vcpus: 2, memMiB: 2048, diskGiB: 10, arch: 'x86_64', networks: ['lan'], ...over }
+  })
+
+  it('explains every ineligible host', () => {
+    const hosts = [
+      host(PEERS[0]),
+      host(PEERS[1], { policy: emptyPolicy() }),
+      host(PEERS[2], { usageByIssuer: { [KEYS[0]]: { vms: 2, vcpus: 0, memMiB: 0, diskGiB: 0 } } }),
+      host(PEERS[3], { used: { vcpus: 7, memMiB: 0, diskGiB: 0 } }),
+      host(PEERS[4], { used: { vcpus: 0, memMiB: 7000, diskGiB: 0 } }),
+      host(PEERS[5], { capacity: { vcpus: 8, memMiB: 8192, diskGiB: 5 } }),
+      host(PEERS[6], { arch: ['aarch64'] }),
+      host(PEERS[7], { up: false }),
+      host(PEERS[8], { member: false }),
+      host(PEERS[9], { labels: { zone: 'b' } })
+    ]
+    const p = placeOne(req({ pin: { labels: { zone: 'a' } } }), shuffle(hosts, 7))
+    expect(p.decisions.map(d => [d.peerId, d.reason ?? 'eligible'])).toEqual([
+      [PEERS[0], 'eligible'], [PEERS[1], 'not-trusted'], [PEERS[2], 'quota-vms'], [PEERS[3], 'capacity-vcpus'],
+      [PEERS[4], 'capacity-mem'], [PEERS[5], 'capacity-disk'], [PEERS[6], 'architecture'], [PEERS[7], 'down'],
+      [PEERS[8], 'not-member'], [PEERS[9], 'pin-labels']
+    ])
+    expect(p.ranking).toEqual([PEERS[0]])
+    expect(placeOne(req({ networks: ['wan'] }), [host(PEERS[0])]).decisions[0].reason).toBe('network-not-allowed')
+    expect(placeOne(req({ pin: { host: PEERS[1] } }), [host(PEERS[0]), host(PEERS[1])]).decisions.map(d => d.reason))
+      .toEqual(['pin-host', undefined])
+  })
+
+  it('refuses a host listed twice', () => {
+    expect(() => placeOne(req(), [host(PEERS[0]), host(PEERS[0])])).toThrow(/twice/)
+  })
+
+  it('places 20 simultaneous requests on hosts with room for 10, never more', () => {
+    const hosts = [PEERS[0], PEERS[1], PEERS[2]].map((p, i) => host(p, {
+      policy: addEntry(emptyPolicy(), { fingerprint: KEYS[0] }),
+      capacity: { vcpus: [8, 6, 6][i], memMiB: 65536, diskGiB: 1000 }
+    }))
+    const requests = Array.from({ length: 20 }, (_, i): PlacementRequest => ({
+      ...req(), id: createHash('sha256').update(`vm${i}`).digest('hex'), created: 1000
+    }))
+    const out = assign(requests, hosts)
+    expect(out.filter(a => a.host !== null)).toHaveLength(10)
+    for (const a of out.filter(x => x.host === null)) {
+      expect(a.decisions.map(d => d.reason)).toEqual(['capacity-vcpus', 'capacity-vcpus', 'capacity-vcpus'])
+    }
+    checkNoOvercommit(requests, hosts, out)
+  })
+})
+
+describe('assign (property)', () => {
+  it('is deterministic whatever the order of hosts and requests', () => {
+    fc.assert(fc.property(requestsArb, hostsArb, fc.nat(), (requests, hosts, seed) => {
+      expect(assign(shuffle(requests, seed), shuffle(hosts, seed + 1))).toEqual(assign(requests, hosts))
+    }), { numRuns: 200 })
+  })
+
+  it('never over-commits capacity or quota, places each VM at most once, respects pins, explains refusals', () => {
+    fc.assert(fc.property(requestsArb, hostsArb, (requests, hosts) => {
+      const out = assign(requests, hosts)
+      expect(out.map(a => a.requestId)).toEqual(processingOrder(requests).map(r => r.id))
+      expect(new Set(out.map(a => a.requestId)).size).toBe(out.length)
+      const peerIds = new Set(hosts.map(h => h.peerId))
+      const byId = new Map(requests.map(r => [r.id, r]))
+      for (const a of out) {
+        expect(a.decisions.map(d => d.peerId)).toEqual([...peerIds].sort())
+        const r = byId.get(a.requestId)!
+        if (a.host === null) {
+          for (const d of a.decisions) {
+            expect(d.eligible).toBe(false)
+            expect(d.reason).toBeDefined()
+            expect(d.detail).toMatch(/\S/)
+          }
+        } else {
+          expect(peerIds.has(a.host)).toBe(true)
+          expect(a.decisions.find(d => d.peerId === a.host)?.eligible).toBe(true)
+          if (r.needs.pin?.host !== undefined) expect(a.host).toBe(r.needs.pin.host)
+          const h = hosts.find(x => x.peerId === a.host)!
+          for (const [k, v] of Object.entries(r.needs.pin?.labels ?? {})) expect(h.labels[k as 'zone']).toBe(v)
+          expect(h.arch).toContain(r.needs.arch)
+        }
+      }
+      checkNoOvercommit(requests, hosts, out)
+    }), { numRuns: 500 })
+  })
+
+  it('for a single request, picks the top of placeOne\'s ranking', () => {
+    fc.assert(fc.property(requestsArb.filter(r => r.length > 0), hostsArb, (requests, hosts) => {
+      const p = placeOne(requests[0], hosts)
+      expect(assign([requests[0]], hosts)[0].host).toBe(p.ranking[0] ?? null)
+      expect([...p.ranking].sort()).toEqual(p.decisions.filter(d => d.eligible).map(d => d.peerId))
+      expect(rank(requests[0].id, p.ranking)).toEqual(p.ranking)
+    }), { numRuns: 200 })
+  })
+})
+
+describe('resolveClaims (property)', () => {
+  const claimsArb = (requests: PlacementRequest[], hosts: HostView[]): fc.Arbitrary<Array<{ requestId: string, peerId: string }>> =>
+    fc.subarray(requests.flatMap(r => hosts.map(h => ({ requestId: r.id, peerId: h.peerId }))))
+
+  it('keeps one claimant per request, never over-commits, and agrees with assign when everyone claims', () => {
+    fc.assert(fc.property(
+      fc.tuple(requestsArb, hostsArb).chain(([rs, hs]) => fc.tuple(fc.constant(rs), fc.constant(hs), claimsArb(rs, hs), fc.nat())),
+      ([requests, hosts, claims, seed]) => {
+        const out = resolveClaims(requests, hosts, claims)
+        expect(resolveClaims(shuffle(requests, seed), shuffle(hosts, seed), shuffle(claims, seed))).toEqual(out)
+        for (const a of out) {
+          if (a.host !== null) expect(claims).toContainEqual({ requestId: a.requestId, peerId: a.host })
+        }
+        checkNoOvercommit(requests, hosts, out)
+        const everyone = requests.flatMap(r => hosts.map(h => ({ requestId: r.id, peerId: h.peerId })))
+        expect(resolveClaims(requests, hosts, everyone)).toEqual(assign(requests, hosts))
+      }), { numRuns: 200 })
+  })
+
+  it('after a partition, the better-ranked of two claimants keeps the VM', () => {
+    const policy = addEntry(emptyPolicy(), { fingerprint: KEYS[0] })
+    const hosts = PEERS.slice(0, 4).map((peerId): HostView => ({
+      peerId, labels: {}, arch: ['x86_64'], capacity: { vcpus: 4, memMiB: 4096, diskGiB: 40 }, used: { vcpus: 0, memMiB: 0, diskGiB: 0 }, policy, usageByIssuer: {}
+    }))
+    const r: PlacementRequest = { id: '1'.repeat(64), issuer: KEYS[0], created: 0, needs: { vcpus: 1, memMiB: 512, diskGiB: 1, arch: 'x86_64', networks: [] } }
+    const order = rank(r.id, hosts.map(h => h.peerId))
+    const out = resolveClaims([r], hosts, [{ requestId: r.id, peerId: order[2] }, { requestId: r.id, peerId: order[1] }])
+    expect(out[0].host).toBe(order[1])
+    expect(resolveClaims([r], hosts, [])[0].host).toBeNull()
+  })
+})
