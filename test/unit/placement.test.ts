@@ -49,7 +49,8 @@ const hostArb = (peerId: string): fc.Arbitrary<HostView> => fc.record({
   capacity: resources({ vcpus: 0, memMiB: 0, diskGiB: 0 }, { vcpus: 32, memMiB: 65536, diskGiB: 1000 }),
   usedShare: fc.double({ min: 0, max: 1, noNaN: true }).map(x => x * x),
   policy: policyArb,
-  usageByIssuer: fc.record(Object.fromEntries(KEYS.map(k => [k, usageArb])), { requiredKeys: [] }),
+  usageByIssuer: fc.subarray(KEYS).chain(keys => fc.tuple(...keys.map(k => usageArb.map(u => [k, u] as const))))
+    .map(pairs => Object.fromEntries(pairs) as Record<string, Usage>),
   up: rarely(false),
   member: rarely(false)
 }).map(({ usedShare, ...h }) => ({
