@@ -67,11 +67,13 @@ export class StateStore extends EventEmitter<StoreEvents> {
   /** Set while joining: the genesis of the mesh we join may be accepted into an empty document. */
   acceptGenesis = false
   private queue: Promise<unknown> = Promise.resolve()
+  private readonly actor: string
 
   private constructor (init: StoreInit, changeLog: ChangeLog, doc: A.Doc<MeshDoc>) {
     super()
     this.key = init.key
     this.self = peerIdFromPrivateKey(init.key).toString()
+    this.actor = A.getActorId(doc)
     this.changeLog = changeLog
     this.docState = doc
     this.log = init.log ?? silentLogger
@@ -191,27 +193,39 @@ export class StateStore extends EventEmitter<StoreEvents> {
 
   private async applyVerified (v: VerifiedChange, from: string | undefined, result: ReceiveResult): Promise<void> {
     const headsBefore = A.getHeads(this.docState)
-    const trial = A.clone(this.docState)
+    // The change is applied to a copy first, and the copy becomes the document once the change
+    // is judged and persisted. The copy keeps our actor id (a fork would get a random one).
     let applied: A.Doc<MeshDoc>
     try {
-      [applied] = A.applyChanges(trial, [v.change])
+      [applied] = A.applyChanges(A.clone(this.docState, { actor: this.actor }), [v.change])
     } catch (err: any) {
       this.reject(result, v, from, `change does not apply: ${err.message}`, true)
       return
     }
     const paths: Path[] = A.diff(applied, headsBefore, A.getHeads(applied)).map(p => p.path)
-    const verdict = v.deps.length === 0
-      ? (this.acceptGenesis && !this.inMesh
-          ? checkGenesis(v.author, applied, paths)
-          : { ok: false, reason: this.inMesh ? 'a second mesh genesis (this host is in another mesh)' : 'genesis from a host we are not joining' })
-      : checkChange(v.author, A.view(this.docState, v.deps), paths)
-    A.free(applied)
+    let verdict
+    if (v.deps.length === 0) {
+      verdict = this.acceptGenesis && !this.inMesh
+        ? checkGenesis(v.author, applied, paths)
+        : { ok: false, reason: this.inMesh ? 'a second mesh genesis (this host is in another mesh)' : 'genesis from a host we are not joining' }
+    } else {
+      // Judge on the author's causal past. Usually that is exactly our current document (the
+      // change was made on the heads we have), and materialising a view is the costly part.
+      const before = sameSet(v.deps, headsBefore) ? this.docState : A.view(this.docState, v.deps)
+      verdict = checkChange(v.author, before, paths)
+    }
     if (!verdict.ok) {
+      A.free(applied)
       this.reject(result, v, from, verdict.reason ?? 'not permitted', true)
       return
     }
-    await this.changeLog.append(encodeSignedChange(v))
-    ;[this.docState] = A.applyChanges(this.docState, [v.change])
+    // Not awaited: a received change need not be durable before we apply it (after a crash it is
+    // simply synced again), and the log keeps the order, so a later local change that depends on
+    // it can never be on disk without it. Our own changes are awaited (see `change`).
+    this.changeLog.append(encodeSignedChange(v)).catch(err => {
+      this.log.error('could not persist a received change; it will be synced again after a restart', { hash: v.hash, error: err.message })
+    })
+    this.docState = applied
     this.index(v)
     result.applied.push(v)
   }
@@ -249,4 +263,10 @@ export class StateStore extends EventEmitter<StoreEvents> {
     await this.queue
     await this.changeLog.close()
   }
+}
+
+function sameSet (a: string[], b: string[]): boolean {
+  if (a.length !== b.length) return false
+  const s = new Set(a)
+  return b.every(x => s.has(x))
 }
