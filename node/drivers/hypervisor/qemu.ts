@@ -98,6 +98,12 @@ async function mtimeIso (path: string): Promise<string | undefined> {
   try { return (await stat(path)).mtime.toISOString() } catch { return undefined }
 }
 
+/** True when process `pid` exists and is not a zombie. */
+export async function processAlive (pid: number): Promise<boolean> {
+  const statLine = await readText(`/proc/${pid}/stat`)
+  return statLine !== undefined && !/^\d+ \(.*\) Z/.test(statLine)
+}
+
 /** True when `pid` is a live (not zombie) qemu-system process started for VM `name`. */
 export async function isQemuOf (pid: number, name: string): Promise<boolean> {
   const cmdline = await readText(`/proc/${pid}/cmdline`)
@@ -249,12 +255,14 @@ export class QemuDriver implements HypervisorDriver {
     const pid = Number.parseInt(out.trim(), 10)
     let status = ''
     const ok = await waitUntil(async () => {
-      if (!(await isQemuOf(pid, spec.name))) return true
+      // Until setsid has exec'd QEMU, the pid's cmdline is sh's or setsid's: check only liveness.
+      if (!(await processAlive(pid))) return true
       try { status = await this.qmpStatus(p.qmp); return true } catch { return false }
     }, this.init.startTimeoutMs ?? 30_000)
     if (status === '') {
       const why = lastLines(await readText(p.qemuLog) ?? '', 5)
       if (ok === false) await this.halt(spec.name, 0)
+      if (await processAlive(pid)) { try { process.kill(pid, 'SIGKILL') } catch {} }
       throw new PicocloudError(ErrorCode.VmStartFailed,
         `QEMU for ${spec.name} ${ok ? 'exited' : 'did not answer on QMP'}: ${why === '' ? '(no output in qemu.log)' : why}`, 500)
     }
