@@ -20,6 +20,7 @@
 import { createHash } from 'node:crypto'
 import { admits, NO_USAGE, type TrustPolicy, type Usage, type DenyReason } from '../keys/trust-policy.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
+import { vmResources, type VmCreateBody } from '../protocol/requests.ts'
 
 export interface Resources { vcpus: number, memMiB: number, diskGiB: number }
 
@@ -203,4 +204,31 @@ export function resolveClaims (requests: readonly PlacementRequest[], hosts: rea
     s.add(c.peerId)
   }
   return assignInOrder(requests, hosts, id => byRequest.get(id) ?? new Set())
+}
+
+/**
+ * The placement input for a validated vm.create: resources from its type (built-in or `types`,
+ * the mesh's own) or explicit size, networks from its NICs, and its pin. Undefined when the type
+ * is unknown here, so that the caller records "unknown VM type" rather than guessing a size.
+ */
+export function placementRequest (id: string, issuer: string, createdIso: string, body: VmCreateBody,
+  types: Readonly<Record<string, { cpus: number, memMiB: number }>> = {}): PlacementRequest | undefined {
+  const size = vmResources(body, types)
+  if (size === undefined) return undefined
+  return {
+    id,
+    issuer,
+    created: Date.parse(createdIso),
+    needs: { ...size, arch: body.arch, networks: body.nics.map(n => n.net), ...(body.pin === undefined ? {} : { pin: body.pin }) }
+  }
+}
+
+/** Sum what each key runs on a host from its VM list: the `usageByIssuer` of a HostView. */
+export function usageByIssuer (vms: Iterable<{ owner: string } & Resources>): Record<string, Usage> {
+  const out: Record<string, Usage> = {}
+  for (const vm of vms) {
+    const u = Object.hasOwn(out, vm.owner) ? out[vm.owner] : NO_USAGE
+    out[vm.owner] = { vms: u.vms + 1, vcpus: u.vcpus + vm.vcpus, memMiB: u.memMiB + vm.memMiB, diskGiB: u.diskGiB + vm.diskGiB }
+  }
+  return out
 }

@@ -205,7 +205,16 @@ async function readStoredKey (dir: string, fpr: Fingerprint): Promise<openpgp.Ke
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
     throw err
   }
-  const [key] = await parseKeys(text)
+  let key: openpgp.Key | undefined
+  try {
+    [key] = await parseKeys(text)
+  } catch (err) {
+    throw new PicocloudError(ErrorCode.Keyring, `keyring file ${keyFile(dir, fpr)} is damaged: ${(err as Error).message}; ` +
+      'remove it and import the key again', 500, { cause: err })
+  }
+  if (fingerprintOf(key) !== fpr) {
+    throw new PicocloudError(ErrorCode.Keyring, `keyring file ${keyFile(dir, fpr)} holds key ${fingerprintOf(key)}, not ${fpr}; remove it and import the key again`, 500)
+  }
   return key
 }
 

@@ -2,10 +2,11 @@ import { describe, it, expect } from 'vitest'
 import fc from 'fast-check'
 import { createHash } from 'node:crypto'
 import {
-  assign, placeOne, rank, rendezvousScore, resolveClaims, processingOrder,
+  assign, placeOne, rank, rendezvousScore, resolveClaims, processingOrder, placementRequest, usageByIssuer,
   type HostView, type PlacementRequest, type Assignment, type Resources
 } from '../../crdt/placement.ts'
 import { addEntry, emptyPolicy, findEntry, type TrustPolicy, type Usage } from '../../keys/trust-policy.ts'
+import { validateBody } from '../../protocol/requests.ts'
 
 const KEYS = ['A'.repeat(40), 'B'.repeat(40), 'C'.repeat(40)]
 const PEERS = Array.from({ length: 12 }, (_, i) => `12D3KooWPeer${String.fromCharCode(65 + i)}${'x'.repeat(40)}`)
@@ -295,5 +296,31 @@ describe('resolveClaims (property)', () => {
     const out = resolveClaims([r], hosts, [{ requestId: r.id, peerId: order[2] }, { requestId: r.id, peerId: order[1] }])
     expect(out[0].host).toBe(order[1])
     expect(resolveClaims([r], hosts, [])[0].host).toBeNull()
+  })
+})
+
+describe('glue', () => {
+  it('turns a validated vm.create into a placement request', () => {
+    const body = validateBody('vm.create', { name: 'web', image: 'debian-12', type: 'medium', nics: [{ net: 'lan' }], pin: { labels: { zone: 'a' } } })
+    expect(placementRequest('ab'.repeat(32), KEYS[0], '2025-05-01T12:00:00.000Z', body)).toEqual({
+      id: 'ab'.repeat(32),
+      issuer: KEYS[0],
+      created: Date.parse('2025-05-01T12:00:00.000Z'),
+      needs: { vcpus: 2, memMiB: 4096, diskGiB: 10, arch: 'x86_64', networks: ['lan'], pin: { labels: { zone: 'a' } } }
+    })
+    const custom = validateBody('vm.create', { name: 'gpu', image: 'debian-12', type: 'gpu-box' })
+    expect(placementRequest('cd'.repeat(32), KEYS[0], '2025-05-01T12:00:00.000Z', custom)).toBeUndefined()
+    expect(placementRequest('cd'.repeat(32), KEYS[0], '2025-05-01T12:00:00.000Z', custom, { 'gpu-box': { cpus: 8, memMiB: 32768 } })?.needs.vcpus).toBe(8)
+  })
+
+  it('sums usage per key', () => {
+    expect(usageByIssuer([
+      { owner: KEYS[0], vcpus: 1, memMiB: 512, diskGiB: 5 },
+      { owner: KEYS[1], vcpus: 2, memMiB: 1024, diskGiB: 10 },
+      { owner: KEYS[0], vcpus: 3, memMiB: 512, diskGiB: 5 }
+    ])).toEqual({
+      [KEYS[0]]: { vms: 2, vcpus: 4, memMiB: 1024, diskGiB: 10 },
+      [KEYS[1]]: { vms: 1, vcpus: 2, memMiB: 1024, diskGiB: 10 }
+    })
   })
 })
