@@ -17,6 +17,12 @@ import { PicocloudError, ErrorCode } from './errors.ts'
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue }
 
+/**
+ * Deepest nesting accepted. RFC 8785 sets no limit; ours keeps recursion far from the stack limit
+ * (a 64 KiB payload could otherwise nest 32k arrays) and no request needs more than a few levels.
+ */
+export const MAX_DEPTH = 128
+
 /** A lone (unpaired) UTF-16 surrogate: not valid Unicode, so not valid I-JSON. */
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
 
@@ -61,6 +67,7 @@ function serialize (v: unknown, path: string, stack: Set<object>): string {
   if (v === null) return 'null'
   const obj = v as object
   if (stack.has(obj)) fail(path, 'the value contains a cycle')
+  if (stack.size >= MAX_DEPTH) fail(path, `nesting deeper than ${MAX_DEPTH} levels`)
   stack.add(obj)
   try {
     if (Array.isArray(obj)) {

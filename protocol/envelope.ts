@@ -49,6 +49,11 @@ export interface ValidRequest<K extends RequestKind = RequestKind> {
   signer: { fingerprint: string, created?: Date }
 }
 
+/** Narrow a validated request to one kind: `if (isKind(r, 'vm.create')) r.payload.body.image`. */
+export function isKind<K extends RequestKind> (request: ValidRequest, kind: K): request is ValidRequest<K> {
+  return request.payload.kind === kind
+}
+
 /** How far a request's `created` may lie ahead of this host's clock. */
 export const MAX_CLOCK_SKEW_MS = 2 * 60 * 1000
 /** Longest `expires - created`: short lifetimes bound how long a host must remember ids for replay. */

@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest'
 import fc from 'fast-check'
-import { canonicalize, parseCanonical, isCanonical } from '../../protocol/canonical-json.ts'
+import { canonicalize, parseCanonical, isCanonical, MAX_DEPTH } from '../../protocol/canonical-json.ts'
 import { PicocloudError } from '../../protocol/errors.ts'
 
 function codeOf (fn: () => unknown): string | undefined {
@@ -110,6 +110,15 @@ describe('canonicalize: rejects what has no canonical form', () => {
     const a: Record<string, unknown> = { x: [1] }
     ;(a.x as unknown[]).push(a)
     expect(() => canonicalize(a)).toThrow(/\$\.x\[1\].*cycle/)
+  })
+
+  it('nesting deeper than MAX_DEPTH, in either direction', () => {
+    let v: unknown = 1
+    for (let i = 0; i < MAX_DEPTH; i++) v = [v]
+    expect(canonicalize(v)).toBe('['.repeat(MAX_DEPTH) + '1' + ']'.repeat(MAX_DEPTH))
+    expect(codeOf(() => canonicalize([v]))).toBe('NOT_CANONICALIZABLE')
+    const deep = '['.repeat(30_000) + ']'.repeat(30_000)
+    expect(codeOf(() => parseCanonical(deep))).toBe('NOT_CANONICAL')
   })
 
   it('but a value shared twice without a cycle is fine', () => {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createHash } from 'node:crypto'
 import {
-  buildPayload, sealEnvelope, validateEnvelope, requestId, parseIsoUtc, type Envelope, type ValidateOptions, type Verify
+  buildPayload, sealEnvelope, validateEnvelope, requestId, parseIsoUtc, isKind, type Envelope, type ValidateOptions, type Verify
 } from '../../protocol/envelope.ts'
 import { canonicalize } from '../../protocol/canonical-json.ts'
 import { generateKey, loadPrivateKey, signDetached, keyringVerifier } from '../../keys/keyring.ts'
@@ -88,6 +88,9 @@ describe('validateEnvelope', () => {
     expect(r.signer.fingerprint).toBe(ISSUER)
     expect(r.payload.kind).toBe('vm.create')
     expect(r.payload.body).toMatchObject({ name: 'web', arch: 'x86_64', restart: 'always', nics: [] })
+    expect(isKind(r, 'vm.start')).toBe(false)
+    if (!isKind(r, 'vm.create')) throw new Error('expected vm.create')
+    expect(r.payload.body.image).toBe('debian-12') // typed as VmCreateBody
     expect(r.envelope.payload).toBe(env.payload) // the bytes as received are kept, not re-serialised
   })
 
