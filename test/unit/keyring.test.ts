@@ -262,6 +262,17 @@ describe.skipIf(!hasGpg)('interop with GnuPG', () => {
     }
   })
 
+  it('signs with an unprotected RSA secret key exported by gpg, and gpg agrees', async () => {
+    const d = join(home, 'rsa-secret-keyring')
+    const [info] = await importKeys(d, await gpg('--passphrase', '', '--armor', '--export-secret-keys', rsa))
+    expect(info).toMatchObject({ fingerprint: rsa, hasSecret: true, algorithm: 'rsa3072' })
+    const payload = '{"from":"gpg rsa secret"}'
+    const file = join(home, 'rsa-secret.json')
+    await writeFile(file, payload)
+    await writeFile(`${file}.asc`, await signDetached(await loadPrivateKey(d, rsa), bytes(payload)))
+    await gpg('--verify', `${file}.asc`, file)
+  })
+
   it('imports a passphrase-protected secret key from `gpg --export-secret-keys`', async () => {
     await gpg('--passphrase', 'correct horse', '--quick-gen-key', 'Pass Gnu <pass@example.org>', 'ed25519', 'sign', 'never')
     const fpr = await fingerprintOf('pass@example.org')
