@@ -16,6 +16,7 @@ export async function foundMesh (store: StateStore, opts: { name: string, host: 
     d.mesh = { id, name: opts.name, founder: store.self, created: at, policy: { ...DEFAULT_POLICY, expellers: [] } }
     d.members = { [store.self]: { name: opts.host.name, admittedBy: store.self, admittedAt: at } }
     d.hosts = { [store.self]: { ...opts.host, addresses: [...opts.host.addresses] } }
+    d.requests = {}
   })
   return id
 }

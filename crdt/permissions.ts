@@ -3,6 +3,7 @@
  * it (the change's causal past, never the receiver's current state, so every honest host reaches
  * the same verdict) and the paths the change touches, say whether the change is allowed.
  */
+import { createHash } from 'node:crypto'
 import { isActiveMember, mayAdmit, mayExpel, type MeshDoc } from './schema.ts'
 
 export type Path = ReadonlyArray<string | number>
@@ -29,7 +30,7 @@ export function checkGenesis (author: string, after: Partial<MeshDoc>, paths: Pa
   if (!isActiveMember(after, author)) return deny('the founder must admit itself in the first change')
   for (const p of paths) {
     const [top, key] = p
-    if (top === 'mesh') continue
+    if (top === 'mesh' || (top === 'requests' && key === undefined)) continue
     if ((top === 'members' || top === 'hosts') && (key === undefined || key === author)) continue
     return deny(`the first change may not write ${show(p)}`)
   }
@@ -37,23 +38,45 @@ export function checkGenesis (author: string, after: Partial<MeshDoc>, paths: Pa
 }
 
 /**
- * Any later change. `before` is the document at the change's dependencies; `paths` are the paths
- * its patches touch (from Automerge's diff).
+ * Any later change. `before` is the document at the change's dependencies, `after` the document
+ * with the change applied; `paths` are the paths its patches touch (from Automerge's diff).
  */
-export function checkChange (author: string, before: Partial<MeshDoc>, paths: Path[]): Verdict {
+export function checkChange (author: string, before: Partial<MeshDoc>, after: Partial<MeshDoc>, paths: Path[]): Verdict {
   if (before.mesh === undefined) return deny('change does not descend from the mesh genesis')
   if (!isActiveMember(before, author)) return deny(`${author} is not an active member of the mesh`)
+  const checkedRequests = new Set<string>()
   for (const p of paths) {
-    const v = checkPath(author, before, p)
+    const v = checkPath(author, before, after, p, checkedRequests)
     if (!v.ok) return v
   }
   return allow
 }
 
-function checkPath (author: string, before: Partial<MeshDoc>, p: Path): Verdict {
+const REQUEST_FIELDS = ['at', 'payload', 'signature', 'via']
+
+/** A stored request is created once, whole, by the host it names as `via`, under its own hash. */
+function checkRequest (author: string, before: Partial<MeshDoc>, after: Partial<MeshDoc>, id: string): Verdict {
+  if (before.requests?.[id] !== undefined) return deny(`request ${id} already exists; requests are immutable`)
+  const r = after.requests?.[id] as unknown as Record<string, unknown> | undefined
+  if (r === undefined) return deny(`request ${id} may not be deleted`)
+  const keys = Object.keys(r).sort()
+  if (keys.join() !== REQUEST_FIELDS.join()) return deny(`request ${id} must have exactly the fields ${REQUEST_FIELDS.join(', ')}`)
+  if (String(r.via) !== author) return deny(`request ${id} names ${String(r.via)} as the host that received it, but was written by ${author}`)
+  const hash = createHash('sha256').update(String(r.payload), 'utf8').digest('hex')
+  if (hash !== id) return deny(`request stored under ${id} has payload hash ${hash}`)
+  return allow
+}
+
+function checkPath (author: string, before: Partial<MeshDoc>, after: Partial<MeshDoc>, p: Path, checkedRequests: Set<string>): Verdict {
   const [top, key] = p
   if (p.length < 2) return deny(`may not replace or delete top-level ${show(p)}`)
   switch (top) {
+    case 'requests': {
+      const id = String(key)
+      if (checkedRequests.has(id)) return allow
+      checkedRequests.add(id)
+      return checkRequest(author, before, after, id)
+    }
     case 'hosts':
       return key === author ? allow : deny(`${author} may not write ${show(p)}: a host writes only its own record`)
     case 'members': {

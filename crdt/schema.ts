@@ -4,7 +4,10 @@
  *
  *   mesh/            written once by the founder in the genesis change, then only by the founder
  *   members/<peer>   admissions and expulsions, by the mesh policy
- *   hosts/<peer>/    each host's own record, written only by that host
+ *   hosts/<peer>/    each host's own record, written only by that host: addresses, resources,
+ *                    trust policy and the public keys it trusts, claims of VMs and their status
+ *   requests/<id>    signed requests, immutable, id = sha256(payload), written once by the host
+ *                    that received them from a user
  */
 
 /** A libp2p peer id string (12D3KooW…), branded so it is not confused with other ids. */
@@ -33,6 +36,32 @@ export interface Member {
   expelled?: { by: string, at: string, reason: string }
 }
 
+export interface HostResources {
+  arch: string[]
+  vcpus: number
+  memMiB: number
+  diskGiB: number
+  labels: Record<string, string>
+}
+
+/** A host's claim that it will run a VM (the vm.create request id names the VM). */
+export interface HostClaim { at: string }
+
+export type VmStatus = 'claimed' | 'placed' | 'pending' | 'fetching-image' | 'starting' | 'running' |
+'stopping' | 'stopped' | 'failed' | 'destroyed'
+
+/** What a host reports about a VM it runs. */
+export interface HostVm {
+  status: VmStatus
+  reason?: string
+  since: string
+  /** Set when the host's operator stopped it (through the local socket). */
+  operatorStop?: { at: string, reason: string }
+}
+
+/** A request the host that received it found nobody could take: final. */
+export interface HostRejection { at: string, reason: string }
+
 export interface HostRecord {
   name: string
   /** libp2p addresses (with /p2p/<peer id>) where this host can be dialled. */
@@ -40,12 +69,31 @@ export interface HostRecord {
   wgPublicKey: string
   version: string
   updated: string
+  resources?: HostResources
+  /** The operator's picopeering policy (keys/trust-policy.ts), as published. */
+  policy?: { version: number, entries: Array<Record<string, unknown>> }
+  /** Armored public keys this host's operator trusts, by fingerprint, so every host can verify. */
+  keys?: Record<string, string>
+  claims?: Record<string, HostClaim>
+  vms?: Record<string, HostVm>
+  rejections?: Record<string, HostRejection>
+}
+
+export interface StoredRequest {
+  /** Canonical JSON, exactly as signed. */
+  payload: string
+  /** Armored detached OpenPGP signature. */
+  signature: string
+  /** The host that received it and vouches for when: the time window is checked against `at`. */
+  via: string
+  at: string
 }
 
 export interface MeshDoc {
   mesh: MeshInfo
   members: Record<string, Member>
   hosts: Record<string, HostRecord>
+  requests?: Record<string, StoredRequest>
 }
 
 export const DEFAULT_POLICY: MeshPolicy = { admit: 'any-member', expellers: [] }

@@ -212,7 +212,7 @@ export class StateStore extends EventEmitter<StoreEvents> {
       // Judge on the author's causal past. Usually that is exactly our current document (the
       // change was made on the heads we have), and materialising a view is the costly part.
       const before = sameSet(v.deps, headsBefore) ? this.docState : A.view(this.docState, v.deps)
-      verdict = checkChange(v.author, before, paths)
+      verdict = checkChange(v.author, before, applied, paths)
     }
     if (!verdict.ok) {
       A.free(applied)

@@ -32,6 +32,12 @@ export interface DaemonConfig {
   reconnectInterval: number
   /** Group that may use the socket (mode 0660). @default "picocloud" when it exists */
   socketGroup?: string
+  /** Labels that VM pins (`--on k=v`) match. @default {} */
+  labels: Record<string, string>
+  /** What this host offers to VMs; each defaults to what the machine has (see node/resources.ts). */
+  capacity: { vcpus?: number, memMiB?: number, diskGiB?: number }
+  /** Guest architectures this host runs. @default the machine's own */
+  arch?: string[]
 }
 
 export interface ConfigFlags {
@@ -43,7 +49,8 @@ export interface ConfigFlags {
   name?: string
 }
 
-const KNOWN_KEYS = new Set(['name', 'state', 'socket', 'listen', 'announce', 'heartbeat_interval', 'reconnect_interval', 'socket_group'])
+const KNOWN_KEYS = new Set(['name', 'state', 'socket', 'listen', 'announce', 'heartbeat_interval', 'reconnect_interval', 'socket_group',
+  'labels', 'vcpus', 'mem_mib', 'disk_gib', 'arch'])
 
 function bad (file: string, msg: string): PicocloudError {
   return new PicocloudError(ErrorCode.Config, `${file}: ${msg}`)
@@ -99,8 +106,26 @@ export async function resolveConfig (flags: ConfigFlags, env: NodeJS.ProcessEnv 
   }
   const listen = flags.listen?.length ? flags.listen : raw.listen !== undefined ? stringList(file, 'listen', raw.listen) : DEFAULT_LISTEN
   const announce = flags.announce?.length ? flags.announce : raw.announce !== undefined ? stringList(file, 'announce', raw.announce) : []
+  const labels: Record<string, string> = {}
+  if (raw.labels !== undefined) {
+    if (typeof raw.labels !== 'object' || raw.labels === null || Array.isArray(raw.labels)) throw bad(file, 'labels must be a table, e.g. labels = { zone = "roof" }')
+    for (const [k, v] of Object.entries(raw.labels)) {
+      if (typeof v !== 'string') throw bad(file, `labels.${k} must be a string`)
+      labels[k] = v
+    }
+  }
+  const int = (k: string): number | undefined => {
+    const v = raw[k]
+    if (v === undefined) return undefined
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw bad(file, `${k} must be a non-negative integer`)
+    return v
+  }
+  const arch = raw.arch === undefined ? undefined : stringList(file, 'arch', raw.arch)
   return {
     configFile,
+    labels,
+    capacity: { vcpus: int('vcpus'), memMiB: int('mem_mib'), diskGiB: int('disk_gib') },
+    arch,
     name: flags.name ?? str('name') ?? hostname(),
     state: flags.state ?? env.PICOCLOUD_STATE ?? str('state') ?? DEFAULT_STATE,
     socket: flags.socket ?? env.PICOCLOUD_SOCKET ?? str('socket') ?? DEFAULT_SOCKET,

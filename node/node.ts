@@ -29,6 +29,12 @@ import { foundMesh, admit, expel, publishHostRecord } from '../crdt/membership.t
 import { isActiveMember } from '../crdt/schema.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
 import type { StatusView, HostView, IdView, NodeEvent } from '../protocol/api.ts'
+import { RequestBook } from './requests.ts'
+import { Scheduler } from './scheduler.ts'
+import { hostResources } from './resources.ts'
+import { trustAdd, trustRemove, trustList, type TrustAddInput, type TrustView } from './trust.ts'
+import { listVms, findVm, vmView, requestView, type VmFilter, type VmView, type RequestView } from './views.ts'
+import type { TrustEntry } from '../keys/trust-policy.ts'
 
 export const VERSION: string = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version
 
@@ -56,6 +62,8 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   private readonly syncing = new Map<string, Promise<SyncStats | undefined>>()
   private readonly resync = new Set<string>()
   private readonly nextDial = new Map<string, { at: number, backoff: number }>()
+  readonly requests: RequestBook
+  readonly scheduler: Scheduler
   private heartbeatSeq = 0
   private meshStarted = false
   private stopping = false
@@ -70,6 +78,16 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     this.store = store
     this.gate = new MembershipGate(this.peerId, () => this.store.doc)
     this.liveness = new Liveness(config.heartbeatInterval * 1000)
+    this.requests = new RequestBook(store, log.forComponent('requests'))
+    this.scheduler = new Scheduler({ store, book: this.requests, up: peer => this.isUp(peer), log: log.forComponent('scheduler') })
+    this.requests.onVerified = () => this.scheduler.verdictsChanged()
+  }
+
+  /** A peer is up when we are connected to it or heard its heartbeat recently. */
+  isUp (peer: string): boolean {
+    if (peer === this.peerId) return true
+    if (this.liveness.alive(peer)) return true
+    return (this.p2p?.getConnections().some(c => c.remotePeer.toString() === peer)) ?? false
   }
 
   /** Loads (or creates, on first start) the host's identity and state. */
@@ -119,12 +137,15 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     })
     p2p.addEventListener('peer:disconnect', evt => {
       this.emitEvent('peer.disconnected', { peerId: evt.detail.toString() })
+      this.scheduler.kick()
     })
     p2p.addEventListener('self:peer:update', () => { void this.publishRecord() })
 
     this.store.on('change', ({ changes, local }) => {
       if (local) for (const c of changes) void this.pushChange(c)
       this.enforceMembership()
+      void this.requests.verifyPending()
+      this.scheduler.kick()
       this.emitEvent('state.changed', {
         local,
         changes: changes.map(c => ({ hash: c.hash, author: c.author })),
@@ -167,7 +188,11 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     this.every(this.config.heartbeatInterval * 1000, () => { void this.heartbeat() })
     this.every(this.config.reconnectInterval * 1000, () => { void this.reconnect() })
     this.every(ANTI_ENTROPY_MS, () => { void this.antiEntropy() })
+    // Liveness changes without a state change: let placement see hosts come and go.
+    this.every(1000, () => { this.scheduler.kick() })
     void this.reconnect()
+    void this.requests.verifyPending()
+    this.scheduler.kick()
     void this.heartbeat()
   }
 
@@ -319,12 +344,21 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
 
   private async publishRecord (): Promise<void> {
     if (!this.store.inMesh || !isActiveMember(this.store.doc, this.peerId)) return
-    await publishHostRecord(this.store, {
-      name: this.config.name,
-      addresses: this.addresses(),
-      wgPublicKey: this.wireguard.publicKey,
-      version: VERSION
-    }).catch(err => { this.log.warn('could not publish host record', { error: err.message }) })
+    try {
+      await publishHostRecord(this.store, {
+        name: this.config.name,
+        addresses: this.addresses(),
+        wgPublicKey: this.wireguard.publicKey,
+        version: VERSION
+      })
+      const res = await hostResources(this.config)
+      const cur = this.store.doc.hosts[this.peerId]?.resources
+      if (JSON.stringify(cur) !== JSON.stringify(res)) {
+        await this.store.change('publish resources', d => { d.hosts[this.peerId].resources = res })
+      }
+    } catch (err: any) {
+      this.log.warn('could not publish host record', { error: err.message })
+    }
   }
 
   // ——— operations (called by the local API) ———
@@ -483,10 +517,103 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     return this.store.history()
   }
 
+  // ——— requests, VMs, networks, trust ———
+
+  async submit (envelope: unknown): Promise<RequestView> {
+    const { id } = await this.requests.submit(envelope)
+    await this.requests.verifyPending()
+    return this.request(id)
+  }
+
+  request (id: string): RequestView {
+    const world = this.scheduler.world()
+    const matches = [...world.requests.keys()].filter(k => k === id || (id.length >= 8 && k.startsWith(id)))
+    if (matches.length !== 1) {
+      throw new PicocloudError(ErrorCode.NotFound, matches.length === 0 ? `no request ${id} in the state of this host` : `${matches.length} requests start with ${id}; give more of the id`, 404)
+    }
+    return requestView(this.store.doc, world.requests.get(matches[0]) as NonNullable<ReturnType<typeof world.requests.get>>)
+  }
+
+  vms (filter: VmFilter): VmView[] {
+    return listVms(this.store.doc, this.scheduler.world(), filter)
+  }
+
+  vm (ref: string, owner?: string): VmView & { history: RequestView[] } {
+    const world = this.scheduler.world()
+    const vm = findVm(world, ref, owner)
+    const history = vm.requests.map(id => world.requests.get(id)).filter(r => r !== undefined).map(r => requestView(this.store.doc, r))
+    return { ...vmView(this.store.doc, vm), history }
+  }
+
+  nets (): Array<{ name: string, owner: string, subnet: unknown, mode: string, gateway: unknown, vms: string[], hosts: string[], created: string }> {
+    const world = this.scheduler.world()
+    return [...world.nets.values()].sort((a, b) => a.name.localeCompare(b.name)).map(n => {
+      const users = [...world.vms.values()].filter(v => v.desired !== 'destroyed' && v.rejected === undefined && v.nics.some(x => x.net === n.name))
+      return {
+        name: n.name,
+        owner: n.owner,
+        subnet: n.spec.subnet,
+        mode: n.spec.mode,
+        gateway: n.spec.gateway,
+        vms: users.map(v => v.name),
+        hosts: [...new Set(users.map(v => v.host).filter((h): h is string => h !== null))].sort(),
+        created: new Date(n.created).toISOString()
+      }
+    })
+  }
+
+  net (name: string): ReturnType<PicocloudNode['nets']>[number] {
+    const n = this.nets().find(x => x.name === name)
+    if (n === undefined) throw new PicocloudError(ErrorCode.NotFound, `no network ${name} (see \`picocloud net list\`)`, 404)
+    return n
+  }
+
+  async trustAdd (input: TrustAddInput): Promise<TrustEntry> {
+    const entry = await trustAdd(this.store, input)
+    this.log.info('trusted key', { fingerprint: entry.fingerprint })
+    return entry
+  }
+
+  async trustRemove (fpr: string): Promise<{ fingerprint: string }> {
+    const r = await trustRemove(this.store, fpr)
+    this.log.info('no longer trusts key', { fingerprint: r.fingerprint })
+    return r
+  }
+
+  async trustList (): Promise<TrustView[]> {
+    const world = this.scheduler.world()
+    return await trustList(this.store, fpr => {
+      const u = { vms: 0, vcpus: 0, memMiB: 0, diskGiB: 0 }
+      for (const vm of world.vms.values()) {
+        if (vm.host !== this.peerId || vm.owner !== fpr || vm.desired === 'destroyed') continue
+        u.vms++; u.vcpus += vm.needs.vcpus; u.memMiB += vm.needs.memMiB; u.diskGiB += vm.needs.diskGiB
+      }
+      return u
+    })
+  }
+
+  /** The host operator stops a VM that runs here (socket authority, no signature). */
+  async operatorStop (ref: string, reason: string): Promise<VmView> {
+    const world = this.scheduler.world()
+    const vm = findVm(world, ref)
+    if (vm.host !== this.peerId) {
+      throw new PicocloudError(ErrorCode.NotAllowed, `VM ${vm.name} does not run on this host (it runs on ${vm.host ?? 'no host'}); a host operator may stop only VMs on their own host`, 403)
+    }
+    const at = new Date().toISOString()
+    await this.store.change(`operator stops ${vm.id}`, d => {
+      const rec = d.hosts[this.peerId]
+      rec.vms ??= {}
+      rec.vms[vm.id] = { status: 'stopped', since: at, reason: `stopped by the host operator: ${reason || 'no reason given'}`, operatorStop: { at, reason } }
+    })
+    this.log.info('operator stopped VM', { vm: vm.id, reason })
+    return vmView(this.store.doc, findVm(this.scheduler.world(), vm.id))
+  }
+
   async stop (): Promise<void> {
     if (this.stopping) return
     this.stopping = true
     for (const t of this.timers) clearInterval(t)
+    this.scheduler.stop()
     this.timers = []
     await this.p2p?.stop()
     await this.store.close()

@@ -129,3 +129,43 @@ export function parseExpelBody (v: unknown): ExpelBody {
   const o = object(v); only(o, ['peer', 'reason'])
   return { peer: str(o, 'peer', true), reason: str(o, 'reason', false, 512) }
 }
+
+export interface TrustBody {
+  publicKey?: string
+  fingerprint?: string
+  maxVms?: number
+  maxVcpus?: number
+  maxMemMiB?: number
+  maxDiskGiB?: number
+  networks?: string[]
+}
+
+export function parseTrustBody (v: unknown): TrustBody {
+  const o = object(v)
+  only(o, ['publicKey', 'fingerprint', 'maxVms', 'maxVcpus', 'maxMemMiB', 'maxDiskGiB', 'networks'])
+  const out: TrustBody = { publicKey: str(o, 'publicKey', false, 1024 * 1024), fingerprint: str(o, 'fingerprint', false) }
+  for (const k of ['maxVms', 'maxVcpus', 'maxMemMiB', 'maxDiskGiB'] as const) {
+    const n = o[k]
+    if (n === undefined) continue
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 1) throw new PicocloudError(ErrorCode.BadRequest, `field "${k}" must be a positive integer`)
+    out[k] = n
+  }
+  if (o.networks !== undefined) {
+    if (!Array.isArray(o.networks) || o.networks.some(n => typeof n !== 'string')) throw new PicocloudError(ErrorCode.BadRequest, 'field "networks" must be a list of network names')
+    out.networks = o.networks as string[]
+  }
+  if (out.publicKey === undefined && out.fingerprint === undefined) throw new PicocloudError(ErrorCode.BadRequest, 'give "publicKey" (armored) or "fingerprint"')
+  return out
+}
+
+/** `k=v` selectors (repeatable) into a map; a selector without `=` is an error. */
+export function parseSelector (items: string[]): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const item of items.flatMap(i => i.split(','))) {
+    if (item === '') continue
+    const i = item.indexOf('=')
+    if (i <= 0) throw new PicocloudError(ErrorCode.BadRequest, `selector ${JSON.stringify(item)} must be key=value`)
+    out[item.slice(0, i)] = item.slice(i + 1)
+  }
+  return out
+}

@@ -3,7 +3,8 @@
  */
 import type { PicocloudNode } from '../node.ts'
 import type { Route } from './server.ts'
-import { parseAdmitBody, parseExpelBody, parseInitBody, parseJoinBody, API_PREFIX } from '../../protocol/api.ts'
+import { parseAdmitBody, parseExpelBody, parseInitBody, parseJoinBody, parseTrustBody, parseSelector, API_PREFIX } from '../../protocol/api.ts'
+import { normalizeFingerprint } from '../../keys/fingerprint.ts'
 
 export function routes (node: PicocloudNode): Route[] {
   const p = (path: string): string => API_PREFIX + path
@@ -24,6 +25,28 @@ export function routes (node: PicocloudNode): Route[] {
       path: p('/expel'),
       handler: async ({ body }) => { const b = parseExpelBody(body); return await node.expel(b.peer, b.reason) }
     },
+    { method: 'POST', path: p('/requests'), handler: async ({ body }) => await node.submit(body) },
+    { method: 'GET', path: p('/requests/:id'), handler: ({ params }) => node.request(params.id) },
+    {
+      method: 'GET',
+      path: p('/vms'),
+      handler: ({ query }) => node.vms({
+        selector: parseSelector(query.getAll('selector')),
+        owner: query.get('owner') === null ? undefined : normalizeFingerprint(query.get('owner') as string),
+        all: query.get('all') === '1'
+      })
+    },
+    { method: 'GET', path: p('/vms/:ref'), handler: ({ params, query }) => node.vm(params.ref, query.get('owner') ?? undefined) },
+    {
+      method: 'POST',
+      path: p('/vms/:ref/operator-stop'),
+      handler: async ({ params, body }) => await node.operatorStop(params.ref, typeof (body as any)?.reason === 'string' ? (body as any).reason : '')
+    },
+    { method: 'GET', path: p('/nets'), handler: () => node.nets() },
+    { method: 'GET', path: p('/nets/:name'), handler: ({ params }) => node.net(params.name) },
+    { method: 'GET', path: p('/trust'), handler: async () => await node.trustList() },
+    { method: 'POST', path: p('/trust'), handler: async ({ body }) => await node.trustAdd(parseTrustBody(body)) },
+    { method: 'DELETE', path: p('/trust/:fpr'), handler: async ({ params }) => await node.trustRemove(params.fpr) },
     {
       method: 'GET',
       path: p('/events'),

@@ -191,6 +191,9 @@ export const commands: Command[] = [
   }
 ]
 
+import { userCommands } from './user-commands.ts'
+commands.push(...userCommands)
+
 export function commandHelp (c: Command): string {
   const lines = [`${c.summary}`, '', `usage: ${c.usage}`]
   if (c.description !== undefined) lines.push('', c.description)

@@ -36,10 +36,15 @@ export async function main (argv: string[]): Promise<number> {
     else if (a.startsWith('--socket=')) globals.socket = a.slice('--socket='.length)
     else break
   }
-  const name = argv[i]
-  const rest = argv.slice(i + 1)
+  // Commands may be two or three words (`vm create`, `vm nic add`): take the longest match.
+  let name = argv[i]
+  let rest = argv.slice(i + 1)
+  for (const words of [3, 2]) {
+    const candidate = argv.slice(i, i + words).join(' ')
+    if (commands.some(c => c.name === candidate)) { name = candidate; rest = argv.slice(i + words); break }
+  }
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
-    const sub = name === 'help' ? commands.find(c => c.name === rest[0]) : undefined
+    const sub = name === 'help' ? commands.find(c => c.name === rest.join(' ')) : undefined
     io.out(sub !== undefined ? commandHelp(sub) : mainHelp())
     return 0
   }
@@ -50,6 +55,13 @@ export async function main (argv: string[]): Promise<number> {
   }
   const cmd = commands.find(c => c.name === name)
   if (cmd === undefined) {
+    const group = commands.filter(c => c.name.startsWith(name + ' '))
+    if (group.length > 0) {
+      const help = group.map(c => `  ${c.name.padEnd(16)} ${c.summary}`).join('\n')
+      if (rest.length === 0 || rest[0] === '--help' || rest[0] === '-h') { io.out(`picocloud ${name} commands:\n${help}`); return rest.length === 0 ? 2 : 0 }
+      io.err(`picocloud: unknown command "${name} ${rest[0]}"\n\npicocloud ${name} commands:\n${help}`)
+      return 2
+    }
     io.err(`picocloud: unknown command "${name}"\n\n${mainHelp()}`)
     return 2
   }

@@ -1,0 +1,429 @@
+/**
+ * Commands of people (key, request, vm, net) and of host operators (trust). Requests are signed
+ * here, on the user's side, with the user's key; the daemon only relays and judges them.
+ */
+import { readFile, writeFile } from 'node:fs/promises'
+import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
+import type { HostView } from '../../protocol/api.ts'
+import type { RequestView, VmView } from '../views.ts'
+import type { Command } from './commands.ts'
+import { table, short } from './output.ts'
+import { keyring, buildSigned, waitForOutcome, outcomeText, chooseKey, meshId, signBytes } from './sign.ts'
+import type { RequestKind } from '../../protocol/requests.ts'
+
+const signOpts = {
+  key: { type: 'string' as const },
+  'passphrase-file': { type: 'string' as const }
+}
+const signHelp = {
+  key: 'fingerprint of the key to sign with (default: PICOCLOUD_KEY, or the only secret key)',
+  'passphrase-file': 'file whose first line is the key\'s passphrase (or PICOCLOUD_PASSPHRASE; else asked on a terminal)'
+}
+const waitOpts = { 'no-wait': { type: 'boolean' as const }, timeout: { type: 'string' as const } }
+const waitHelp = { 'no-wait': 'return once the request is accepted by this host', timeout: 'seconds to wait for the outcome (default 60)' }
+
+async function readText (path: string, what: string): Promise<string> {
+  try {
+    return await readFile(path, 'utf8')
+  } catch (err: any) {
+    throw new PicocloudError(ErrorCode.BadRequest, `cannot read ${what} ${path}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`)
+  }
+}
+
+function kv (items: string[] | undefined, what: string): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const item of items ?? []) {
+    const i = item.indexOf('=')
+    if (i <= 0) throw new PicocloudError(ErrorCode.Usage, `${what} ${JSON.stringify(item)} must be key=value`)
+    out[item.slice(0, i)] = item.slice(i + 1)
+  }
+  return out
+}
+
+function int (v: string | undefined, what: string): number | undefined {
+  if (v === undefined) return undefined
+  if (!/^\d+$/.test(v)) throw new PicocloudError(ErrorCode.Usage, `${what} must be a whole number, got ${JSON.stringify(v)}`)
+  return Number(v)
+}
+
+/** Signs, submits and (unless --no-wait) waits; exit status 1 when rejected. */
+async function request (args: Parameters<Command['run']>[0], kind: RequestKind, body: unknown): Promise<void> {
+  const { values, g, io, api } = args
+  const env = await buildSigned(api, kind, body, { key: values.key, passphraseFile: values['passphrase-file'] })
+  let r = await api.call<RequestView>('POST', '/v1/requests', env)
+  if (values['no-wait'] !== true) r = await waitForOutcome(api, r.id, (int(values.timeout, '--timeout') ?? 60) * 1000)
+  if (g.json) io.out(JSON.stringify(r, null, 2))
+  else {
+    io.out(outcomeText(r))
+    if (r.kind === 'vm.create' && r.status === 'placed') {
+      const vm = await api.call<VmView>('GET', `/v1/vms/${r.id}`)
+      io.out(`VM ${vm.name} (${vm.id.slice(0, 12)}) placed on ${vm.hostName ?? vm.host ?? '?'}`)
+    }
+  }
+  if (r.status === 'rejected') throw new PicocloudError('REQUEST_REJECTED', g.json ? 'request rejected' : 'the request was rejected (reasons above)')
+}
+
+async function resolveHost (api: Parameters<Command['run']>[0]['api'], ref: string): Promise<string> {
+  const hosts = await api.call<HostView[]>('GET', '/v1/hosts')
+  const m = hosts.filter(h => h.peerId === ref || h.name === ref)
+  if (m.length === 1) return m[0].peerId
+  throw new PicocloudError(ErrorCode.Usage, m.length === 0 ? `no host ${ref} in the mesh (see \`picocloud hosts\`)` : `${m.length} hosts are named ${ref}; give the peer id`)
+}
+
+const vmRow = (v: VmView): string[] => [v.name, v.id.slice(0, 12), v.status, v.hostName ?? '-', short(v.owner), Object.entries(v.labels).map(([k, x]) => `${k}=${x}`).join(',')]
+
+export const userCommands: Command[] = [
+  // ——— keys (local keyring, no daemon needed) ———
+  {
+    name: 'key generate',
+    summary: 'create an OpenPGP key pair (Ed25519) in your keyring',
+    usage: 'picocloud key generate --name NAME --email EMAIL [--passphrase-file FILE] [--rsa]',
+    description: 'Your keyring is ~/.config/picocloud/keyring (or PICOCLOUD_KEYRING). A passphrase comes from --passphrase-file or PICOCLOUD_PASSPHRASE; without one the key is stored unprotected (mode 0600).',
+    options: { name: { type: 'string' }, email: { type: 'string' }, 'passphrase-file': { type: 'string' }, rsa: { type: 'boolean' } },
+    optionHelp: { name: 'your name', email: 'your e-mail address', 'passphrase-file': 'protect the key with the passphrase in this file', rsa: 'make an RSA 3072 key instead of Ed25519' },
+    run: async ({ values, g, io }) => {
+      if (values.name === undefined && values.email === undefined) throw new PicocloudError(ErrorCode.Usage, 'give --name and/or --email\nusage: picocloud key generate --name NAME --email EMAIL')
+      const k = await keyring()
+      const uid = values.email === undefined ? values.name : `${values.name ?? ''} <${values.email}>`.trim()
+      const info = await k.generateKey(k.dir, { userIds: [uid], passphrase: await k.resolvePassphrase({ passphraseFile: values['passphrase-file'] }), type: values.rsa === true ? 'rsa' : 'ed25519' })
+      const { publicKey: _p, ...rest } = info
+      io.out(g.json ? JSON.stringify(rest, null, 2) : `created key ${info.fingerprint} (${info.algorithm}) for ${info.userIds.join(', ')}\nGive your public key to host operators: picocloud key export ${info.fingerprint} > my-key.asc`)
+    }
+  },
+  {
+    name: 'key import',
+    summary: 'import OpenPGP keys (public or secret, e.g. from `gpg --armor --export`) into your keyring',
+    usage: 'picocloud key import FILE',
+    positionals: [1, 1],
+    run: async ({ positionals, g, io }) => {
+      const k = await keyring()
+      const infos = await k.importKeys(k.dir, await readFile(positionals[0]).catch((err: any) => { throw new PicocloudError(ErrorCode.BadRequest, `cannot read ${positionals[0]}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`) }))
+      io.out(g.json ? JSON.stringify(infos, null, 2) : infos.map(i => `imported ${i.fingerprint} ${i.hasSecret ? '(with secret key) ' : ''}${i.userIds.join(', ')}`).join('\n'))
+    }
+  },
+  {
+    name: 'key export',
+    summary: 'print a key from your keyring, armored (public unless --secret)',
+    usage: 'picocloud key export [FINGERPRINT] [--secret]',
+    positionals: [0, 1],
+    options: { secret: { type: 'boolean' } },
+    optionHelp: { secret: 'export the secret key too (keep it safe)' },
+    run: async ({ positionals, values, io }) => {
+      const k = await keyring()
+      const fpr = positionals[0] ?? await chooseKey({})
+      io.out((await k.exportKey(k.dir, fpr, { secret: values.secret === true })).trimEnd())
+    }
+  },
+  {
+    name: 'key list',
+    summary: 'the keys in your keyring',
+    usage: 'picocloud key list',
+    run: async ({ g, io }) => {
+      const k = await keyring()
+      const keys = await k.listKeys(k.dir)
+      io.out(g.json ? JSON.stringify(keys, null, 2) : keys.length === 0 ? `no keys in ${k.dir} (create one with \`picocloud key generate\`)` : table(['FINGERPRINT', 'ALGO', 'SECRET', 'USER'], keys.map(i => [i.fingerprint, i.algorithm, i.hasSecret ? 'yes' : 'no', i.userIds.join(', ') + (i.revoked ? ' (revoked)' : i.expired ? ' (expired)' : '')])))
+    }
+  },
+  // ——— trust (host operator, through the socket) ———
+  {
+    name: 'trust add',
+    summary: 'let a key run VMs on this host, within quotas (host operator)',
+    usage: 'picocloud trust add FINGERPRINT|KEYFILE [--max-vms N] [--max-vcpus N] [--max-mem MiB] [--max-disk GiB] [--networks a,b]',
+    description: 'KEYFILE is an armored public key (`gpg --armor --export`, `picocloud key export`). A fingerprint is looked up in your keyring, then among the keys the mesh already knows. The policy and the key are published in this host\'s record.',
+    positionals: [1, 1],
+    options: { 'max-vms': { type: 'string' }, 'max-vcpus': { type: 'string' }, 'max-mem': { type: 'string' }, 'max-disk': { type: 'string' }, networks: { type: 'string' } },
+    optionHelp: { 'max-vms': 'at most N VMs of this key here', 'max-vcpus': 'at most N vCPUs in all', 'max-mem': 'at most this many MiB of memory in all', 'max-disk': 'at most this many GiB of disk in all', networks: 'comma-separated networks its VMs may use (default: any)' },
+    run: async ({ positionals, values, g, io, api }) => {
+      const arg = positionals[0]
+      const body: Record<string, unknown> = {
+        maxVms: int(values['max-vms'], '--max-vms'),
+        maxVcpus: int(values['max-vcpus'], '--max-vcpus'),
+        maxMemMiB: int(values['max-mem'], '--max-mem'),
+        maxDiskGiB: int(values['max-disk'], '--max-disk'),
+        networks: values.networks === undefined ? undefined : String(values.networks).split(',').filter(Boolean)
+      }
+      if (/^(0x)?[0-9a-fA-F ]{40,50}$/.test(arg) && arg.replace(/\s|0x/g, '').length === 40) {
+        body.fingerprint = arg
+        const k = await keyring()
+        try { body.publicKey = await k.exportKey(k.dir, arg) } catch {}
+      } else {
+        body.publicKey = await readText(arg, 'key file')
+      }
+      const e = await api.call<Record<string, unknown>>('POST', '/v1/trust', body)
+      io.out(g.json ? JSON.stringify(e, null, 2) : `this host now trusts ${String(e.fingerprint)}`)
+    }
+  },
+  {
+    name: 'trust list',
+    summary: 'the keys this host trusts, their quotas and use (host operator)',
+    usage: 'picocloud trust list',
+    run: async ({ g, io, api }) => {
+      const list = await api.call<Array<Record<string, any>>>('GET', '/v1/trust')
+      const q = (used: number, max: number | undefined): string => `${used}/${max ?? '∞'}`
+      io.out(g.json ? JSON.stringify(list, null, 2) : list.length === 0 ? 'this host trusts no key yet (`picocloud trust add KEYFILE`)' : table(['FINGERPRINT', 'VMS', 'VCPUS', 'MEM MiB', 'DISK GiB', 'NETWORKS', 'USER'], list.map(e => [
+        e.fingerprint, q(e.usage?.vms ?? 0, e.maxVms), q(e.usage?.vcpus ?? 0, e.maxVcpus), q(e.usage?.memMiB ?? 0, e.maxMemMiB), q(e.usage?.diskGiB ?? 0, e.maxDiskGiB), (e.networks ?? ['any']).join(','), (e.userIds ?? []).join(', ')
+      ])))
+    }
+  },
+  {
+    name: 'trust remove',
+    summary: 'stop placing new VMs of a key here (host operator); running VMs stay',
+    usage: 'picocloud trust remove FINGERPRINT',
+    positionals: [1, 1],
+    run: async ({ positionals, g, io, api }) => {
+      const r = await api.call<{ fingerprint: string }>('DELETE', `/v1/trust/${encodeURIComponent(positionals[0].replace(/\s/g, ''))}`)
+      io.out(g.json ? JSON.stringify(r) : `this host no longer trusts ${r.fingerprint}`)
+    }
+  },
+  // ——— requests ———
+  {
+    name: 'request payload',
+    summary: 'print the canonical payload of a request, to sign with another tool (gpg --armor --detach-sign)',
+    usage: 'picocloud request payload FILE --issuer FINGERPRINT [-o OUT]',
+    description: 'FILE is JSON {"kind": "vm.create", "body": {…}}. Sign the output with `gpg --armor --detach-sign OUT`, then `picocloud request submit OUT --signature OUT.asc`.',
+    positionals: [1, 1],
+    options: { issuer: { type: 'string' }, output: { type: 'string', short: 'o' }, lifetime: { type: 'string' } },
+    optionHelp: { issuer: 'fingerprint of the key that will sign', output: 'write to this file instead of stdout', lifetime: 'minutes until it expires (default 10, at most 60)' },
+    run: async ({ positionals, values, io, api }) => {
+      const { buildPayload } = await import('../../protocol/envelope.ts')
+      const { normalizeFingerprint } = await import('../../keys/fingerprint.ts')
+      const spec = parseSpec(await readText(positionals[0], 'request file'))
+      const issuer = values.issuer === undefined ? await chooseKey({}) : normalizeFingerprint(values.issuer)
+      const payload = buildPayload(spec.kind, spec.body, { mesh: await meshId(api), issuer, now: Date.now(), lifetimeMs: (int(values.lifetime, '--lifetime') ?? 10) * 60_000 })
+      if (values.output !== undefined) await writeFile(values.output, payload)
+      else io.out(payload)
+    }
+  },
+  {
+    name: 'request sign',
+    summary: 'sign a request with your key and print the envelope {payload, signature}',
+    usage: 'picocloud request sign FILE [-o OUT] [--key FPR] [--passphrase-file F]',
+    description: 'FILE is JSON {"kind": "vm.create", "body": {…}}. Submit the result with `picocloud request submit OUT` through any host.',
+    positionals: [1, 1],
+    options: { ...signOpts, output: { type: 'string', short: 'o' } },
+    optionHelp: { ...signHelp, output: 'write to this file instead of stdout' },
+    run: async ({ positionals, values, io, api }) => {
+      const spec = parseSpec(await readText(positionals[0], 'request file'))
+      const env = await buildSigned(api, spec.kind, spec.body, { key: values.key, passphraseFile: values['passphrase-file'] })
+      const text = JSON.stringify(env, null, 2)
+      if (values.output !== undefined) await writeFile(values.output, text + '\n')
+      else io.out(text)
+    }
+  },
+  {
+    name: 'request submit',
+    summary: 'submit a signed request (an envelope, or a payload with --signature) and wait for its outcome',
+    usage: 'picocloud request submit FILE [--signature FILE.asc] [--no-wait] [--timeout S]',
+    positionals: [1, 1],
+    options: { signature: { type: 'string' }, ...waitOpts },
+    optionHelp: { signature: 'detached armored signature of FILE (FILE is then the payload as signed)', ...waitHelp },
+    run: async ({ positionals, values, g, io, api }) => {
+      let env: unknown
+      if (values.signature !== undefined) {
+        env = { payload: await readText(positionals[0], 'payload'), signature: await readText(values.signature, 'signature') }
+      } else {
+        const text = await readText(positionals[0], 'envelope')
+        try { env = JSON.parse(text) } catch { throw new PicocloudError(ErrorCode.BadEnvelope, `${positionals[0]} is not a JSON envelope; for a payload signed with gpg give --signature FILE.asc`) }
+      }
+      let r = await api.call<RequestView>('POST', '/v1/requests', env)
+      if (values['no-wait'] !== true) r = await waitForOutcome(api, r.id, (int(values.timeout, '--timeout') ?? 60) * 1000)
+      io.out(g.json ? JSON.stringify(r, null, 2) : outcomeText(r))
+      if (r.status === 'rejected') throw new PicocloudError('REQUEST_REJECTED', 'the request was rejected')
+    }
+  },
+  {
+    name: 'request show',
+    summary: 'a request\'s status and each host\'s decision with its reason',
+    usage: 'picocloud request show ID',
+    positionals: [1, 1],
+    run: async ({ positionals, g, io, api }) => {
+      const r = await api.call<RequestView>('GET', `/v1/requests/${encodeURIComponent(positionals[0])}`)
+      io.out(g.json ? JSON.stringify(r, null, 2) : outcomeText(r))
+    }
+  },
+  // ——— VMs ———
+  {
+    name: 'vm create',
+    summary: 'ask the mesh for a VM (signed with your key); waits until it is placed or rejected',
+    usage: 'picocloud vm create NAME --image IMAGE (--type small|medium|large | --cpus N --mem MiB) [--disk GiB] [--net NET[:IP]]... [--label k=v]... [--on HOST|--on k=v] [--arch ARCH] [--ssh-key FILE]... [--restart always|on-failure|never]',
+    positionals: [1, 1],
+    options: {
+      image: { type: 'string' }, type: { type: 'string' }, cpus: { type: 'string' }, mem: { type: 'string' }, disk: { type: 'string' },
+      net: { type: 'string', multiple: true }, label: { type: 'string', multiple: true }, on: { type: 'string', multiple: true },
+      arch: { type: 'string' }, 'ssh-key': { type: 'string', multiple: true }, restart: { type: 'string' }, ...signOpts, ...waitOpts
+    },
+    optionHelp: {
+      image: 'image name or sha256:HASH', type: 'machine type: small (1 vCPU, 1 GiB), medium (2, 4 GiB), large (4, 8 GiB)', cpus: 'vCPUs (with --mem)', mem: 'memory in MiB (with --cpus)', disk: 'disk in GiB (default 10)',
+      net: 'attach to this network (repeatable); NET:IP for a static address', label: 'label k=v (repeatable)', on: 'pin to a host (name or peer id) or to hosts labelled k=v',
+      arch: 'x86_64 (default) or aarch64', 'ssh-key': 'OpenSSH public key file for the guest (repeatable)', restart: 'restart policy (default always)', ...signHelp, ...waitHelp
+    },
+    run: async (args) => {
+      const { positionals, values, api } = args
+      if (values.image === undefined) throw new PicocloudError(ErrorCode.Usage, 'vm create needs --image IMAGE')
+      if (values.type === undefined && (values.cpus === undefined || values.mem === undefined)) throw new PicocloudError(ErrorCode.Usage, 'vm create needs --type T, or --cpus N with --mem MiB')
+      const pin: Record<string, unknown> = {}
+      for (const on of values.on ?? []) {
+        if (on.includes('=')) pin.labels = { ...(pin.labels as object ?? {}), ...kv([on], '--on') }
+        else pin.host = await resolveHost(api, on)
+      }
+      const sshKeys = await Promise.all((values['ssh-key'] ?? []).map(async (f: string) => (await readText(f, 'SSH key')).trim()))
+      const body = {
+        name: positionals[0],
+        image: values.image,
+        ...(values.type !== undefined ? { type: values.type } : { cpus: int(values.cpus, '--cpus'), memMiB: int(values.mem, '--mem') }),
+        ...(values.disk !== undefined ? { diskGiB: int(values.disk, '--disk') } : {}),
+        ...(values.arch !== undefined ? { arch: values.arch } : {}),
+        ...(values.restart !== undefined ? { restart: values.restart } : {}),
+        nics: (values.net ?? []).map((n: string) => { const [net, ip] = n.split(':'); return ip === undefined ? { net } : { net, ip } }),
+        labels: kv(values.label, '--label'),
+        ...(Object.keys(pin).length > 0 ? { pin } : {}),
+        ...(sshKeys.length > 0 ? { sshKeys } : {})
+      }
+      await request(args, 'vm.create', body)
+    }
+  },
+  {
+    name: 'vm list',
+    summary: 'VMs of the mesh',
+    usage: 'picocloud vm list [--selector k=v]... [--owner FPR] [--all]',
+    options: { selector: { type: 'string', multiple: true }, owner: { type: 'string' }, all: { type: 'boolean' } },
+    optionHelp: { selector: 'only VMs with this label (repeatable)', owner: 'only VMs of this key', all: 'include destroyed and rejected VMs' },
+    run: async ({ values, g, io, api }) => {
+      const q = new URLSearchParams()
+      for (const s of values.selector ?? []) q.append('selector', s)
+      if (values.owner !== undefined) q.set('owner', values.owner)
+      if (values.all === true) q.set('all', '1')
+      const vms = await api.call<VmView[]>('GET', `/v1/vms?${q.toString()}`)
+      io.out(g.json ? JSON.stringify(vms, null, 2) : vms.length === 0 ? 'no VMs' : table(['NAME', 'ID', 'STATUS', 'HOST', 'OWNER', 'LABELS'], vms.map(vmRow)))
+    }
+  },
+  {
+    name: 'vm show',
+    summary: 'one VM in detail, with its history',
+    usage: 'picocloud vm show NAME|ID',
+    positionals: [1, 1],
+    run: async ({ positionals, g, io, api }) => {
+      const vm = await api.call<VmView & { history: RequestView[] }>('GET', `/v1/vms/${encodeURIComponent(positionals[0])}`)
+      io.out(g.json
+        ? JSON.stringify(vm, null, 2)
+        : [
+            `name     ${vm.name}`, `id       ${vm.id}`, `owner    ${vm.owner}`,
+            `status   ${vm.status}${vm.reason === undefined ? '' : ` (${vm.reason})`}, desired ${vm.desired}`,
+            `host     ${vm.hostName ?? '-'} ${vm.host ?? ''}`,
+            `size     ${vm.vcpus} vCPU, ${vm.memMiB} MiB, ${vm.diskGiB} GiB disk, ${vm.arch}, image ${vm.image}`,
+            `nics     ${vm.nics.map(n => n.net + (n.ip === undefined ? '' : `:${n.ip}`)).join(' ') || '-'}`,
+            `labels   ${Object.entries(vm.labels).map(([k, v]) => `${k}=${v}`).join(' ') || '-'}`,
+            'history:',
+            ...vm.history.map(r => `  ${r.created}  ${r.kind.padEnd(13)} ${r.status.padEnd(9)} ${r.id.slice(0, 12)}`)
+          ].join('\n'))
+    }
+  },
+  {
+    name: 'vm history',
+    summary: 'the requests that shaped a VM, who asked and what became of them',
+    usage: 'picocloud vm history NAME|ID',
+    positionals: [1, 1],
+    run: async ({ positionals, g, io, api }) => {
+      const vm = await api.call<{ history: RequestView[] }>('GET', `/v1/vms/${encodeURIComponent(positionals[0])}`)
+      io.out(g.json ? JSON.stringify(vm.history, null, 2) : table(['CREATED', 'KIND', 'ISSUER', 'STATUS', 'REQUEST'], vm.history.map(r => [r.created, r.kind, short(r.issuer), r.status, r.id.slice(0, 16)])))
+    }
+  },
+  ...(['start', 'stop', 'destroy'] as const).map((verb): Command => ({
+    name: `vm ${verb}`,
+    summary: verb === 'stop' ? 'stop a VM (owner; or --operator for a VM on this host)' : `${verb} a VM (owner only)`,
+    usage: `picocloud vm ${verb} NAME|ID${verb === 'stop' ? ' [--operator [--reason TEXT]]' : ''} [--no-wait]`,
+    positionals: [1, 1],
+    options: { ...signOpts, ...waitOpts, ...(verb === 'stop' ? { operator: { type: 'boolean' as const }, reason: { type: 'string' as const } } : {}) },
+    optionHelp: { ...signHelp, ...waitHelp, ...(verb === 'stop' ? { operator: 'as this host\'s operator, without a signed request (only VMs on this host)', reason: 'why (with --operator)' } : {}) },
+    run: async (args) => {
+      const { positionals, values, g, io, api } = args
+      if (verb === 'stop' && values.operator === true) {
+        const vm = await api.call<VmView>('POST', `/v1/vms/${encodeURIComponent(positionals[0])}/operator-stop`, { reason: values.reason ?? '' })
+        io.out(g.json ? JSON.stringify(vm, null, 2) : `stopped ${vm.name} on this host (${vm.status})`)
+        return
+      }
+      await request(args, `vm.${verb}`, verb === 'stop' ? { vm: positionals[0], force: false } : { vm: positionals[0] })
+    }
+  })),
+  {
+    name: 'vm nic add',
+    summary: 'attach a VM to a network (owner only)',
+    usage: 'picocloud vm nic add NAME --net NET [--ip IP]',
+    positionals: [1, 1],
+    options: { net: { type: 'string' }, ip: { type: 'string' }, ...signOpts, ...waitOpts },
+    optionHelp: { net: 'the network', ip: 'a static address in its subnet', ...signHelp, ...waitHelp },
+    run: async (args) => {
+      if (args.values.net === undefined) throw new PicocloudError(ErrorCode.Usage, 'vm nic add needs --net NET')
+      await request(args, 'vm.nic.add', { vm: args.positionals[0], nic: args.values.ip === undefined ? { net: args.values.net } : { net: args.values.net, ip: args.values.ip } })
+    }
+  },
+  {
+    name: 'vm nic remove',
+    summary: 'detach a VM from a network (owner only)',
+    usage: 'picocloud vm nic remove NAME --net NET',
+    positionals: [1, 1],
+    options: { net: { type: 'string' }, ...signOpts, ...waitOpts },
+    optionHelp: { net: 'the network', ...signHelp, ...waitHelp },
+    run: async (args) => {
+      if (args.values.net === undefined) throw new PicocloudError(ErrorCode.Usage, 'vm nic remove needs --net NET')
+      await request(args, 'vm.nic.remove', { vm: args.positionals[0], net: args.values.net })
+    }
+  },
+  // ——— networks ———
+  {
+    name: 'net create',
+    summary: 'create a private L2 network (signed with your key)',
+    usage: 'picocloud net create NAME [--subnet CIDR] [--subnet6 CIDR] [--mode static|dhcp|slaac] [--gateway host-nat|none|vm:NAME]',
+    positionals: [1, 1],
+    options: { subnet: { type: 'string' }, subnet6: { type: 'string' }, mode: { type: 'string' }, gateway: { type: 'string' }, label: { type: 'string', multiple: true }, ...signOpts, ...waitOpts },
+    optionHelp: { subnet: 'IPv4 subnet, e.g. 10.10.0.0/24', subnet6: 'IPv6 subnet, e.g. fd00:1::/64', mode: 'how VMs get addresses (default dhcp)', gateway: 'host-nat (default), none, or vm:NAME', label: 'label k=v (repeatable)', ...signHelp, ...waitHelp },
+    run: async (args) => {
+      const { positionals, values } = args
+      const gw = values.gateway === undefined ? undefined : String(values.gateway).startsWith('vm:') ? { vm: String(values.gateway).slice(3) } : values.gateway
+      await request(args, 'net.create', {
+        name: positionals[0],
+        subnet: { ...(values.subnet !== undefined ? { ipv4: values.subnet } : {}), ...(values.subnet6 !== undefined ? { ipv6: values.subnet6 } : {}) },
+        ...(values.mode !== undefined ? { mode: values.mode } : {}),
+        ...(gw !== undefined ? { gateway: gw } : {}),
+        labels: kv(values.label, '--label')
+      })
+    }
+  },
+  {
+    name: 'net list',
+    summary: 'the networks of the mesh',
+    usage: 'picocloud net list',
+    run: async ({ g, io, api }) => {
+      const nets = await api.call<Array<Record<string, any>>>('GET', '/v1/nets')
+      io.out(g.json ? JSON.stringify(nets, null, 2) : nets.length === 0 ? 'no networks' : table(['NAME', 'SUBNET', 'MODE', 'OWNER', 'VMS', 'HOSTS'], nets.map(n => [n.name, [n.subnet.ipv4, n.subnet.ipv6].filter(Boolean).join(' '), n.mode, short(n.owner), String(n.vms.length), String(n.hosts.length)])))
+    }
+  },
+  {
+    name: 'net show',
+    summary: 'one network: where it is present and its VMs',
+    usage: 'picocloud net show NAME',
+    positionals: [1, 1],
+    run: async ({ positionals, g, io, api }) => {
+      const n = await api.call<Record<string, any>>('GET', `/v1/nets/${encodeURIComponent(positionals[0])}`)
+      io.out(g.json ? JSON.stringify(n, null, 2) : [`name     ${n.name}`, `owner    ${n.owner}`, `subnet   ${[n.subnet.ipv4, n.subnet.ipv6].filter(Boolean).join(' ')}`, `mode     ${n.mode}`, `gateway  ${typeof n.gateway === 'string' ? n.gateway : `vm:${n.gateway.vm}`}`, `vms      ${n.vms.join(' ') || '-'}`, `hosts    ${n.hosts.join(' ') || '-'}`].join('\n'))
+    }
+  },
+  {
+    name: 'net delete',
+    summary: 'delete a network (owner only; no VM may use it)',
+    usage: 'picocloud net delete NAME',
+    positionals: [1, 1],
+    options: { ...signOpts, ...waitOpts },
+    optionHelp: { ...signHelp, ...waitHelp },
+    run: async (args) => { await request(args, 'net.delete', { net: args.positionals[0] }) }
+  }
+]
+
+function parseSpec (text: string): { kind: RequestKind, body: unknown } {
+  let v: any
+  try { v = JSON.parse(text) } catch (err: any) { throw new PicocloudError(ErrorCode.BadJson, `request file is not JSON: ${err.message}`) }
+  if (typeof v?.kind !== 'string' || typeof v.body !== 'object') throw new PicocloudError(ErrorCode.BadRequest, 'a request file is JSON {"kind": "vm.create", "body": {…}}')
+  return { kind: v.kind, body: v.body }
+}
+
+export { signBytes }

@@ -1,0 +1,150 @@
+/**
+ * Placement without a controller, this host's part: from the derived world, claim the VMs this
+ * host ranks first for (among hosts it believes up), confirm a claim once it has settled with no
+ * better-ranked claimant, withdraw claims a better-ranked host won, and record the final rejection
+ * of requests this host received that nobody can take. All of it in one signed change per pass.
+ */
+import { deriveWorld, allClaims, hostViews, placementRequests, type World } from '../crdt/world.ts'
+import { resolveClaims, type Claim } from '../crdt/placement.ts'
+import type { StateStore } from '../crdt/store.ts'
+import type { RequestBook } from './requests.ts'
+import type { Logger } from './log.ts'
+
+export interface SchedulerInit {
+  store: StateStore
+  book: RequestBook
+  /** Whether a peer is up as this host sees it (heartbeats, connections). */
+  up: (peer: string) => boolean
+  log: Logger
+  /** How long a claim stands unchallenged before the VM counts as placed. @default 150 */
+  settleMs?: number
+}
+
+export class Scheduler {
+  private readonly init: SchedulerInit
+  private readonly settleMs: number
+  private cached?: { heads: string, world: World }
+  private running: Promise<void> | undefined
+  private again = false
+  private timer?: NodeJS.Timeout
+
+  constructor (init: SchedulerInit) {
+    this.init = init
+    this.settleMs = init.settleMs ?? 150
+  }
+
+  /** The world derived from the current state (cached per state version). */
+  world (): World {
+    const { store, book } = this.init
+    const heads = store.heads().join() + '|' + String(this.verdictVersion)
+    if (this.cached?.heads !== heads) this.cached = { heads, world: deriveWorld(store.doc, id => book.get(id)) }
+    return this.cached.world
+  }
+
+  private verdictVersion = 0
+  /** New verification verdicts change the world without a state change. */
+  verdictsChanged (): void {
+    this.verdictVersion++
+    this.kick()
+  }
+
+  /** Runs a pass soon; passes never overlap. */
+  kick (): void {
+    if (this.running !== undefined) { this.again = true; return }
+    this.running = (async () => {
+      do {
+        this.again = false
+        try { await this.pass() } catch (err: any) { this.init.log.error('scheduler pass failed', { error: err.message }) }
+      } while (this.again)
+    })().finally(() => { this.running = undefined })
+  }
+
+  async idle (): Promise<void> { await this.running }
+
+  private async pass (): Promise<void> {
+    const { store } = this.init
+    if (!store.inMesh) return
+    const self = store.self
+    const doc = store.doc
+    const world = this.world()
+    const now = Date.now()
+    const mine = doc.hosts?.[self]
+    const myClaims = mine?.claims ?? {}
+    const claimNow: string[] = []
+    const confirm: string[] = []
+    const withdraw: string[] = []
+    const reject: Array<{ id: string, reason: string }> = []
+
+    // Where unclaimed VMs would go among the hosts that are up: every up host a candidate.
+    const up = (p: string): boolean => p === self || this.init.up(p)
+    const hosts = hostViews(doc, up)
+    const preqs = placementRequests(world.vms.values())
+    const claims: Claim[] = allClaims(doc)
+    const claimed = new Set(claims.map(c => c.requestId))
+    const candidates = [...claims]
+    for (const r of preqs) if (!claimed.has(r.id)) for (const h of hosts) if (h.up === true) candidates.push({ requestId: r.id, peerId: h.peerId })
+    const plan = new Map(resolveClaims(preqs, hosts, candidates).map(a => [a.requestId, a.host]))
+
+    for (const vm of world.vms.values()) {
+      const claim = myClaims[vm.id]
+      const gone = vm.desired === 'destroyed' || vm.rejected !== undefined
+      if (claim !== undefined) {
+        if (gone) { withdraw.push(vm.id); continue }
+        if (vm.host !== self && vm.host !== null) { withdraw.push(vm.id); continue }
+        if (vm.host === self && mine?.vms?.[vm.id] === undefined && now - Date.parse(claim.at) >= this.settleMs) confirm.push(vm.id)
+        continue
+      }
+      if (gone || vm.host !== null) continue
+      if (plan.get(vm.id) === self && now < vm.expires) { claimNow.push(vm.id); continue }
+      // Nobody can take it, or nobody took it in time: the receiving host makes that final.
+      if (vm.via === self && vm.claimants.length === 0 && mine?.rejections?.[vm.id] === undefined) {
+        const outcome = world.requests.get(vm.id)
+        if (outcome?.status === 'rejected') {
+          reject.push({ id: vm.id, reason: outcome.reasons.map(r => `${r.host ?? 'all'}: ${r.reason}`).join('; ') || 'no host can take it' })
+        } else if (now >= vm.expires) {
+          reject.push({ id: vm.id, reason: 'expired before any host could take it (eligible hosts were down)' })
+        }
+      }
+    }
+    if (claimNow.length + confirm.length + withdraw.length + reject.length === 0) {
+      this.armTimer(world, myClaims)
+      return
+    }
+    const at = new Date(now).toISOString()
+    await store.change(`schedule: claim ${claimNow.length}, place ${confirm.length}, withdraw ${withdraw.length}, reject ${reject.length}`, d => {
+      const rec = d.hosts[self]
+      rec.claims ??= {}
+      rec.vms ??= {}
+      rec.rejections ??= {}
+      for (const id of claimNow) rec.claims[id] = { at }
+      for (const id of confirm) rec.vms[id] = { status: 'placed', since: at }
+      for (const id of withdraw) {
+        delete rec.claims[id]
+        delete rec.vms[id]
+      }
+      for (const r of reject) rec.rejections[r.id] = { at, reason: r.reason }
+    })
+    if (claimNow.length > 0) this.init.log.info('claimed VMs', { vms: claimNow.map(s => s.slice(0, 12)).join(',') })
+    if (withdraw.length > 0) this.init.log.info('withdrew claims', { vms: withdraw.map(s => s.slice(0, 12)).join(',') })
+    this.again = true
+  }
+
+  /** Wakes up when the next claim settles. */
+  private armTimer (world: World, myClaims: Record<string, { at: string }>): void {
+    let next = Infinity
+    for (const [id, c] of Object.entries(myClaims)) {
+      const vm = world.vms.get(id)
+      if (vm?.host === this.init.store.self && this.init.store.doc.hosts?.[this.init.store.self]?.vms?.[id] === undefined) {
+        next = Math.min(next, Date.parse(c.at) + this.settleMs)
+      }
+    }
+    if (next === Infinity) return
+    clearTimeout(this.timer)
+    this.timer = setTimeout(() => this.kick(), Math.max(0, next - Date.now()) + 5)
+    this.timer.unref()
+  }
+
+  stop (): void {
+    clearTimeout(this.timer)
+  }
+}

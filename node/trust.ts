@@ -1,0 +1,98 @@
+/**
+ * The operator's picopeering policy for this host: which OpenPGP keys may run VMs here, and how
+ * much. Changed only through the local socket; published in the host's record (with the trusted
+ * public keys, so every host can verify those keys' requests and compute placement).
+ */
+import { ImmutableString } from '@automerge/automerge'
+import { addEntry, removeEntry, validatePolicy, emptyPolicy, findEntry, type TrustPolicy, type TrustEntry } from '../keys/trust-policy.ts'
+import { parseKeys, fingerprintOf } from '../keys/keyring.ts'
+import { normalizeFingerprint } from '../keys/fingerprint.ts'
+import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
+import type { StateStore } from '../crdt/store.ts'
+
+export interface TrustAddInput {
+  /** Armored public key (required unless the key is already published by some host). */
+  publicKey?: string
+  fingerprint?: string
+  maxVms?: number
+  maxVcpus?: number
+  maxMemMiB?: number
+  maxDiskGiB?: number
+  networks?: string[]
+}
+
+export interface TrustView extends TrustEntry {
+  userIds: string[]
+  /** How much of the quota the key uses on this host now. */
+  usage?: { vms: number, vcpus: number, memMiB: number, diskGiB: number }
+}
+
+function currentPolicy (store: StateStore): TrustPolicy {
+  const p = store.doc.hosts?.[store.self]?.policy
+  return p === undefined ? emptyPolicy() : validatePolicy(JSON.parse(JSON.stringify(p)))
+}
+
+const str = (v: unknown): string => v instanceof ImmutableString ? v.toString() : String(v)
+
+export function publishedKey (store: StateStore, fpr: string): string | undefined {
+  for (const rec of Object.values(store.doc.hosts ?? {})) {
+    const k = rec.keys?.[fpr]
+    if (k !== undefined) return str(k)
+  }
+  return undefined
+}
+
+export async function trustAdd (store: StateStore, input: TrustAddInput): Promise<TrustEntry> {
+  if (!store.inMesh) throw new PicocloudError(ErrorCode.NotInMesh, 'this host is not in a mesh yet: run `picocloud init` or `picocloud join` first', 409)
+  let fpr: string
+  let armored: string | undefined
+  if (input.publicKey !== undefined) {
+    const keys = await parseKeys(input.publicKey)
+    if (keys.length !== 1) throw new PicocloudError(ErrorCode.BadKey, `the key file holds ${keys.length} keys; give one key per \`trust add\``)
+    const key = keys[0].toPublic()
+    fpr = fingerprintOf(key)
+    if (input.fingerprint !== undefined && normalizeFingerprint(input.fingerprint) !== fpr) {
+      throw new PicocloudError(ErrorCode.BadFingerprint, `the key given is ${fpr}, not ${input.fingerprint}`)
+    }
+    armored = key.armor()
+  } else if (input.fingerprint !== undefined) {
+    fpr = normalizeFingerprint(input.fingerprint)
+    if (publishedKey(store, fpr) === undefined) {
+      throw new PicocloudError(ErrorCode.KeyNotFound, `no public key for ${fpr} is known in this mesh; give the key file: \`picocloud trust add KEYFILE\` (from \`gpg --armor --export\` or \`picocloud key export\`)`, 404)
+    }
+  } else {
+    throw new PicocloudError(ErrorCode.BadRequest, 'give a public key file or a fingerprint')
+  }
+  const { publicKey: _pk, fingerprint: _f, ...quotas } = input
+  const next = addEntry(currentPolicy(store), { fingerprint: fpr, ...quotas })
+  await store.change(`trust ${fpr}`, d => {
+    const rec = d.hosts[store.self]
+    rec.policy = JSON.parse(JSON.stringify(next))
+    rec.keys ??= {}
+    if (armored !== undefined && rec.keys[fpr] === undefined) rec.keys[fpr] = new ImmutableString(armored) as unknown as string
+  })
+  return findEntry(next, fpr) as TrustEntry
+}
+
+export async function trustRemove (store: StateStore, fingerprint: string): Promise<{ fingerprint: string }> {
+  const fpr = normalizeFingerprint(fingerprint)
+  const cur = currentPolicy(store)
+  if (findEntry(cur, fpr) === undefined) throw new PicocloudError(ErrorCode.NotFound, `${fpr} is not in this host's trust policy (see \`picocloud trust list\`)`, 404)
+  const next = removeEntry(cur, fpr)
+  // The public key stays published: requests it signed earlier must stay verifiable.
+  await store.change(`distrust ${fpr}`, d => { d.hosts[store.self].policy = JSON.parse(JSON.stringify(next)) })
+  return { fingerprint: fpr }
+}
+
+export async function trustList (store: StateStore, usage: (fpr: string) => TrustView['usage']): Promise<TrustView[]> {
+  const out: TrustView[] = []
+  for (const e of currentPolicy(store).entries) {
+    let userIds: string[] = []
+    const armored = publishedKey(store, e.fingerprint)
+    if (armored !== undefined) {
+      try { userIds = (await parseKeys(armored))[0].getUserIDs() } catch {}
+    }
+    out.push({ ...e, userIds, usage: usage(e.fingerprint) })
+  }
+  return out
+}
