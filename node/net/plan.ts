@@ -1,7 +1,40 @@
 /**
- * The data plane of one host as a pure function: `planHost(input)` gives the desired devices,
- * `diff(desired, actual)` the ordered, minimal steps that make the actual state match (after
- * innernet's `PeerDiff`: nothing for what is already right, readable descriptions for the rest).
+ * The data plane of one host as a pure function: `planHost(input)` gives the desired devices and
+ * services, `diff(desired, actual)` the ordered, minimal steps that make the actual state match
+ * (after innernet's `PeerDiff`: nothing for what is already right, readable descriptions for the rest).
+ *
+ * Input the daemon builds from the replicated state (every host passes the same mesh-wide lists,
+ * only `self`, `localTaps` and `runtimeDir` are its own):
+ *
+ *     PlanInput {
+ *       self: { peerId, wgPrivateKey, listenPort }
+ *       members: [{ peerId, wgPublicKey, endpoints, overlayAddr }]    // every member, self included
+ *       networks: [{                                                  // every network of the mesh
+ *         id, name,
+ *         subnet4?: 'a.b.c.d/len', subnet6?: 'prefix::/64',
+ *         mode: 'static' | 'dhcp' | 'slaac',
+ *         gateway?: 'none' | 'host-nat' | { vm: '<VM name or id>' }, // default 'none'
+ *         hostsWithVms: [peerId],                                     // hosts carrying its VMs
+ *         localTaps: ['pc-…'],                                        // this host's taps on it
+ *         vms?: [{ id, name?, mac, ip?, ip6?, hostPeerId, created? }] // ALL its VMs, mesh-wide
+ *       }]
+ *       underlayMtu, underlayIpv6?, wgIfname?,
+ *       runtimeDir?: '<state>/net'   // needed when this host runs dnsmasq: files in <runtimeDir>/<network>/
+ *     }
+ *
+ * Per network and host (see ipam.ts for addresses, services.ts for dnsmasq and nftables):
+ * - `dhcp`: one dnsmasq on this host's bridge with static leases for THIS host's VMs only (other
+ *   hosts' VMs are ignored and answered by their own host); addresses from `allocateIpv4`, so no
+ *   two hosts hand out the same one. With a subnet6 it also sends router advertisements (SLAAC).
+ * - `slaac`: dnsmasq sends router advertisements (prefix, MTU, router lifetime 0); needs a /64.
+ * - `static`: VMs' static addresses are checked (inside the subnet, unique); nothing is served.
+ * - A host that serves DHCPv4 or is a `host-nat` gateway has its OWN address on the bridge, from
+ *   the top of the subnet (one L2 spans the hosts: a shared gateway address would be claimed by
+ *   several hosts in ARP). With `host-nat` each host hands its own address to its own VMs as the
+ *   router and NATs their IPv4 traffic out of its default route (nftables `inet pc-net`); a VM
+ *   that moves gets the new host's router at its next DHCP renewal. `{ vm }`: that VM's address is
+ *   the router; `none`: no router option.
+ * - The MTU goes to VMs in DHCP option 26 and in the RA MTU option.
  *
  * @example
  * const desired = planHost(input)
@@ -11,8 +44,12 @@
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import {
   assignVnis, bridgeName, vxlanName, networkMtu, wireguardMtu, canonicalIp, checkIfname, deriveMac,
-  compareStrings, DEFAULT_WG_IFNAME, HOST_PREFIX_LEN, VXLAN_PORT, WG_KEEPALIVE, BRIDGE_PREFIX, VXLAN_PREFIX
+  compareStrings, parseIpv6, formatIpv6, DEFAULT_WG_IFNAME, HOST_PREFIX_LEN, VXLAN_PORT, WG_KEEPALIVE, BRIDGE_PREFIX, VXLAN_PREFIX
 } from './addressing.ts'
+import { allocateIpv4, parseSubnet6, subnets4Overlap, inSubnet6, hostInterfaceIds6, joinIpv6, LINK_LOCAL_PREFIX } from './ipam.ts'
+import type { Subnet4 } from './ipam.ts'
+import { renderDnsmasqConfig, renderFirewall, shortHash } from './services.ts'
+import type { FirewallNetwork } from './services.ts'
 
 // ---------------------------------------------------------------------------------------------
 // Input
@@ -36,6 +73,25 @@ export interface PlanMember {
 
 export type NetworkMode = 'static' | 'dhcp' | 'slaac'
 
+/** `host-nat`: each host is the IPv4 router of its own VMs and NATs them; `{ vm }`: that VM routes. */
+export type NetworkGateway = 'none' | 'host-nat' | { vm: string }
+
+export interface PlanVm {
+  id: string
+  /** Human name; a `{ vm }` gateway may name it (or give the id). */
+  name?: string
+  /** MAC of the VM's interface on this network (static DHCP leases are by MAC). */
+  mac: string
+  /** Static IPv4 address; wins over allocation (must be inside subnet4 and unique). */
+  ip?: string
+  /** Static IPv6 address (inside subnet6, unique); VMs otherwise configure themselves by SLAAC. */
+  ip6?: string
+  /** The host that runs the VM. */
+  hostPeerId: string
+  /** Creation order (ms since epoch from the VM record): earlier VMs keep their addresses. @default 0 */
+  created?: number
+}
+
 export interface PlanNetwork {
   id: string
   name: string
@@ -46,6 +102,10 @@ export interface PlanNetwork {
   hostsWithVms: string[]
   /** Tap (or veth) devices of this host's VMs on this network; they exist before the plan runs. */
   localTaps: string[]
+  /** @default 'none' */
+  gateway?: NetworkGateway
+  /** Every VM of this network, mesh-wide (addresses are allocated from the whole list). @default [] */
+  vms?: PlanVm[]
 }
 
 export interface PlanInput {
@@ -59,6 +119,8 @@ export interface PlanInput {
   underlayIpv6?: boolean
   /** @default 'pc-wg0' */
   wgIfname?: string
+  /** Directory for per-network service files (`<runtimeDir>/<network>/dnsmasq.*`); needed for dhcp/slaac. */
+  runtimeDir?: string
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -93,11 +155,39 @@ export interface DesiredNetwork {
   /** Overlay addresses of the other hosts that carry VMs of this network (sorted). */
   fdb: string[]
   taps: string[]
+  /** This host's addresses on the bridge (`addr/len`: IPv4, IPv6, IPv6 link-local), sorted. */
+  bridgeAddresses: string[]
+  /** IPv4 router of this host's VMs (this host's bridge address with host-nat, a VM's with `{ vm }`). */
+  gateway4?: string
+  /** IPv4 address of every VM of the network (VM id → address), mesh-wide. */
+  vmAddresses4: Record<string, string>
+  dnsmasq?: DesiredDnsmasq
+}
+
+export interface DesiredDnsmasq {
+  /** Directory of its files (conf, pid, leases, hash). */
+  dir: string
+  /** The whole configuration file. */
+  config: string
+  /** Short hash of `config`, stored beside the pidfile. */
+  hash: string
+}
+
+export interface DesiredFirewall {
+  /** `table inet pc-net { … }`. */
+  ruleset: string
+  hash: string
+  /** Rules per chain. */
+  rules: Record<string, number>
 }
 
 export interface DesiredState {
   wireguard: DesiredWireguard
   networks: DesiredNetwork[]
+  /** The `inet pc-net` nftables table; undefined: no table. */
+  firewall?: DesiredFirewall
+  /** IPv4 forwarding must be on (some network is host-nat here). It is never turned off. */
+  ipv4Forwarding: boolean
 }
 
 export interface ActualLink {
@@ -110,7 +200,7 @@ export interface ActualLink {
   master?: string
   mac?: string
   vxlan?: { vni: number, local?: string, port: number }
-  /** Global addresses as `addr/len` (link-local ones left out). */
+  /** Global addresses as `addr/len` (link-local ones left out, except on `pc-br` bridges). */
   addresses: string[]
 }
 
@@ -137,6 +227,26 @@ export interface ActualState {
   wireguard?: ActualWireguard
   /** All-zero (flooding) FDB entries of `pc-vx` devices. */
   fdb: ActualFdbEntry[]
+  /** dnsmasq instances found under the runtime dir (read when one is given). */
+  dnsmasq?: ActualDnsmasq[]
+  /** The `inet pc-net` table when it exists. */
+  firewall?: ActualFirewall
+  /** net.ipv4.ip_forward, when it could be read. */
+  ipv4Forwarding?: boolean
+}
+
+export interface ActualDnsmasq {
+  dir: string
+  /** Pid of a running dnsmasq of this directory (checked in /proc), if any. */
+  pid?: number
+  /** Hash of the configuration it was started with. */
+  hash?: string
+}
+
+export interface ActualFirewall {
+  /** Hash from the table comment. */
+  hash?: string
+  rules: Record<string, number>
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,6 +266,11 @@ export type Step = StepBase & (
   | { type: 'addr.remove', ifname: string, address: string }
   | { type: 'fdb.add', ifname: string, dst: string }
   | { type: 'fdb.remove', ifname: string, dst: string }
+  | { type: 'dnsmasq.start', ifname: string, dir: string, config: string, hash: string, stopPid?: number }
+  | { type: 'dnsmasq.stop', dir: string, pid?: number }
+  | { type: 'firewall.replace', ruleset: string, hash: string }
+  | { type: 'firewall.delete' }
+  | { type: 'sysctl.set', key: string, value: string }
 )
 export type StepType = Step['type']
 
@@ -228,6 +343,8 @@ export function planHost (input: PlanInput): DesiredState {
   const vnis = assignVnis(input.networks.map(n => n.id))
   const claimedTaps = new Map<string, string>()
   const networks: DesiredNetwork[] = []
+  const hostSubnets4: Array<{ name: string, subnet: Subnet4 }> = []
+  const firewallNets: FirewallNetwork[] = []
   for (const n of input.networks) {
     for (const tap of n.localTaps) {
       const other = claimedTaps.get(tap)
@@ -242,18 +359,36 @@ export function planHost (input: PlanInput): DesiredState {
       if (a === undefined) bad(`network ${n.name}: host ${p} carries VMs but is not a member`)
       return a
     }))].sort(compareStrings)
+    const bridge = bridgeName(vni)
+    const services = planServices(n, self.peerId, bridge, netMtu, input.runtimeDir)
+    if (services.hostSubnet4 !== undefined) hostSubnets4.push({ name: n.name, subnet: services.hostSubnet4 })
+    if (services.firewall !== undefined) firewallNets.push(services.firewall)
     networks.push({
       networkId: n.id,
       name: n.name,
       vni,
       mtu: netMtu,
-      bridge: { ifname: bridgeName(vni), mac: deriveMac(`bridge/${n.id}/${self.peerId}`) },
+      bridge: { ifname: bridge, mac: deriveMac(`bridge/${n.id}/${self.peerId}`) },
       vxlan: { ifname: vxlanName(vni), local: myAddr, port: VXLAN_PORT },
       fdb,
-      taps: [...new Set(n.localTaps)].sort(compareStrings)
+      taps: [...new Set(n.localTaps)].sort(compareStrings),
+      bridgeAddresses: services.bridgeAddresses,
+      ...(services.gateway4 !== undefined ? { gateway4: services.gateway4 } : {}),
+      vmAddresses4: services.vmAddresses4,
+      ...(services.dnsmasq !== undefined ? { dnsmasq: services.dnsmasq } : {})
     })
   }
   networks.sort((a, b) => a.vni - b.vni)
+  // This host routes for the subnets it has an address in: they must not overlap.
+  for (let i = 0; i < hostSubnets4.length; i++) {
+    for (let j = i + 1; j < hostSubnets4.length; j++) {
+      const [a, b] = [hostSubnets4[i], hostSubnets4[j]]
+      if (subnets4Overlap(a.subnet, b.subnet)) {
+        bad(`networks ${a.name} (${a.subnet.cidr}) and ${b.name} (${b.subnet.cidr}) overlap, and this host has an address in both (DHCP or host-nat): give one another subnet`)
+      }
+    }
+  }
+  const firewall = renderFirewall(firewallNets)
 
   return {
     wireguard: {
@@ -264,8 +399,151 @@ export function planHost (input: PlanInput): DesiredState {
       address: `${myAddr}/${HOST_PREFIX_LEN}`,
       peers
     },
-    networks
+    networks,
+    ...(firewall !== undefined ? { firewall } : {}),
+    ipv4Forwarding: firewallNets.some(f => f.nat4 !== undefined)
   }
+}
+
+const SAFE_DIR = /^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$/
+
+/** Directory name of a network's service files: its id when safe as a file name, else a hash. */
+export function networkDirName (networkId: string): string {
+  return SAFE_DIR.test(networkId) && networkId !== '..' ? networkId : `h-${shortHash(networkId)}`
+}
+
+function normalMac (mac: string, where: string): string {
+  if (!/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(mac)) bad(`${where}: bad MAC ${JSON.stringify(mac)} (expected aa:bb:cc:dd:ee:ff)`)
+  if ((parseInt(mac.slice(0, 2), 16) & 1) === 1) bad(`${where}: MAC ${mac} is multicast`)
+  return mac.toLowerCase()
+}
+
+interface ServicesPlan {
+  bridgeAddresses: string[]
+  gateway4?: string
+  vmAddresses4: Record<string, string>
+  dnsmasq?: DesiredDnsmasq
+  firewall?: FirewallNetwork
+  /** Subnet this host has an IPv4 address in. */
+  hostSubnet4?: Subnet4
+}
+
+/** Addresses, dnsmasq and firewall of one network this host carries. */
+function planServices (n: PlanNetwork, self: string, bridge: string, mtu: number, runtimeDir: string | undefined): ServicesPlan {
+  const label = `network ${n.name}`
+  const gateway = n.gateway ?? 'none'
+  const vms = n.vms ?? []
+  if (!['static', 'dhcp', 'slaac'].includes(n.mode)) bad(`${label}: unknown mode ${JSON.stringify(n.mode)} (static, dhcp or slaac)`)
+  if (typeof gateway === 'string' && gateway !== 'none' && gateway !== 'host-nat') bad(`${label}: unknown gateway ${JSON.stringify(gateway)} ('none', 'host-nat' or { vm: name })`)
+  const macs = new Map<string, string>()
+  for (const vm of vms) {
+    const mac = normalMac(vm.mac, `${label}, VM ${vm.id}`)
+    const other = macs.get(mac)
+    if (other !== undefined && other !== vm.id) bad(`${label}: VMs ${other} and ${vm.id} have the same MAC ${mac}`)
+    macs.set(mac, vm.id)
+  }
+  const hosts = [...new Set([...n.hostsWithVms, ...vms.map(v => v.hostPeerId), self])].sort(compareStrings)
+  const localVms = vms.filter(v => v.hostPeerId === self)
+
+  // IPv4
+  const dhcp4 = n.mode === 'dhcp' && n.subnet4 !== undefined
+  const nat = gateway === 'host-nat'
+  if (nat && n.subnet4 === undefined) bad(`${label}: gateway host-nat needs a subnet4`)
+  if (n.mode === 'dhcp' && n.subnet4 === undefined && n.subnet6 === undefined) bad(`${label}: mode dhcp needs a subnet4 (or a subnet6 for router advertisements)`)
+  const bridgeAddresses: string[] = []
+  let vmAddresses4: Record<string, string> = {}
+  let gateway4: string | undefined
+  let subnet4: Subnet4 | undefined
+  let hostAddr4: string | undefined
+  if (n.subnet4 !== undefined) {
+    const needHost = dhcp4 || nat
+    // Only dhcp allocates; in other modes VMs without a static address get none from us.
+    const ipamVms = dhcp4 ? vms : vms.filter(v => v.ip !== undefined)
+    const alloc = allocateIpv4(n.id, n.subnet4, ipamVms.map(v => ({ id: v.id, ...(v.ip !== undefined ? { ip: v.ip } : {}), ...(v.created !== undefined ? { created: v.created } : {}) })), needHost ? hosts : [])
+    subnet4 = alloc.subnet
+    vmAddresses4 = Object.fromEntries([...alloc.vms.entries()].sort((a, b) => compareStrings(a[0], b[0])))
+    hostAddr4 = alloc.hosts.get(self)
+    if (hostAddr4 !== undefined) bridgeAddresses.push(`${hostAddr4}/${alloc.subnet.prefixLen}`)
+    if (nat) gateway4 = hostAddr4
+  } else if (vms.some(v => v.ip !== undefined)) {
+    bad(`${label}: a VM has a static IPv4 address but the network has no subnet4`)
+  }
+  if (typeof gateway === 'object') {
+    const gw = vms.find(v => v.name === gateway.vm) ?? vms.find(v => v.id === gateway.vm)
+    if (gw === undefined) bad(`${label}: the gateway VM ${JSON.stringify(gateway.vm)} is not on this network`)
+    gateway4 = vmAddresses4[gw.id]
+    if (gateway4 === undefined) bad(`${label}: the gateway VM ${JSON.stringify(gateway.vm)} has no IPv4 address (give it a static ip, or use mode dhcp)`)
+  }
+
+  // IPv6
+  const ra = n.subnet6 !== undefined && (n.mode === 'slaac' || n.mode === 'dhcp')
+  if (n.mode === 'slaac' && n.subnet6 === undefined) bad(`${label}: mode slaac needs a subnet6 (a /64)`)
+  if (n.subnet6 !== undefined) {
+    const s6 = parseSubnet6(n.subnet6, `${label}: subnet6`)
+    if (ra && s6.prefixLen !== 64) bad(`${label}: subnet6 ${s6.cidr} must be a /64 for SLAAC`)
+    const seen6 = new Map<string, string>()
+    for (const vm of vms) {
+      if (vm.ip6 === undefined) continue
+      let a: Uint8Array
+      try { a = parseIpv6(vm.ip6) } catch { bad(`${label}: VM ${vm.id} has a static IPv6 address ${JSON.stringify(vm.ip6)} that is not IPv6`) }
+      if (!inSubnet6(s6, a)) bad(`${label}: VM ${vm.id} has the static address ${vm.ip6}, outside the subnet ${s6.cidr}`)
+      const text = formatIpv6(a)
+      const other = seen6.get(text)
+      if (other !== undefined) bad(`${label}: the static address ${text} is given to two VMs (${other} and ${vm.id})`)
+      seen6.set(text, vm.id)
+    }
+    if (ra) {
+      const iid = hostInterfaceIds6(n.id, hosts).get(self)!
+      const mine = joinIpv6(s6.prefix, iid)
+      const owner = seen6.get(mine)
+      if (owner !== undefined) bad(`${label}: VM ${owner} has the static address ${mine}, this host's address on the network`)
+      bridgeAddresses.push(`${mine}/64`, `${joinIpv6(LINK_LOCAL_PREFIX, iid)}/64`)
+    }
+  } else if (vms.some(v => v.ip6 !== undefined)) {
+    bad(`${label}: a VM has a static IPv6 address but the network has no subnet6`)
+  }
+
+  let dnsmasq: DesiredDnsmasq | undefined
+  if (dhcp4 || ra) {
+    if (runtimeDir === undefined) bad(`${label}: mode ${n.mode} runs dnsmasq, which needs a runtime directory (runtimeDir)`)
+    const dir = `${runtimeDir.replace(/\/+$/, '')}/${networkDirName(n.id)}`
+    const config = renderDnsmasqConfig({
+      networkId: n.id,
+      name: n.name,
+      bridge,
+      dir,
+      mtu,
+      ...(dhcp4 && subnet4 !== undefined
+        ? {
+            dhcp4: {
+              base: parseSubnetBase(subnet4),
+              netmask: subnet4.netmask,
+              ...(gateway4 !== undefined ? { router: gateway4 } : {}),
+              hosts: localVms.filter(v => vmAddresses4[v.id] !== undefined).map(v => ({ mac: v.mac.toLowerCase(), ip: vmAddresses4[v.id] }))
+            }
+          }
+        : {}),
+      ...(ra ? { ra: { prefix: parseSubnet6(n.subnet6!).cidr.split('/')[0] } } : {})
+    })
+    dnsmasq = { dir, config, hash: shortHash(config) }
+  }
+  const guardHost = bridgeAddresses.length > 0
+  const firewall: FirewallNetwork | undefined = guardHost || nat
+    ? { bridge, guardHost, dhcp4, ...(nat && subnet4 !== undefined ? { nat4: subnet4.cidr } : {}) }
+    : undefined
+  bridgeAddresses.sort(compareStrings)
+  return {
+    bridgeAddresses,
+    ...(gateway4 !== undefined ? { gateway4 } : {}),
+    vmAddresses4,
+    ...(dnsmasq !== undefined ? { dnsmasq } : {}),
+    ...(firewall !== undefined ? { firewall } : {}),
+    ...(hostAddr4 !== undefined && subnet4 !== undefined ? { hostSubnet4: subnet4 } : {})
+  }
+}
+
+function parseSubnetBase (s: Subnet4): string {
+  return s.cidr.split('/')[0]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -302,6 +580,14 @@ export function diff (desired: DesiredState, actual: ActualState): Step[] {
   for (const n of desired.networks) {
     wanted.set(n.bridge.ifname, 'bridge')
     wanted.set(n.vxlan.ifname, 'vxlan')
+  }
+
+  // 0. dnsmasq instances of networks that are gone (before their bridges go).
+  const wantedDirs = new Set(desired.networks.flatMap(n => n.dnsmasq !== undefined ? [n.dnsmasq.dir] : []))
+  const actualDnsmasq = new Map((actual.dnsmasq ?? []).map(d => [d.dir, d]))
+  for (const d of [...actualDnsmasq.values()].sort((a, b) => compareStrings(a.dir, b.dir))) {
+    if (wantedDirs.has(d.dir)) continue
+    steps.push({ type: 'dnsmasq.stop', dir: d.dir, ...(d.pid !== undefined ? { pid: d.pid } : {}), description: `stop dnsmasq of ${d.dir} and remove its files (network not served here)` })
   }
 
   // 1. Deletions: managed devices not desired, or desired with the wrong kind or VXLAN settings.
@@ -374,8 +660,51 @@ export function diff (desired: DesiredState, actual: ActualState): Step[] {
     for (const dst of n.fdb) {
       if (!have.includes(dst)) steps.push({ type: 'fdb.add', ifname: n.vxlan.ifname, dst, description: `flood ${label} to host ${dst}` })
     }
+    // This host's addresses on the bridge (DHCP server, gateway, RA source).
+    const brAddrs = (br?.addresses ?? []).map(canonicalCidr)
+    const wantAddrs = n.bridgeAddresses.map(canonicalCidr)
+    for (const a of brAddrs) {
+      if (!wantAddrs.includes(a)) steps.push({ type: 'addr.remove', ifname: n.bridge.ifname, address: a, description: `remove address ${a} from ${n.bridge.ifname} (${label})` })
+    }
+    for (const a of wantAddrs) {
+      if (!brAddrs.includes(a)) steps.push({ type: 'addr.add', ifname: n.bridge.ifname, address: a, description: `add host address ${a} to ${n.bridge.ifname} (${label})` })
+    }
+    // dnsmasq: (re)started only when it is not running or its configuration changed.
+    if (n.dnsmasq !== undefined) {
+      const d = actualDnsmasq.get(n.dnsmasq.dir)
+      if (d?.pid === undefined || d.hash !== n.dnsmasq.hash) {
+        const why = d?.pid === undefined ? 'not running' : 'configuration changed'
+        steps.push({
+          type: 'dnsmasq.start',
+          ifname: n.bridge.ifname,
+          dir: n.dnsmasq.dir,
+          config: n.dnsmasq.config,
+          hash: n.dnsmasq.hash,
+          ...(d?.pid !== undefined ? { stopPid: d.pid } : {}),
+          description: `${d?.pid === undefined ? 'start' : 'restart'} dnsmasq for ${label} on ${n.bridge.ifname} (${why})`
+        })
+      }
+    }
+  }
+
+  // 4. Firewall (nftables table inet pc-net), replaced whole and atomically when it differs.
+  const fw = desired.firewall
+  const afw = actual.firewall
+  if (fw === undefined) {
+    if (afw !== undefined) steps.push({ type: 'firewall.delete', description: 'delete nftables table inet pc-net (no NAT or host guard needed)' })
+  } else if (afw === undefined || afw.hash !== fw.hash || !sameRules(afw.rules, fw.rules)) {
+    steps.push({ type: 'firewall.replace', ruleset: fw.ruleset, hash: fw.hash, description: `${afw === undefined ? 'create' : 'replace'} nftables table inet pc-net (${Object.entries(fw.rules).map(([c, k]) => `${c}: ${k} rules`).join(', ')})` })
+  }
+  if (desired.ipv4Forwarding && actual.ipv4Forwarding !== true) {
+    steps.push({ type: 'sysctl.set', key: 'net.ipv4.ip_forward', value: '1', description: 'turn IPv4 forwarding on (host-nat)' })
   }
   return steps
+}
+
+function sameRules (a: Record<string, number>, b: Record<string, number>): boolean {
+  const ka = Object.keys(a).sort()
+  const kb = Object.keys(b).sort()
+  return ka.length === kb.length && ka.every((k, i) => k === kb[i] && a[k] === b[k])
 }
 
 function pushLinkSet (steps: Step[], link: Pick<ActualLink, 'ifname' | 'mtu' | 'master' | 'mac'> & { up?: boolean }, want: { mtu?: number, mac?: string, master?: string }): void {

@@ -9,7 +9,7 @@
  * driver.applied // the steps, in order
  */
 import { PicocloudError, ErrorCode } from '../../../protocol/errors.ts'
-import type { ActualLink, ActualPeer, ActualState, ActualWireguard, Step, StepType } from '../../net/plan.ts'
+import type { ActualFirewall, ActualLink, ActualPeer, ActualState, ActualWireguard, Step, StepType } from '../../net/plan.ts'
 import type { NetworkDriver, ReadStateOptions } from './types.ts'
 
 export interface FakeNetworkDriver extends NetworkDriver {
@@ -18,6 +18,11 @@ export interface FakeNetworkDriver extends NetworkDriver {
   readonly wireguard: Map<string, ActualWireguard>
   readonly fdb: Array<{ ifname: string, dst: string }>
   addLink: (link: Partial<ActualLink> & { ifname: string }) => ActualLink
+  /** dnsmasq instances by directory: pid, hash and configuration (as started). */
+  readonly dnsmasq: Map<string, { pid?: number, hash: string, config: string, ifname: string }>
+  /** The `inet pc-net` table, when it exists. */
+  firewall: (ActualFirewall & { ruleset: string }) | undefined
+  ipv4Forwarding: boolean
   failOn?: StepType
 }
 
@@ -27,6 +32,8 @@ export function fakeNetworkDriver (): FakeNetworkDriver {
   const wireguard = new Map<string, ActualWireguard>()
   const fdb: Array<{ ifname: string, dst: string }> = []
   const applied: Step[] = []
+  const dnsmasq = new Map<string, { pid?: number, hash: string, config: string, ifname: string }>()
+  let nextPid = 1000
 
   const fail = (msg: string): never => { throw new PicocloudError(ErrorCode.NetworkDriver, msg, 500) }
   const need = (ifname: string): ActualLink => links.get(ifname) ?? fail(`no such device ${ifname}`)
@@ -40,6 +47,31 @@ export function fakeNetworkDriver (): FakeNetworkDriver {
 
   function applyOne (s: Step): void {
     switch (s.type) {
+      case 'dnsmasq.start':
+        if (need(s.ifname).kind !== 'bridge') fail(`dnsmasq on ${s.ifname}: not a bridge`)
+        dnsmasq.set(s.dir, { pid: nextPid++, hash: s.hash, config: s.config, ifname: s.ifname })
+        return
+      case 'dnsmasq.stop':
+        dnsmasq.delete(s.dir)
+        return
+      case 'firewall.replace': {
+        const rules: Record<string, number> = {}
+        let chain: string | undefined
+        for (const line of s.ruleset.split('\n').map(l => l.trim())) {
+          const m = /^chain (\S+) \{$/.exec(line)
+          if (m !== null) { chain = m[1]; rules[chain] = 0 } else if (line === '}') chain = undefined
+          else if (chain !== undefined && line !== '' && !line.startsWith('type ')) rules[chain]++
+        }
+        driver.firewall = { hash: s.hash, rules, ruleset: s.ruleset }
+        return
+      }
+      case 'firewall.delete':
+        if (driver.firewall === undefined) fail('no table inet pc-net')
+        driver.firewall = undefined
+        return
+      case 'sysctl.set':
+        if (s.key === 'net.ipv4.ip_forward') driver.ipv4Forwarding = s.value === '1'
+        return
       case 'link.delete': {
         need(s.ifname)
         links.delete(s.ifname)
@@ -117,12 +149,21 @@ export function fakeNetworkDriver (): FakeNetworkDriver {
     wireguard,
     fdb,
     addLink,
+    dnsmasq,
+    firewall: undefined,
+    ipv4Forwarding: false,
     async readState (options: ReadStateOptions): Promise<ActualState> {
       const wg = wireguard.get(options.wgIfname)
+      const fw = driver.firewall
       return structuredClone({
         links: [...links.values()],
         ...(wg !== undefined ? { wireguard: wg } : {}),
-        fdb: fdb.filter(e => e.ifname.startsWith('pc-vx'))
+        fdb: fdb.filter(e => e.ifname.startsWith('pc-vx')),
+        ...(options.runtimeDir !== undefined
+          ? { dnsmasq: [...dnsmasq.entries()].filter(([dir]) => dir.startsWith(options.runtimeDir + '/')).map(([dir, d]) => ({ dir, ...(d.pid !== undefined ? { pid: d.pid } : {}), hash: d.hash })) }
+          : {}),
+        ...(fw !== undefined ? { firewall: { ...(fw.hash !== undefined ? { hash: fw.hash } : {}), rules: fw.rules } } : {}),
+        ipv4Forwarding: driver.ipv4Forwarding
       })
     },
     async apply (steps: readonly Step[]): Promise<void> {

@@ -1,6 +1,8 @@
 /**
  * The real network driver: `ip`, `bridge` and `wg` (iproute2, wireguard-tools), with kernel
- * WireGuard when the kernel has it and wireguard-go otherwise. Every command runs through the
+ * WireGuard when the kernel has it and wireguard-go otherwise; `dnsmasq` (one per network, files in
+ * `<runtimeDir>/<network>/`, the hash of its configuration beside its pidfile), `nft` (the table
+ * `inet pc-net`, replaced atomically in one `nft -f` transaction) and `sysctl`. Every command runs through the
  * injected Exec, so the same driver works on the host and inside a network namespace
  * (`inNetns(realExec, ns)`). State is read as JSON (`ip -d -j link`, `ip -j addr`,
  * `bridge -j fdb`) and `wg show … dump`.
@@ -12,16 +14,17 @@
  * @example
  * const driver = linuxNetworkDriver({ exec: inNetns(realExec, 'pct-1-a') })
  */
-import { mkdtemp, writeFile, rm } from 'node:fs/promises'
+import { mkdtemp, mkdir, writeFile, readFile, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { join, basename, dirname } from 'node:path'
 import { PicocloudError, ErrorCode } from '../../../protocol/errors.ts'
 import { check, ExecError } from '../exec.ts'
 import type { Exec } from '../exec.ts'
 import type { Logger } from '../../log.ts'
 import { silentLogger } from '../../log.ts'
-import type { ActualFdbEntry, ActualLink, ActualPeer, ActualState, ActualWireguard, Step } from '../../net/plan.ts'
-import { VXLAN_PREFIX, checkIfname } from '../../net/addressing.ts'
+import type { ActualDnsmasq, ActualFdbEntry, ActualFirewall, ActualLink, ActualPeer, ActualState, ActualWireguard, Step } from '../../net/plan.ts'
+import { VXLAN_PREFIX, BRIDGE_PREFIX, checkIfname } from '../../net/addressing.ts'
+import { DNSMASQ_FILES, FIREWALL_FAMILY, FIREWALL_TABLE } from '../../net/services.ts'
 import type { NetworkDriver, ReadStateOptions } from './types.ts'
 
 export type WireguardBackend = 'kernel' | 'userspace'
@@ -32,6 +35,8 @@ export interface LinuxNetworkDriverInit {
   wireguard?: 'auto' | WireguardBackend
   /** @default 'wireguard-go' */
   wireguardGo?: string
+  /** @default 'dnsmasq' */
+  dnsmasq?: string
   /** Where private keys are written (0600) for the moment `wg set` reads them. @default os.tmpdir() */
   tmpDir?: string
   log?: Logger
@@ -81,11 +86,61 @@ export function parseWgDump (ifname: string, text: string): ActualWireguard {
   return { ifname, ...(privateKey !== '(none)' ? { privateKey } : {}), listenPort: Number(port), peers }
 }
 
+/** Counts rules per chain and reads the hash from the comment of `nft list table` text output. */
+export function parseNftTable (text: string): ActualFirewall {
+  const hash = /^\s*comment "picocloud ([0-9a-f]+)"\s*$/m.exec(text)?.[1]
+  const rules: Record<string, number> = {}
+  let chain: string | undefined
+  for (const raw of text.split('\n')) {
+    const line = raw.trim()
+    const open = /^chain (\S+) \{$/.exec(line)
+    if (open !== null) { chain = open[1]; rules[chain] = 0; continue }
+    if (chain === undefined) continue
+    if (line === '}') { chain = undefined; continue }
+    if (line === '' || line.startsWith('type ') || line.startsWith('policy ') || line.startsWith('comment ')) continue
+    rules[chain]++
+  }
+  for (const [c, k] of Object.entries(rules)) if (k === 0) delete rules[c]
+  return { ...(hash !== undefined ? { hash } : {}), rules }
+}
+
+/** A service directory must be an absolute path whose last part is a plain name. */
+function checkServiceDir (dir: string): void {
+  const name = basename(dir)
+  if (!dir.startsWith('/') || name === '' || name === '.' || name === '..' || dir.split('/').includes('..') || dirname(dir) === dir) {
+    throw new PicocloudError(ErrorCode.NetworkDriver, `refusing service directory ${JSON.stringify(dir)}`, 500)
+  }
+}
+
+/** Pid of the dnsmasq whose pidfile is in `dir`, when that process is alive and is that dnsmasq. */
+export async function runningDnsmasq (dir: string): Promise<number | undefined> {
+  const pid = Number((await readFile(join(dir, DNSMASQ_FILES.pid), 'utf8').catch(() => '')).trim())
+  if (!Number.isInteger(pid) || pid <= 1) return undefined
+  return await isOurDnsmasq(pid, dir) ? pid : undefined
+}
+
+async function isOurDnsmasq (pid: number, dir: string): Promise<boolean> {
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
+  const argv = cmdline.split('\0')
+  return basename(argv[0] ?? '').startsWith('dnsmasq') && argv.includes(`--conf-file=${join(dir, DNSMASQ_FILES.conf)}`)
+}
+
+async function stopDnsmasq (dir: string, pid: number): Promise<void> {
+  if (!await isOurDnsmasq(pid, dir)) return
+  try { process.kill(pid, 'SIGTERM') } catch { return }
+  const deadline = Date.now() + 5000
+  while (await isOurDnsmasq(pid, dir)) {
+    if (Date.now() > deadline) { try { process.kill(pid, 'SIGKILL') } catch {} }
+    if (Date.now() > deadline + 2000) throw new PicocloudError(ErrorCode.NetworkDriver, `dnsmasq ${pid} of ${dir} does not exit`, 500)
+    await new Promise(resolve => setTimeout(resolve, 20))
+  }
+}
+
 export function linuxNetworkDriver (init: LinuxNetworkDriverInit): LinuxNetworkDriver {
   const { exec } = init
   const log = init.log ?? silentLogger
   let backend: WireguardBackend | undefined = init.wireguard === 'auto' ? undefined : init.wireguard
-  const run = async (cmd: string, args: string[]): Promise<string> => await check(exec, cmd, args)
+  const run = async (cmd: string, args: string[], input?: string): Promise<string> => await check(exec, cmd, args, input !== undefined ? { input } : undefined)
 
   async function readState (options: ReadStateOptions): Promise<ActualState> {
     const [linkText, addrText, fdbText] = await Promise.all([
@@ -95,7 +150,9 @@ export function linuxNetworkDriver (init: LinuxNetworkDriverInit): LinuxNetworkD
     ])
     const addrs = new Map<string, string[]>()
     for (const a of parseJson<IpAddr[]>(addrText, 'ip addr')) {
-      addrs.set(a.ifname, (a.addr_info ?? []).filter(i => i.scope !== 'link' && i.scope !== 'host').map(i => `${i.local}/${i.prefixlen}`))
+      // Link-local addresses count on our bridges only (the RA source address is ours to manage).
+      const ours = a.ifname.startsWith(BRIDGE_PREFIX)
+      addrs.set(a.ifname, (a.addr_info ?? []).filter(i => i.scope !== 'host' && (ours || i.scope !== 'link')).map(i => `${i.local}/${i.prefixlen}`))
     }
     const links: ActualLink[] = parseJson<IpLink[]>(linkText, 'ip link').map(l => {
       const kind = l.linkinfo?.info_kind
@@ -126,7 +183,70 @@ export function linuxNetworkDriver (init: LinuxNetworkDriverInit): LinuxNetworkD
       if (r.code === 0) wireguard = parseWgDump(options.wgIfname, r.stdout)
       else log.warn('cannot read WireGuard state', { ifname: options.wgIfname, error: r.stderr.trim() })
     }
-    return { links, ...(wireguard !== undefined ? { wireguard } : {}), fdb }
+    const [dnsmasq, firewall, forwarding] = await Promise.all([
+      options.runtimeDir !== undefined ? readDnsmasq(options.runtimeDir) : Promise.resolve(undefined),
+      readFirewall(),
+      exec('sysctl', ['-n', 'net.ipv4.ip_forward']).then(r => r.code === 0 ? r.stdout.trim() === '1' : undefined, () => undefined)
+    ])
+    return {
+      links,
+      ...(wireguard !== undefined ? { wireguard } : {}),
+      fdb,
+      ...(dnsmasq !== undefined ? { dnsmasq } : {}),
+      ...(firewall !== undefined ? { firewall } : {}),
+      ...(forwarding !== undefined ? { ipv4Forwarding: forwarding } : {})
+    }
+  }
+
+  async function readDnsmasq (runtimeDir: string): Promise<ActualDnsmasq[]> {
+    let entries: string[]
+    try {
+      entries = await readdir(runtimeDir)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
+      throw err
+    }
+    const out: ActualDnsmasq[] = []
+    for (const name of entries.sort()) {
+      const dir = join(runtimeDir, name)
+      const files = await readdir(dir).catch(() => [] as string[])
+      if (!files.includes(DNSMASQ_FILES.conf) && !files.includes(DNSMASQ_FILES.hash)) continue
+      const pid = await runningDnsmasq(dir)
+      const hash = (await readFile(join(dir, DNSMASQ_FILES.hash), 'utf8').catch(() => '')).trim()
+      out.push({ dir, ...(pid !== undefined ? { pid } : {}), ...(hash !== '' ? { hash } : {}) })
+    }
+    return out
+  }
+
+  async function readFirewall (): Promise<ActualFirewall | undefined> {
+    let r
+    try {
+      r = await exec('nft', ['list', 'table', FIREWALL_FAMILY, FIREWALL_TABLE])
+    } catch {
+      return undefined // no nft: there is no table of ours either
+    }
+    if (r.code !== 0) return undefined
+    return parseNftTable(r.stdout)
+  }
+
+  async function applyDnsmasqStart (s: Extract<Step, { type: 'dnsmasq.start' }>): Promise<void> {
+    checkServiceDir(s.dir)
+    await mkdir(s.dir, { recursive: true, mode: 0o755 })
+    if (s.stopPid !== undefined) await stopDnsmasq(s.dir, s.stopPid)
+    const conf = join(s.dir, DNSMASQ_FILES.conf)
+    await rm(join(s.dir, DNSMASQ_FILES.hash), { force: true })
+    await rm(join(s.dir, DNSMASQ_FILES.pid), { force: true })
+    await writeFile(conf, s.config, { mode: 0o644 })
+    let r
+    try {
+      r = await exec(init.dnsmasq ?? 'dnsmasq', [`--conf-file=${conf}`])
+    } catch (err) {
+      throw new PicocloudError(ErrorCode.NetworkDriver, `cannot run dnsmasq (install dnsmasq-base): ${(err as Error).message}`, 500, { cause: err })
+    }
+    if (r.code !== 0) throw new PicocloudError(ErrorCode.NetworkDriver, `dnsmasq for ${s.ifname} failed (exit ${r.code}): ${r.stderr.trim() || r.stdout.trim()}`, 500)
+    // dnsmasq writes its pidfile before the starting process exits; check that it stayed up.
+    if (await runningDnsmasq(s.dir) === undefined) throw new PicocloudError(ErrorCode.NetworkDriver, `dnsmasq for ${s.ifname} exited right after starting`, 500)
+    await writeFile(join(s.dir, DNSMASQ_FILES.hash), s.hash + '\n', { mode: 0o644 })
   }
 
   async function createWireguard (ifname: string): Promise<void> {
@@ -163,8 +283,24 @@ export function linuxNetworkDriver (init: LinuxNetworkDriverInit): LinuxNetworkD
   }
 
   async function applyOne (s: Step): Promise<void> {
-    checkIfname(s.ifname)
+    if ('ifname' in s) checkIfname(s.ifname)
     switch (s.type) {
+      case 'dnsmasq.start':
+        await applyDnsmasqStart(s); return
+      case 'dnsmasq.stop':
+        checkServiceDir(s.dir)
+        if (s.pid !== undefined) await stopDnsmasq(s.dir, s.pid)
+        await rm(s.dir, { recursive: true, force: true })
+        return
+      case 'firewall.replace':
+        // One transaction: there is never a moment without the table's rules.
+        await run('nft', ['-f', '-'], `add table ${FIREWALL_FAMILY} ${FIREWALL_TABLE}\ndelete table ${FIREWALL_FAMILY} ${FIREWALL_TABLE}\n${s.ruleset}`)
+        return
+      case 'firewall.delete':
+        await run('nft', ['delete', 'table', FIREWALL_FAMILY, FIREWALL_TABLE]); return
+      case 'sysctl.set':
+        if (!/^net\.[a-z0-9_.-]+$/.test(s.key)) throw new PicocloudError(ErrorCode.NetworkDriver, `refusing sysctl ${s.key}`, 500)
+        await run('sysctl', ['-q', '-w', `${s.key}=${s.value}`]); return
       case 'link.delete':
         await run('ip', ['link', 'del', 'dev', s.ifname]); return
       case 'wg.create':
@@ -207,6 +343,10 @@ export function linuxNetworkDriver (init: LinuxNetworkDriverInit): LinuxNetworkD
         return
       }
       case 'addr.add':
+        if (s.address.includes(':') && s.ifname.startsWith(BRIDGE_PREFIX)) {
+          // The host serves router advertisements on its bridges; it does not listen to them.
+          await run('sysctl', ['-q', '-w', `net.ipv6.conf.${s.ifname}.accept_ra=0`, `net.ipv6.conf.${s.ifname}.autoconf=0`])
+        }
         await run('ip', ['addr', 'add', s.address, 'dev', s.ifname, ...(s.address.includes(':') ? ['nodad'] : [])]); return
       case 'addr.remove':
         await run('ip', ['addr', 'del', s.address, 'dev', s.ifname]); return

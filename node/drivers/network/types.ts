@@ -12,10 +12,15 @@ import type { ActualState, Step } from '../../net/plan.ts'
 export interface ReadStateOptions {
   /** The WireGuard interface whose configuration (`wg show … dump`) is read. */
   wgIfname: string
+  /** Where per-network service files live (`<runtimeDir>/<network>/dnsmasq.*`); dnsmasq is read when given. */
+  runtimeDir?: string
 }
 
 export interface NetworkDriver {
-  /** Links (all of them: taps are needed too), the WireGuard interface and `pc-vx` flooding entries. */
+  /**
+   * Links (all of them: taps are needed too), the WireGuard interface, `pc-vx` flooding entries,
+   * dnsmasq instances under the runtime dir, the `inet pc-net` nftables table and IPv4 forwarding.
+   */
   readState: (options: ReadStateOptions) => Promise<ActualState>
   /** Applies steps in order; stops at the first failure with a NETWORK_DRIVER_ERROR. */
   apply: (steps: readonly Step[]) => Promise<void>

@@ -1,0 +1,165 @@
+/**
+ * Network services of a host, rendered as text by pure functions: the dnsmasq configuration of one
+ * network (DHCPv4 with static leases for this host's VMs, router advertisements) and the nftables
+ * table `inet pc-net` (NAT for `host-nat` networks, and the filter that keeps VMs off the host's
+ * own services on its bridge addresses).
+ *
+ * Why dnsmasq for router advertisements too (and not radvd): one process per network per host
+ * already serves DHCPv4; dnsmasq's `enable-ra` + `ra-only` range + `ra-param` gives the prefix, the
+ * MTU and a router lifetime of 0 (hosts are not IPv6 routers of private networks) with no second
+ * daemon, config format or pidfile to reconcile. It answers router solicitations at once, so a
+ * guest configures itself without waiting for the periodic advertisement.
+ *
+ * @example
+ * const text = renderDnsmasqConfig({ networkId: 'n1', name: 'lan', bridge: 'pc-br00abcd', dir: '/var/lib/picocloud/net/n1', mtu: 1370, dhcp4: { … } })
+ */
+import { createHash } from 'node:crypto'
+
+export const FIREWALL_FAMILY = 'inet'
+export const FIREWALL_TABLE = 'pc-net'
+
+/** Files of one dnsmasq instance, all in its directory. */
+export const DNSMASQ_FILES = {
+  conf: 'dnsmasq.conf',
+  pid: 'dnsmasq.pid',
+  leases: 'dnsmasq.leases',
+  /** Hash of the configuration the running instance was started with. */
+  hash: 'dnsmasq.hash'
+} as const
+
+/** Lease time handed out; leases are static, renewing only refreshes options (router, MTU). */
+export const DHCP_LEASE_TIME = '1h'
+/** Seconds between unsolicited router advertisements (solicitations are answered at once). */
+export const RA_INTERVAL = 60
+
+export interface DnsmasqDhcp4 {
+  /** Network address and netmask of the subnet. */
+  base: string
+  netmask: string
+  /** Router handed to VMs; undefined sends no router option. */
+  router?: string
+  /** Static leases of this host's VMs, by MAC. */
+  hosts: Array<{ mac: string, ip: string }>
+}
+
+export interface DnsmasqRa {
+  /** The /64 prefix (address part, e.g. `fd20::`). */
+  prefix: string
+}
+
+export interface DnsmasqParams {
+  networkId: string
+  name: string
+  bridge: string
+  dir: string
+  mtu: number
+  dhcp4?: DnsmasqDhcp4
+  ra?: DnsmasqRa
+}
+
+export function shortHash (text: string): string {
+  return createHash('sha256').update(text, 'utf8').digest('hex').slice(0, 16)
+}
+
+/** The dnsmasq configuration of one network on one host (the whole file, deterministic). */
+export function renderDnsmasqConfig (p: DnsmasqParams): string {
+  const lines = [
+    `# picocloud network ${JSON.stringify(p.name)} (${p.networkId}) on ${p.bridge}: generated, do not edit`,
+    `interface=${p.bridge}`,
+    'bind-interfaces',
+    'except-interface=lo',
+    // No DNS: the host offers no resolver to VMs (port 0 also keeps the DNS option out of leases).
+    'port=0',
+    'no-resolv',
+    'no-hosts',
+    `pid-file=${p.dir}/${DNSMASQ_FILES.pid}`,
+    `dhcp-leasefile=${p.dir}/${DNSMASQ_FILES.leases}`
+  ]
+  if (p.dhcp4 !== undefined) {
+    const d = p.dhcp4
+    lines.push(
+      // Static only: addresses come from dhcp-host lines, and MACs that are not this host's VMs
+      // (other hosts' VMs, heard over VXLAN) are ignored, so their own host answers alone.
+      `dhcp-range=${d.base},static,${d.netmask},${DHCP_LEASE_TIME}`,
+      'dhcp-ignore=tag:!known',
+      `dhcp-option=option:mtu,${p.mtu}`,
+      // An empty option 3 stops dnsmasq from offering itself as the router.
+      d.router !== undefined ? `dhcp-option=option:router,${d.router}` : 'dhcp-option=3',
+      'dhcp-option=6'
+    )
+    for (const h of [...d.hosts].sort((a, b) => a.mac < b.mac ? -1 : a.mac > b.mac ? 1 : 0)) {
+      lines.push(`dhcp-host=${h.mac},${h.ip}`)
+    }
+  }
+  if (p.ra !== undefined) {
+    lines.push(
+      'enable-ra',
+      `dhcp-range=${p.ra.prefix},ra-only,64,${DHCP_LEASE_TIME}`,
+      // MTU, interval, router lifetime 0: on-link prefix for SLAAC, not a default router.
+      `ra-param=${p.bridge},mtu:${p.mtu},${RA_INTERVAL},0`
+    )
+  }
+  return lines.join('\n') + '\n'
+}
+
+// ---------------------------------------------------------------------------------------------
+// nftables
+
+export interface FirewallNetwork {
+  bridge: string
+  /** IPv4 subnet NATed out of the host's default route (`host-nat`), if any. */
+  nat4?: string
+  /** The host has addresses on the bridge: let VMs reach DHCP and ICMP only. */
+  guardHost: boolean
+  /** Serve DHCPv4 (UDP 67). */
+  dhcp4: boolean
+}
+
+export interface RenderedFirewall {
+  /** The `table inet pc-net { … }` block, comment included. */
+  ruleset: string
+  hash: string
+  /** Number of rules per chain, to check the table that is there. */
+  rules: Record<string, number>
+}
+
+/**
+ * The whole `inet pc-net` table for this host, or undefined when it needs none. Its hash is kept
+ * in the table comment so the driver can tell whether the table that is there is this one.
+ */
+export function renderFirewall (networks: readonly FirewallNetwork[]): RenderedFirewall | undefined {
+  const sorted = [...networks].sort((a, b) => a.bridge < b.bridge ? -1 : a.bridge > b.bridge ? 1 : 0)
+  const input: string[] = []
+  const forward: string[] = []
+  const post: string[] = []
+  for (const n of sorted) {
+    const br = `"${n.bridge}"`
+    if (n.guardHost) {
+      if (n.dhcp4) input.push(`iifname ${br} udp dport 67 accept`)
+      input.push(`iifname ${br} meta l4proto { icmp, ipv6-icmp } accept`)
+      input.push(`iifname ${br} ct state established,related accept`)
+      input.push(`iifname ${br} drop`)
+    }
+    if (n.nat4 !== undefined) {
+      forward.push(`iifname ${br} ip saddr ${n.nat4} accept`)
+      forward.push(`oifname ${br} ip daddr ${n.nat4} ct state established,related accept`)
+      post.push(`ip saddr ${n.nat4} oifname != ${br} masquerade`)
+    }
+  }
+  if (input.length + forward.length + post.length === 0) return undefined
+  const chain = (name: string, hook: string, type: string, prio: string, rules: string[]): string[] => rules.length === 0
+    ? []
+    : [`  chain ${name} {`, `    type ${type} hook ${hook} priority ${prio}; policy accept;`, ...rules.map(r => `    ${r}`), '  }']
+  const body = [
+    ...chain('input', 'input', 'filter', 'filter', input),
+    ...chain('forward', 'forward', 'filter', 'filter', forward),
+    ...chain('postrouting', 'postrouting', 'nat', 'srcnat', post)
+  ]
+  const hash = shortHash(body.join('\n'))
+  const rules: Record<string, number> = {}
+  if (input.length > 0) rules.input = input.length
+  if (forward.length > 0) rules.forward = forward.length
+  if (post.length > 0) rules.postrouting = post.length
+  const ruleset = [`table ${FIREWALL_FAMILY} ${FIREWALL_TABLE} {`, `  comment "picocloud ${hash}"`, ...body, '}'].join('\n') + '\n'
+  return { ruleset, hash, rules }
+}
