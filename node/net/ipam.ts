@@ -164,7 +164,7 @@ export function allocateIpv4 (networkId: string, subnet4: string, vms: readonly 
     if (a < first || a > last) bad(`network ${networkId}: VM ${vm.id} has the static address ${vm.ip}, the ${a === subnet.base ? 'network' : 'broadcast'} address of ${subnet.cidr}`)
     const other = taken.get(a)
     if (other !== undefined) bad(`network ${networkId}: the static address ${vm.ip} is given to two VMs (${other} and ${vm.id})`)
-    taken.set(a, `VM ${vm.id}`)
+    taken.set(a, vm.id)
     vmOut.set(vm.id, formatIpv4(a))
   }
 

@@ -46,6 +46,8 @@ export interface Topology {
   hosts: TestHost[]
   guests: TestGuest[]
   addGuest: (host: TestHost, options: { name: string, addr4?: string, addr6?: string, mtu: number }) => Promise<TestGuest>
+  /** A bare namespace `<prefix>-<suffix>` (lo up), deleted at cleanup with its processes. */
+  addNamespace: (suffix: string) => Promise<{ ns: string, exec: Exec }>
   /** Starts a long-running command in a namespace; it is killed at cleanup at the latest. */
   spawnIn: (ns: string, cmd: string, args: string[]) => ChildProcess
   cleanup: () => Promise<void>
@@ -155,6 +157,11 @@ export async function createTopology (count: number): Promise<Topology> {
       }
       guests.push(guest)
       return guest
+    },
+    async addNamespace (suffix) {
+      if (!/^[a-z0-9]{1,8}$/.test(suffix)) throw new Error(`namespace suffix must be 1-8 of [a-z0-9]: ${suffix}`)
+      const ns = `${prefix}-${suffix}`
+      return { ns, exec: await addNs(ns) }
     },
     spawnIn (ns, cmd, args) {
       const child = spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
