@@ -60,7 +60,12 @@ export interface HostVm {
 }
 
 /** A request the host that received it found nobody could take: final. */
-export interface HostRejection { at: string, reason: string }
+export interface HostRejection {
+  at: string
+  reason: string
+  /** Each host's decision at the time, JSON of `Reason[]` (crdt/world.ts), kept as one string. */
+  reasons?: string
+}
 
 export interface HostRecord {
   name: string

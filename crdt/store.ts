@@ -202,17 +202,23 @@ export class StateStore extends EventEmitter<StoreEvents> {
       this.reject(result, v, from, `change does not apply: ${err.message}`, true)
       return
     }
-    const paths: Path[] = A.diff(applied, headsBefore, A.getHeads(applied)).map(p => p.path)
+    // Judge the change in its own causal context: what it did relative to its dependencies (not
+    // the merge with concurrent changes, where a losing write would be invisible), and what its
+    // author could write there. When the change was made on exactly our heads, the cheap path
+    // gives the same answer.
+    const onOurHeads = sameSet(v.deps, headsBefore)
+    const paths: Path[] = (onOurHeads
+      ? A.diff(applied, headsBefore, A.getHeads(applied))
+      : A.diff(applied, v.deps, [v.hash])).map(p => p.path)
     let verdict
     if (v.deps.length === 0) {
       verdict = this.acceptGenesis && !this.inMesh
         ? checkGenesis(v.author, applied, paths)
         : { ok: false, reason: this.inMesh ? 'a second mesh genesis (this host is in another mesh)' : 'genesis from a host we are not joining' }
     } else {
-      // Judge on the author's causal past. Usually that is exactly our current document (the
-      // change was made on the heads we have), and materialising a view is the costly part.
-      const before = sameSet(v.deps, headsBefore) ? this.docState : A.view(this.docState, v.deps)
-      verdict = checkChange(v.author, before, applied, paths)
+      const before = onOurHeads ? this.docState : A.view(this.docState, v.deps)
+      const own = onOurHeads ? applied : A.view(applied, [v.hash])
+      verdict = checkChange(v.author, before, own, paths)
     }
     if (!verdict.ok) {
       A.free(applied)

@@ -176,9 +176,16 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string) => Va
   const revoked = new Set<string>()
 
   // Final rejections recorded by the receiving hosts.
-  const rejections = new Map<string, string>()
-  for (const [peer, rec] of Object.entries(doc.hosts ?? {})) {
-    for (const [id, r] of Object.entries(rec.rejections ?? {})) if (rec !== undefined) rejections.set(id, `${str(r.reason)} (recorded by ${peer})`)
+  const rejections = new Map<string, Reason[]>()
+  for (const rec of Object.values(doc.hosts ?? {})) {
+    for (const [id, r] of Object.entries(rec.rejections ?? {})) {
+      let reasons: Reason[] = everywhere('rejected', str(r.reason))
+      try {
+        const parsed = r.reasons === undefined ? undefined : JSON.parse(str(r.reasons))
+        if (Array.isArray(parsed) && parsed.length > 0) reasons = parsed.map((x: any) => ({ host: typeof x.host === 'string' ? x.host : null, reason: String(x.reason), detail: String(x.detail ?? '') }))
+      } catch {}
+      rejections.set(id, reasons)
+    }
   }
   const claims = allClaims(doc)
   const claimed = new Set(claims.map(c => c.requestId))
@@ -243,7 +250,7 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string) => Va
           host: null,
           claimants: []
         }
-        if (rejections.has(r.id) && !claimed.has(r.id)) vm.rejected = { reasons: everywhere('rejected', rejections.get(r.id) as string) }
+        if (rejections.has(r.id) && !claimed.has(r.id)) vm.rejected = { reasons: rejections.get(r.id) as Reason[] }
         vms.set(vm.id, vm)
         requests.set(r.id, outcome(r, 'pending', [], { vm: vm.id }))
         break

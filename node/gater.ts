@@ -33,6 +33,10 @@ export class MembershipGate {
     this.blocked.set(peer, Date.now() + ms)
   }
 
+  unblockAll (): void {
+    this.blocked.clear()
+  }
+
   get gater (): ConnectionGater {
     const deny = (peer: PeerId): boolean => !this.allowed(peer.toString())
     return {

@@ -36,6 +36,10 @@ export class Liveness {
     this.seen.set(peer, at)
   }
 
+  forget (peers: string[]): void {
+    for (const p of peers) this.seen.delete(p)
+  }
+
   lastSeen (peer: string): number | undefined {
     return this.seen.get(peer)
   }

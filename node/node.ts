@@ -517,6 +517,23 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     return this.store.history()
   }
 
+  /** Test hook: refuse and drop these peers until `heal` (a network partition, from this side). */
+  async partition (peers: string[]): Promise<{ blocked: string[] }> {
+    for (const p of peers) {
+      this.gate.block(p, 24 * 3600_000)
+      await this.hangUpPeer(p)
+    }
+    this.liveness.forget(peers)
+    return { blocked: peers }
+  }
+
+  heal (): { healed: true } {
+    this.gate.unblockAll()
+    this.nextDial.clear()
+    void this.reconnect()
+    return { healed: true }
+  }
+
   // ——— requests, VMs, networks, trust ———
 
   async submit (envelope: unknown): Promise<RequestView> {

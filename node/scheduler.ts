@@ -4,6 +4,7 @@
  * better-ranked claimant, withdraw claims a better-ranked host won, and record the final rejection
  * of requests this host received that nobody can take. All of it in one signed change per pass.
  */
+import { ImmutableString } from '@automerge/automerge'
 import { deriveWorld, allClaims, hostViews, placementRequests, type World } from '../crdt/world.ts'
 import { resolveClaims, type Claim } from '../crdt/placement.ts'
 import type { StateStore } from '../crdt/store.ts'
@@ -73,7 +74,7 @@ export class Scheduler {
     const claimNow: string[] = []
     const confirm: string[] = []
     const withdraw: string[] = []
-    const reject: Array<{ id: string, reason: string }> = []
+    const reject: Array<{ id: string, reason: string, reasons?: string }> = []
 
     // Where unclaimed VMs would go among the hosts that are up: every up host a candidate.
     const up = (p: string): boolean => p === self || this.init.up(p)
@@ -100,7 +101,7 @@ export class Scheduler {
       if (vm.via === self && vm.claimants.length === 0 && mine?.rejections?.[vm.id] === undefined) {
         const outcome = world.requests.get(vm.id)
         if (outcome?.status === 'rejected') {
-          reject.push({ id: vm.id, reason: outcome.reasons.map(r => `${r.host ?? 'all'}: ${r.reason}`).join('; ') || 'no host can take it' })
+          reject.push({ id: vm.id, reason: 'no host can take it', reasons: JSON.stringify(outcome.reasons) })
         } else if (now >= vm.expires) {
           reject.push({ id: vm.id, reason: 'expired before any host could take it (eligible hosts were down)' })
         }
@@ -122,7 +123,11 @@ export class Scheduler {
         delete rec.claims[id]
         delete rec.vms[id]
       }
-      for (const r of reject) rec.rejections[r.id] = { at, reason: r.reason }
+      for (const r of reject) {
+        rec.rejections[r.id] = r.reasons === undefined
+          ? { at, reason: r.reason }
+          : { at, reason: r.reason, reasons: new ImmutableString(r.reasons) as unknown as string }
+      }
     })
     if (claimNow.length > 0) this.init.log.info('claimed VMs', { vms: claimNow.map(s => s.slice(0, 12)).join(',') })
     if (withdraw.length > 0) this.init.log.info('withdrew claims', { vms: withdraw.map(s => s.slice(0, 12)).join(',') })

@@ -47,6 +47,13 @@ export function routes (node: PicocloudNode): Route[] {
     { method: 'GET', path: p('/trust'), handler: async () => await node.trustList() },
     { method: 'POST', path: p('/trust'), handler: async ({ body }) => await node.trustAdd(parseTrustBody(body)) },
     { method: 'DELETE', path: p('/trust/:fpr'), handler: async ({ params }) => await node.trustRemove(params.fpr) },
+    // Test hooks, only when PICOCLOUD_TEST_HOOKS=1: cut this host off from peers (a partition).
+    ...(process.env.PICOCLOUD_TEST_HOOKS === '1'
+      ? [
+          { method: 'POST' as const, path: p('/test/partition'), handler: async ({ body }: { body: unknown }) => await node.partition(((body as any)?.peers ?? []) as string[]) },
+          { method: 'POST' as const, path: p('/test/heal'), handler: () => node.heal() }
+        ]
+      : []),
     {
       method: 'GET',
       path: p('/events'),

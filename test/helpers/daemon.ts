@@ -18,9 +18,11 @@ const MAIN = join(ROOT, 'node/cli/main.ts')
 export interface CliResult { code: number, stdout: string, stderr: string }
 
 /** Runs `picocloud ARGS` against a socket, as a separate process. */
-export async function cli (socket: string, ...args: string[]): Promise<CliResult> {
+export async function cli (socket: string, ...rest: Array<string | Record<string, string>>): Promise<CliResult> {
+  const env = typeof rest[0] === 'object' ? rest.shift() as Record<string, string> : {}
+  const args = rest as string[]
   return await new Promise((resolve, reject) => {
-    const p = spawn(NODE, [MAIN, '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const p = spawn(NODE, [MAIN, '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } })
     let stdout = ''; let stderr = ''
     p.stdout.on('data', d => { stdout += d })
     p.stderr.on('data', d => { stderr += d })
@@ -73,6 +75,8 @@ export class TestDaemon {
   }
 
   async cli (...args: string[]): Promise<CliResult> { return await cli(this.socket, ...args) }
+  /** The CLI as a user with their own keyring. */
+  async as (keyring: string, ...args: string[]): Promise<CliResult> { return await cli(this.socket, { PICOCLOUD_KEYRING: keyring }, ...args) }
   async status (): Promise<StatusView> { return await this.api.call<StatusView>('GET', '/v1/status') }
   async hosts (): Promise<HostView[]> { return await this.api.call<HostView[]>('GET', '/v1/hosts') }
   async id (): Promise<IdView> { return await this.api.call<IdView>('GET', '/v1/id') }
@@ -88,19 +92,20 @@ export class TestMesh {
     return new TestMesh(await mkdtemp(join(tmpdir(), 'pc-mesh-')))
   }
 
-  async daemon (name: string): Promise<TestDaemon> {
-    const d = new TestDaemon(this.dir, name)
+  /** A daemon with its own state dir and socket; `config` is the text of its config file. */
+  async daemon (name: string, config = '', env: Record<string, string> = {}): Promise<TestDaemon> {
+    const d = new TestDaemon(this.dir, name, { PICOCLOUD_KEYRING: join(this.dir, 'no-keyring'), ...env })
     const { mkdir, writeFile } = await import('node:fs/promises')
     await mkdir(d.state, { recursive: true, mode: 0o700 })
-    await writeFile(join(d.state, 'none.toml'), '# test daemons run on flags\n')
+    await writeFile(join(d.state, 'none.toml'), `# test daemon\n${config}\n`)
     this.daemons.push(d)
     await d.start()
     return d
   }
 
   /** `init` on the first, then admit + join the others through it, with the CLI. */
-  async form (names: string[]): Promise<TestDaemon[]> {
-    const ds = await Promise.all(names.map(async n => await this.daemon(n)))
+  async form (names: string[], config = '', env: Record<string, string> = {}): Promise<TestDaemon[]> {
+    const ds = await Promise.all(names.map(async n => await this.daemon(n, config, env)))
     const [first, ...rest] = ds
     const init = await first.cli('init', '--name', 'test-mesh')
     if (init.code !== 0) throw new Error(`init failed: ${init.stderr}`)
@@ -117,6 +122,13 @@ export class TestMesh {
 
   async stopAll (): Promise<void> {
     await Promise.all(this.daemons.map(async d => await d.kill('SIGKILL')))
+    // PICOCLOUD_TEST_LOGS=DIR keeps every daemon's log, for debugging a failed run.
+    const logs = process.env.PICOCLOUD_TEST_LOGS
+    if (logs !== undefined && logs !== '') {
+      const { mkdir, writeFile } = await import('node:fs/promises')
+      await mkdir(logs, { recursive: true })
+      for (const d of this.daemons) await writeFile(join(logs, `${d.name}.log`), d.log)
+    }
     await rm(this.dir, { recursive: true, force: true })
   }
 }

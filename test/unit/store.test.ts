@@ -92,6 +92,28 @@ describe('replicated state with authenticated changes', () => {
     expect((await a.receive([sc])).rejected[0].reason).toMatch(/not an active member/)
   })
 
+  it('judges a change in its own causal context: concurrent writes of one request are fine, a forged concurrent write is not hidden by the merge', async () => {
+    const { a, b, c } = await mesh()
+    const { createHash } = await import('node:crypto')
+    const payload = '{"v":1}'
+    const id = createHash('sha256').update(payload).digest('hex')
+    const store = (s: StateStore, via: string) => async () => await s.change('request', d => { d.requests![id] = { payload, signature: 's', via, at: 'now' } })
+    const fromA = await store(a, a.self)()
+    const fromB = await store(b, b.self)()
+    // Each side receives the other's concurrent creation of the same request: both are legitimate.
+    expect((await a.receive([fromB!], b.self)).rejected).toEqual([])
+    expect((await b.receive([fromA!], a.self)).rejected).toEqual([])
+    expect(a.heads().sort()).toEqual(b.heads().sort())
+    // C writes into A's record concurrently with A's own write of the same field. Whichever wins
+    // the merge, C's change is judged on what it did itself.
+    await c.receive([fromA!, fromB!], a.self)
+    const own = await a.change('name', d => { d.hosts[a.self].name = 'mine' })
+    const forged = await c.change('forge', d => { d.hosts[a.self].name = 'zzz-forged' })
+    await b.receive([own!], a.self)
+    const r = await b.receive([forged!], c.self)
+    expect(r.rejected[0]?.reason).toMatch(/writes only its own record/)
+  })
+
   it('holds changes whose dependencies are missing and applies them once they arrive', async () => {
     const { a, b } = await mesh()
     await publishHostRecord(b, record('one'))
