@@ -24,11 +24,11 @@ function has (cmd: string): boolean {
 }
 const missing = ['qemu-system-x86_64', 'qemu-img', 'cpio', 'apt-get', 'dpkg-deb', 'ip', 'setsid'].filter(c => !has(c))
 let busybox = true
-try { execFileSync('dpkg-query', ['-W', 'busybox-static'], { stdio: 'ignore' }) } catch { busybox = false }
+try { busybox = /Version:/.test(execFileSync('apt-cache', ['show', '--no-all-versions', 'busybox-static']).toString()) } catch { busybox = false }
 const isRoot = process.getuid?.() === 0
 const available = isRoot && missing.length === 0 && busybox
 if (!available) {
-  console.log(`skipping real qemu driver tests: ${!isRoot ? 'not root; ' : ''}${missing.length > 0 ? `missing ${missing.join(', ')}; ` : ''}${busybox ? '' : 'busybox-static not installed'} (CI installs them: .ci/install-system-packages)`)
+  console.log(`skipping real qemu driver tests: ${!isRoot ? 'not root; ' : ''}${missing.length > 0 ? `missing ${missing.join(', ')}; ` : ''}${busybox ? '' : 'busybox-static unknown to apt (apt-get update)'} (CI installs them: .ci/install-system-packages)`)
 }
 
 function specFor (img: TinyImage, id: string, extra: Partial<VmSpec> = {}): VmSpec {

@@ -35,7 +35,7 @@ export interface TinyImage {
 }
 
 /** Bump when the contents below change, so that caches are rebuilt. */
-const BUILD_VERSION = 5
+const BUILD_VERSION = 6
 const MODULES = ['virtio_ring', 'virtio', 'virtio_pci_legacy_dev', 'virtio_pci_modern_dev', 'virtio_pci', 'failover', 'net_failover', 'virtio_net', 'virtio_blk', 'button', 'evdev']
 export const BOOT_LINE = 'picocloud-guest booted'
 export const DISK_LABEL = 'picocloud-disk: tiny'
@@ -98,10 +98,12 @@ async function kernelPackage (exec: Exec): Promise<string> {
   return m[1]
 }
 
-/** Builds (or finds in the cache) the tiny image. Needs apt-get, dpkg-deb, cpio, gzip, busybox-static. */
+/** Builds (or finds in the cache) the tiny image. Needs apt-get (lists updated), dpkg-deb, cpio, gzip. */
 export async function tinyImage (exec: Exec = realExec): Promise<TinyImage> {
   const pkg = await kernelPackage(exec)
-  const busyboxVersion = (await check(exec, 'dpkg-query', ['-W', '-f=${Version}', 'busybox-static'])).trim()
+  // busybox-static is downloaded, not installed: it conflicts with the dynamic `busybox` package.
+  const bbInfo = await check(exec, 'apt-cache', ['show', '--no-all-versions', 'busybox-static'])
+  const busyboxVersion = /^Version:\s*(\S+)/m.exec(bbInfo)?.[1] ?? 'unknown'
   const kernelVersion = pkg.replace(/^linux-image-/, '')
   const key = `${kernelVersion}-${busyboxVersion}-v${BUILD_VERSION}`.replace(/[^\w.-]/g, '_')
   const dir = join(tmpdir(), `picocloud-tiny-image-${key}`)
@@ -121,8 +123,11 @@ export async function tinyImage (exec: Exec = realExec): Promise<TinyImage> {
     const dl = join(work, 'dl')
     await mkdir(dl)
     // _apt cannot write into a 0700 temp dir; apt then downloads as root (a warning, not an error).
-    await check(exec, 'sh', ['-c', 'cd "$1" && apt-get download -q "$2"', 'sh', dl, pkg], { timeoutMs: 300_000 })
-    const deb = (await readdir(dl)).find(f => f.endsWith('.deb'))
+    await check(exec, 'sh', ['-c', 'cd "$1" && apt-get download -q "$2" busybox-static', 'sh', dl, pkg], { timeoutMs: 300_000 })
+    const bbDeb = (await readdir(dl)).find(f => f.startsWith('busybox-static_'))
+    if (bbDeb === undefined) throw new Error('apt-get download busybox-static produced no .deb')
+    await check(exec, 'sh', ['-c', 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" ./bin/busybox', 'sh', join(dl, bbDeb), work])
+    const deb = (await readdir(dl)).find(f => f.startsWith('linux-image-'))
     if (deb === undefined) throw new Error(`apt-get download ${pkg} produced no .deb`)
     const x = join(work, 'x')
     await mkdir(x)
@@ -133,7 +138,7 @@ export async function tinyImage (exec: Exec = realExec): Promise<TinyImage> {
 
     const root = join(work, 'root')
     for (const d of ['bin', 'lib/modules', 'etc', 'proc', 'sys', 'dev', 'tmp']) await mkdir(join(root, d), { recursive: true })
-    await copyFile('/bin/busybox', join(root, 'bin', 'busybox'))
+    await copyFile(join(work, 'bin', 'busybox'), join(root, 'bin', 'busybox'))
     await chmod(join(root, 'bin', 'busybox'), 0o755)
     await symlink('busybox', join(root, 'bin', 'sh'))
     const found = await check(exec, 'find', [join(x, 'lib', 'modules'), '-name', '*.ko'])
