@@ -38,6 +38,8 @@ export interface DaemonConfig {
   capacity: { vcpus?: number, memMiB?: number, diskGiB?: number }
   /** Guest architectures this host runs. @default the machine's own */
   arch?: string[]
+  /** How VMs run here: qemu (default), libvirt, or none (a control-plane-only host). */
+  hypervisor: 'qemu' | 'libvirt' | 'none'
 }
 
 export interface ConfigFlags {
@@ -50,7 +52,7 @@ export interface ConfigFlags {
 }
 
 const KNOWN_KEYS = new Set(['name', 'state', 'socket', 'listen', 'announce', 'heartbeat_interval', 'reconnect_interval', 'socket_group',
-  'labels', 'vcpus', 'mem_mib', 'disk_gib', 'arch'])
+  'labels', 'vcpus', 'mem_mib', 'disk_gib', 'arch', 'hypervisor'])
 
 function bad (file: string, msg: string): PicocloudError {
   return new PicocloudError(ErrorCode.Config, `${file}: ${msg}`)
@@ -121,7 +123,10 @@ export async function resolveConfig (flags: ConfigFlags, env: NodeJS.ProcessEnv 
     return v
   }
   const arch = raw.arch === undefined ? undefined : stringList(file, 'arch', raw.arch)
+  const hypervisor = str('hypervisor') ?? 'qemu'
+  if (hypervisor !== 'qemu' && hypervisor !== 'libvirt' && hypervisor !== 'none') throw bad(file, `hypervisor must be "qemu", "libvirt" or "none", got ${JSON.stringify(hypervisor)}`)
   return {
+    hypervisor,
     configFile,
     labels,
     capacity: { vcpus: int('vcpus'), memMiB: int('mem_mib'), diskGiB: int('disk_gib') },

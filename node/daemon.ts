@@ -6,7 +6,7 @@ import { resolveConfig, type ConfigFlags } from './config.ts'
 import { createLogger } from './log.ts'
 import { PicocloudNode } from './node.ts'
 import { ApiServer } from './api/server.ts'
-import { routes } from './api/routes.ts'
+import { routes, consoleUpgrade } from './api/routes.ts'
 
 export async function runDaemon (flags: ConfigFlags): Promise<void> {
   const log = createLogger('picocloud')
@@ -15,6 +15,7 @@ export async function runDaemon (flags: ConfigFlags): Promise<void> {
   const node = await PicocloudNode.create(config, log)
   await node.start()
   const api = new ApiServer(config.socket, routes(node), log.forComponent('api'))
+  api.onUpgrade = consoleUpgrade(node)
   try {
     await api.start(config.socketGroup)
   } catch (err) {

@@ -27,6 +27,7 @@ import { SYNC_PROTOCOL, syncInitiator, syncResponder, type SyncStats } from '../
 import { encodeSignedChange, decodeSignedChange, type SignedChange } from '../crdt/signed-changes.ts'
 import { foundMesh, admit, expel, publishHostRecord } from '../crdt/membership.ts'
 import { isActiveMember } from '../crdt/schema.ts'
+import { vmName } from './drivers/hypervisor/types.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
 import type { StatusView, HostView, IdView, NodeEvent } from '../protocol/api.ts'
 import { RequestBook } from './requests.ts'
@@ -35,6 +36,10 @@ import { hostResources } from './resources.ts'
 import { trustAdd, trustRemove, trustList, type TrustAddInput, type TrustView } from './trust.ts'
 import { listVms, findVm, vmView, requestView, type VmFilter, type VmView, type RequestView } from './views.ts'
 import type { TrustEntry } from '../keys/trust-policy.ts'
+import { ImageStore, type ImageInfo } from './drivers/images/store.ts'
+import { IMAGE_PROTOCOL, serveImage, fetchImage, holders, type FetchProgress } from './images.ts'
+import { VmReconciler } from './reconciler/vms.ts'
+import type { HypervisorDriver } from './drivers/hypervisor/types.ts'
 
 export const VERSION: string = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version
 
@@ -64,6 +69,11 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   private readonly nextDial = new Map<string, { at: number, backoff: number }>()
   readonly requests: RequestBook
   readonly scheduler: Scheduler
+  readonly images: ImageStore
+  hypervisor?: HypervisorDriver
+  reconciler?: VmReconciler
+  /** Image fetches under way here, by VM id (also shown in `vm show`). */
+  readonly progress = new Map<string, FetchProgress>()
   private heartbeatSeq = 0
   private meshStarted = false
   private stopping = false
@@ -81,6 +91,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     this.requests = new RequestBook(store, log.forComponent('requests'))
     this.scheduler = new Scheduler({ store, book: this.requests, up: peer => this.isUp(peer), log: log.forComponent('scheduler') })
     this.requests.onVerified = () => this.scheduler.verdictsChanged()
+    this.images = new ImageStore({ stateDir: config.state })
   }
 
   /** A peer is up when we are connected to it or heard its heartbeat recently. */
@@ -129,6 +140,10 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
         .catch(() => {})
     }, { maxInboundStreams: 4, maxOutboundStreams: 4 })
 
+    await p2p.handle(IMAGE_PROTOCOL, ({ stream }) => {
+      void serveImage(stream, this.images, this.log.forComponent('images'))
+    }, { maxInboundStreams: 8 })
+
     p2p.addEventListener('peer:connect', evt => {
       const peer = evt.detail.toString()
       this.nextDial.delete(peer)
@@ -146,6 +161,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       this.enforceMembership()
       void this.requests.verifyPending()
       this.scheduler.kick()
+      this.reconciler?.kick()
       this.emitEvent('state.changed', {
         local,
         changes: changes.map(c => ({ hash: c.hash, author: c.author })),
@@ -193,6 +209,8 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     void this.reconnect()
     void this.requests.verifyPending()
     this.scheduler.kick()
+    await this.publishImages()
+    await this.startHypervisor()
     void this.heartbeat()
   }
 
@@ -517,6 +535,113 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     return this.store.history()
   }
 
+  private async startHypervisor (): Promise<void> {
+    if (this.config.hypervisor === 'none' || this.reconciler !== undefined) return
+    const log = this.log.forComponent('vms')
+    if (this.config.hypervisor === 'libvirt') {
+      const { LibvirtDriver } = await import('./drivers/hypervisor/libvirt.ts')
+      this.hypervisor = new LibvirtDriver({ stateDir: this.config.state, log })
+    } else {
+      const { QemuDriver } = await import('./drivers/hypervisor/qemu.ts')
+      this.hypervisor = new QemuDriver({ stateDir: this.config.state, log })
+    }
+    const { writeSeed } = await import('./drivers/hypervisor/seed.ts')
+    this.reconciler = new VmReconciler({
+      store: this.store,
+      driver: this.hypervisor,
+      images: this.images,
+      world: () => this.scheduler.world(),
+      log,
+      fetch: async (vmId, sha256) => { await this.fetchImageFor(vmId, sha256) },
+      seed: async (vm, spec) => await writeSeed(this.config.state, vm, spec)
+    })
+    this.reconciler.start()
+  }
+
+  private async fetchImageFor (vmId: string, sha256: string): Promise<void> {
+    const connected = new Set(this.libp2p.getConnections().map(c => c.remotePeer.toString()))
+    try {
+      await fetchImage(this.libp2p, this.images, sha256, holders(this.store, sha256, connected), this.log.forComponent('images'), p => {
+        this.progress.set(vmId, p)
+        this.emitEvent('image.progress', { vm: vmId, ...p })
+      })
+    } finally {
+      this.progress.delete(vmId)
+    }
+    await this.publishImages()
+  }
+
+  /** Publishes which images this host holds, so others can fetch them from here. */
+  async publishImages (): Promise<void> {
+    if (!this.store.inMesh || !isActiveMember(this.store.doc, this.peerId)) return
+    const held = await this.images.list()
+    const cur = (this.store.doc.hosts[this.peerId] as any)?.images ?? {}
+    const want = Object.fromEntries(held.map(i => [i.sha256, { size: i.size, format: i.format }]))
+    if (JSON.stringify(Object.keys(cur).sort()) === JSON.stringify(Object.keys(want).sort())) return
+    await this.store.change('publish images', d => {
+      const rec = d.hosts[this.peerId] as any
+      rec.images ??= {}
+      for (const k of Object.keys(rec.images)) if (want[k] === undefined) delete rec.images[k]
+      for (const [k, v] of Object.entries(want)) if (rec.images[k] === undefined) rec.images[k] = v
+    })
+  }
+
+  /** Adds an image file (streamed through the socket) to this host's store. */
+  async addImage (source: AsyncIterable<Uint8Array>, opts: { format?: 'raw' | 'qcow2', name?: string, sha256?: string }): Promise<ImageInfo> {
+    const info = await this.images.add(source, { format: opts.format, name: opts.name, expectedSha256: opts.sha256 })
+    this.log.info('added image', { sha256: info.sha256.slice(0, 12), bytes: info.size, format: info.format })
+    await this.publishImages()
+    this.reconciler?.kick()
+    return info
+  }
+
+  imageList (): Array<{ name: string, sha256: string, format: string, sizeBytes: number, owner: string, arch: string, holders: string[] }> {
+    const world = this.scheduler.world()
+    return [...world.images.values()].sort((a, b) => a.name.localeCompare(b.name)).map(i => ({
+      name: i.name,
+      sha256: i.sha256,
+      format: i.format,
+      sizeBytes: i.sizeBytes,
+      owner: i.owner,
+      arch: i.arch,
+      holders: Object.entries(this.store.doc.hosts ?? {}).filter(([, r]) => (r as any).images?.[i.sha256] !== undefined).map(([p, r]) => r.name || p).sort()
+    }))
+  }
+
+  /** The serial console log of a VM that runs here. */
+  async vmLogs (ref: string, tailBytes: number): Promise<{ vm: string, log: string }> {
+    const world = this.scheduler.world()
+    const vm = findVm(world, ref)
+    if (vm.host !== this.peerId || this.hypervisor === undefined) {
+      const where = vm.host === null ? 'no host' : (this.store.doc.hosts?.[vm.host]?.name ?? vm.host)
+      throw new PicocloudError(ErrorCode.NotAllowed, `VM ${vm.name} runs on ${where}, not here: run \`picocloud vm logs ${vm.name}\` against that host's socket`, 409)
+    }
+    const { open } = await import('node:fs/promises')
+    const path = this.hypervisor.logPath(vmName(vm.id))
+    try {
+      const fh = await open(path, 'r')
+      try {
+        const { size } = await fh.stat()
+        const start = Math.max(0, size - tailBytes)
+        const buf = Buffer.alloc(size - start)
+        await fh.read(buf, 0, buf.length, start)
+        return { vm: vm.name, log: buf.toString('utf8') }
+      } finally { await fh.close() }
+    } catch (err: any) {
+      if (err.code === 'ENOENT') return { vm: vm.name, log: '' }
+      throw err
+    }
+  }
+
+  /** Path of the serial console socket of a VM that runs here. */
+  consoleSocket (ref: string): { vm: string, path: string } {
+    const vm = findVm(this.scheduler.world(), ref)
+    if (vm.host !== this.peerId || this.hypervisor === undefined) {
+      throw new PicocloudError(ErrorCode.NotAllowed, `VM ${vm.name} does not run on this host; the console is reachable on the host that runs it`, 409)
+    }
+    return { vm: vm.name, path: this.hypervisor.consolePath(vmName(vm.id)) }
+  }
+
   /** Test hook: refuse and drop these peers until `heal` (a network partition, from this side). */
   async partition (peers: string[]): Promise<{ blocked: string[] }> {
     for (const p of peers) {
@@ -555,11 +680,12 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     return listVms(this.store.doc, this.scheduler.world(), filter)
   }
 
-  vm (ref: string, owner?: string): VmView & { history: RequestView[] } {
+  vm (ref: string, owner?: string): VmView & { history: RequestView[], progress?: FetchProgress } {
     const world = this.scheduler.world()
     const vm = findVm(world, ref, owner)
     const history = vm.requests.map(id => world.requests.get(id)).filter(r => r !== undefined).map(r => requestView(this.store.doc, r))
-    return { ...vmView(this.store.doc, vm), history }
+    const progress = this.progress.get(vm.id)
+    return { ...vmView(this.store.doc, vm), history, ...(progress === undefined ? {} : { progress }) }
   }
 
   nets (): Array<{ name: string, owner: string, subnet: unknown, mode: string, gateway: unknown, vms: string[], hosts: string[], created: string }> {
@@ -631,6 +757,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     this.stopping = true
     for (const t of this.timers) clearInterval(t)
     this.scheduler.stop()
+    this.reconciler?.stop()
     this.timers = []
     await this.p2p?.stop()
     await this.store.close()

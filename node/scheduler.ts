@@ -90,7 +90,10 @@ export class Scheduler {
       const claim = myClaims[vm.id]
       const gone = vm.desired === 'destroyed' || vm.rejected !== undefined
       if (claim !== undefined) {
-        if (gone) { withdraw.push(vm.id); continue }
+        // A destroyed VM keeps its claim until the reconciler has really destroyed it here.
+        const report = mine?.vms?.[vm.id]
+        if (gone && (vm.desired !== 'destroyed' || report === undefined || report.status === 'destroyed' || report.status === 'placed')) { withdraw.push(vm.id); continue }
+        if (gone) continue
         if (vm.host !== self && vm.host !== null) { withdraw.push(vm.id); continue }
         if (vm.host === self && mine?.vms?.[vm.id] === undefined && now - Date.parse(claim.at) >= this.settleMs) confirm.push(vm.id)
         continue

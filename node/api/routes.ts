@@ -5,6 +5,7 @@ import type { PicocloudNode } from '../node.ts'
 import type { Route } from './server.ts'
 import { parseAdmitBody, parseExpelBody, parseInitBody, parseJoinBody, parseTrustBody, parseSelector, API_PREFIX } from '../../protocol/api.ts'
 import { normalizeFingerprint } from '../../keys/fingerprint.ts'
+import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 
 export function routes (node: PicocloudNode): Route[] {
   const p = (path: string): string => API_PREFIX + path
@@ -42,6 +43,22 @@ export function routes (node: PicocloudNode): Route[] {
       path: p('/vms/:ref/operator-stop'),
       handler: async ({ params, body }) => await node.operatorStop(params.ref, typeof (body as any)?.reason === 'string' ? (body as any).reason : '')
     },
+    {
+      method: 'GET',
+      path: p('/vms/:ref/logs'),
+      handler: async ({ params, query }) => await node.vmLogs(params.ref, Math.min(Number(query.get('bytes') ?? 65536) || 65536, 16 * 1024 * 1024))
+    },
+    {
+      method: 'PUT',
+      path: p('/images/upload'),
+      rawBody: true,
+      handler: async ({ req, query }) => {
+        const format = query.get('format') ?? undefined
+        if (format !== undefined && format !== 'raw' && format !== 'qcow2') throw new PicocloudError(ErrorCode.BadImage, `unknown image format ${JSON.stringify(format)}: use raw or qcow2`)
+        return await node.addImage(req, { format, name: query.get('name') ?? undefined, sha256: query.get('sha256') ?? undefined })
+      }
+    },
+    { method: 'GET', path: p('/images'), handler: () => node.imageList() },
     { method: 'GET', path: p('/nets'), handler: () => node.nets() },
     { method: 'GET', path: p('/nets/:name'), handler: ({ params }) => node.net(params.name) },
     { method: 'GET', path: p('/trust'), handler: async () => await node.trustList() },
@@ -68,4 +85,27 @@ export function routes (node: PicocloudNode): Route[] {
       }
     }
   ]
+}
+
+/**
+ * `GET /v1/vms/:ref/console` with `Connection: Upgrade`: the socket becomes the VM's serial
+ * console (only for VMs on this host; the socket is the host operator's).
+ */
+export function consoleUpgrade (node: PicocloudNode): NonNullable<import('./server.ts').ApiServer['onUpgrade']> {
+  return async (req, socket) => {
+    const m = /^\/v1\/vms\/([^/]+)\/console$/.exec(new URL(req.url ?? '/', 'http://picocloud').pathname)
+    if (m === null) throw new PicocloudError(ErrorCode.NotFound, 'only the VM console can be upgraded to', 404)
+    const { path } = node.consoleSocket(decodeURIComponent(m[1]))
+    const { createConnection } = await import('node:net')
+    const vm = createConnection(path)
+    await new Promise<void>((resolve, reject) => {
+      vm.once('connect', resolve)
+      vm.once('error', (err: NodeJS.ErrnoException) => reject(new PicocloudError(ErrorCode.NotFound, `the VM's console is not available (${err.code ?? err.message}); is the VM running?`, 409)))
+    })
+    socket.write('HTTP/1.1 101 Switching Protocols\r\nupgrade: picocloud-console\r\nconnection: Upgrade\r\n\r\n')
+    socket.pipe(vm).pipe(socket)
+    const close = (): void => { vm.destroy(); socket.destroy() }
+    socket.on('close', close); vm.on('close', close)
+    socket.on('error', close); vm.on('error', close)
+  }
 }

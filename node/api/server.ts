@@ -24,7 +24,13 @@ export interface Ctx {
 /** A handler returns the JSON to send, or undefined when it wrote the response itself (streams). */
 export type Handler = (ctx: Ctx) => Promise<unknown> | unknown
 
-export interface Route { method: 'GET' | 'POST' | 'DELETE', path: string, handler: Handler }
+export interface Route {
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE'
+  path: string
+  handler: Handler
+  /** The handler reads the request body itself (uploads): no JSON parsing, no size limit here. */
+  rawBody?: boolean
+}
 
 interface Compiled extends Route { re: RegExp, names: string[] }
 
@@ -59,7 +65,12 @@ export function sendJson (res: ServerResponse, status: number, value: unknown): 
   res.end(body)
 }
 
+/** Handles an HTTP Upgrade (the serial console); throw a PicocloudError to refuse. */
+export type UpgradeHandler = (req: IncomingMessage, socket: import('node:stream').Duplex, head: Buffer) => Promise<void>
+
 export class ApiServer {
+  /** Set to accept `Connection: Upgrade` requests. */
+  onUpgrade?: UpgradeHandler
   private readonly routes: Compiled[]
   private readonly log: Logger
   private server?: Server
@@ -84,7 +95,7 @@ export class ApiServer {
       const m = route.re.exec(url.pathname) as RegExpExecArray
       const params: Record<string, string> = {}
       route.names.forEach((n, i) => { params[n] = decodeURIComponent(m[i + 1]) })
-      const body = req.method === 'GET' ? {} : await readBody(req)
+      const body = req.method === 'GET' || route.rawBody === true ? {} : await readBody(req)
       const out = await route.handler({ body, query: url.searchParams, params, req, res })
       if (out !== undefined) sendJson(res, 200, out)
     } catch (err: any) {
@@ -107,6 +118,16 @@ export class ApiServer {
     }
     await this.removeStaleSocket()
     const server = createServer((req, res) => { void this.handle(req, res) })
+    server.on('upgrade', (req, socket, head) => {
+      const refuse = (e: PicocloudError): void => {
+        const body = JSON.stringify(e.toJSON())
+        socket.end(`HTTP/1.1 ${e.status} Refused\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+      }
+      if (this.onUpgrade === undefined) { refuse(new PicocloudError(ErrorCode.NotFound, 'no upgrade here', 404)); return }
+      this.onUpgrade(req, socket, head).catch((err: any) => {
+        refuse(err instanceof PicocloudError ? err : new PicocloudError(ErrorCode.Internal, err?.message ?? String(err), 500))
+      })
+    })
     server.headersTimeout = 10_000
     server.requestTimeout = 0 // event streams stay open
     await new Promise<void>((resolve, reject) => {

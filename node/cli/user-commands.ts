@@ -369,6 +369,114 @@ export const userCommands: Command[] = [
       await request(args, 'vm.nic.remove', { vm: args.positionals[0], net: args.values.net })
     }
   },
+  {
+    name: 'vm logs',
+    summary: 'the serial console output of a VM (on the host that runs it)',
+    usage: 'picocloud vm logs NAME|ID [--bytes N]',
+    positionals: [1, 1],
+    options: { bytes: { type: 'string' } },
+    optionHelp: { bytes: 'how much of the end of the log (default 65536)' },
+    run: async ({ positionals, values, g, io, api }) => {
+      const r = await api.call<{ vm: string, log: string }>('GET', `/v1/vms/${encodeURIComponent(positionals[0])}/logs?bytes=${int(values.bytes, '--bytes') ?? 65536}`)
+      if (g.json) io.out(JSON.stringify(r))
+      else process.stdout.write(r.log)
+    }
+  },
+  {
+    name: 'vm console',
+    summary: 'attach to a VM\'s serial console (host operator, on the host that runs it); Ctrl-] detaches',
+    usage: 'picocloud vm console NAME|ID',
+    positionals: [1, 1],
+    run: async ({ positionals, io, api }) => {
+      const { request } = await import('node:http')
+      await new Promise<void>((resolve, reject) => {
+        const req = request({ socketPath: api.socketPath, path: `/v1/vms/${encodeURIComponent(positionals[0])}/console`, headers: { connection: 'Upgrade', upgrade: 'picocloud-console' } })
+        req.on('response', res => {
+          let text = ''
+          res.on('data', d => { text += d })
+          res.on('end', () => {
+            try { reject(new PicocloudError(JSON.parse(text).error.code, JSON.parse(text).error.message)) } catch { reject(new PicocloudError(ErrorCode.Internal, `console refused (HTTP ${res.statusCode ?? '?'})`)) }
+          })
+        })
+        req.on('upgrade', (_res, socket) => {
+          io.err('connected to the serial console; Ctrl-] to detach')
+          const stdin = process.stdin
+          if (stdin.isTTY) stdin.setRawMode(true)
+          stdin.on('data', (d: Buffer) => {
+            if (d.includes(0x1d)) { socket.end(); return }
+            socket.write(d)
+          })
+          socket.pipe(process.stdout)
+          socket.on('close', () => { if (stdin.isTTY) stdin.setRawMode(false); stdin.pause(); resolve() })
+        })
+        req.on('error', reject)
+        req.end()
+      })
+    }
+  },
+  // ——— images ———
+  {
+    name: 'image add',
+    summary: 'add a disk image (raw or qcow2) to this host and announce it to the mesh (signed)',
+    usage: 'picocloud image add FILE --name NAME [--format raw|qcow2] [--arch ARCH]',
+    description: 'The file is stored on this host by its sha256; other hosts fetch it from here when they must run a VM made from it.',
+    positionals: [1, 1],
+    options: { name: { type: 'string' }, format: { type: 'string' }, arch: { type: 'string' }, ...signOpts, ...waitOpts },
+    optionHelp: { name: 'the image\'s name in the mesh', format: 'raw or qcow2 (default: detected)', arch: 'x86_64 (default) or aarch64', ...signHelp, ...waitHelp },
+    run: async (args) => {
+      const { positionals, values, io, api } = args
+      if (values.name === undefined) throw new PicocloudError(ErrorCode.Usage, 'image add needs --name NAME')
+      if (values.format !== undefined && values.format !== 'raw' && values.format !== 'qcow2') throw new PicocloudError(ErrorCode.BadImage, `unknown image format ${JSON.stringify(values.format)}: use raw or qcow2`)
+      const { stat } = await import('node:fs/promises')
+      const { createReadStream } = await import('node:fs')
+      const { request: httpRequest } = await import('node:http')
+      const st = await stat(positionals[0]).catch((err: any) => { throw new PicocloudError(ErrorCode.BadImage, `cannot read image file ${positionals[0]}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`) })
+      if (!st.isFile()) throw new PicocloudError(ErrorCode.BadImage, `${positionals[0]} is not a file`)
+      const q = new URLSearchParams({ name: values.name })
+      if (values.format !== undefined) q.set('format', values.format)
+      const info = await new Promise<{ sha256: string, format: string, size: number }>((resolve, reject) => {
+        const req = httpRequest({ socketPath: api.socketPath, method: 'PUT', path: `/v1/images/upload?${q.toString()}`, headers: { 'content-type': 'application/octet-stream', 'content-length': st.size } }, res => {
+          let text = ''
+          res.on('data', d => { text += d })
+          res.on('end', () => {
+            try {
+              const v = JSON.parse(text)
+              if ((res.statusCode ?? 500) >= 400) reject(new PicocloudError(v.error.code, v.error.message)); else resolve(v)
+            } catch { reject(new PicocloudError(ErrorCode.Internal, `upload failed (HTTP ${res.statusCode ?? '?'})`)) }
+          })
+        })
+        req.on('error', reject)
+        let sent = 0
+        const file = createReadStream(positionals[0])
+        file.on('data', (d: string | Buffer) => {
+          sent += d.length
+          if (process.stderr.isTTY) process.stderr.write(`\ruploading ${Math.floor(100 * sent / Math.max(1, st.size))}%`)
+        })
+        file.on('end', () => { if (process.stderr.isTTY) process.stderr.write('\n') })
+        file.pipe(req)
+      })
+      if (!args.g.json) io.err(`stored ${info.size} bytes as sha256:${info.sha256} (${info.format})`)
+      await request(args, 'image.add', { name: values.name, sha256: info.sha256, format: info.format, sizeBytes: info.size, ...(values.arch !== undefined ? { arch: values.arch } : {}) })
+    }
+  },
+  {
+    name: 'image list',
+    summary: 'images of the mesh and which hosts hold them',
+    usage: 'picocloud image list',
+    run: async ({ g, io, api }) => {
+      const list = await api.call<Array<Record<string, any>>>('GET', '/v1/images')
+      io.out(g.json ? JSON.stringify(list, null, 2) : list.length === 0 ? 'no images (add one with `picocloud image add FILE --name NAME`)' : table(['NAME', 'SHA256', 'SIZE', 'FORMAT', 'OWNER', 'HOSTS'], list.map(i => [i.name, i.sha256.slice(0, 16), `${(i.sizeBytes / 2 ** 20).toFixed(1)} MiB`, i.format, short(i.owner), i.holders.join(',') || '-'])))
+    }
+  },
+  {
+    name: 'image delete',
+    summary: 'delete an image from the mesh\'s catalogue (owner only)',
+    usage: 'picocloud image delete NAME',
+    positionals: [1, 1],
+    options: { ...signOpts, ...waitOpts },
+    optionHelp: { ...signHelp, ...waitHelp },
+    run: async (args) => { await request(args, 'image.delete', { image: args.positionals[0] }) }
+  },
   // ——— networks ———
   {
     name: 'net create',

@@ -15,7 +15,7 @@ import { loadPrivateKey, signDetached } from '../../keys/keyring.ts'
 import type { RequestView, VmView } from '../../node/views.ts'
 
 // Plenty of room on every host, fast heartbeats so that a partition is noticed quickly.
-const CONFIG = 'vcpus = 64\nmem_mib = 65536\ndisk_gib = 1000\nheartbeat_interval = 0.5\nreconnect_interval = 0.5\n'
+const CONFIG = 'hypervisor = "none"\nvcpus = 64\nmem_mib = 65536\ndisk_gib = 1000\nheartbeat_interval = 0.5\nreconnect_interval = 0.5\n'
 
 interface User { keyring: string, fpr: string, keyFile: string }
 
