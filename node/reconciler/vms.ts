@@ -31,6 +31,8 @@ export interface VmReconcilerInit {
   intervalMs?: number
 }
 
+const FETCH_RETRY_MS = 5000
+
 export interface ReconcileStats { passes: number, errors: number, lastMs: number, totalMs: number }
 
 export class VmReconciler {
@@ -40,7 +42,8 @@ export class VmReconciler {
   private timer?: NodeJS.Timeout
   private readonly orphanSince = new Map<string, number>()
   private readonly fetching = new Map<string, Promise<void>>()
-  private readonly fetchErrors = new Map<string, string>()
+  /** Last fetch failure per image, retried after FETCH_RETRY_MS (a good holder may come back). */
+  private readonly fetchErrors = new Map<string, { reason: string, at: number }>()
   private readonly actionErrors = new Map<string, string>()
   readonly stats: ReconcileStats = { passes: 0, errors: 0, lastMs: 0, totalMs: 0 }
 
@@ -87,7 +90,8 @@ export class VmReconciler {
     const sha256 = img?.sha256 ?? (ref.startsWith('sha256:') ? ref.slice(7) : undefined)
     if (sha256 === undefined) return { image: { present: false, error: `image ${ref} is not known in this mesh (add it with \`picocloud image add\`)` } }
     const fetchError = this.fetchErrors.get(sha256)
-    if (!(await this.init.images.has(sha256))) return { image: { sha256, present: false, error: fetchError } }
+    if (fetchError !== undefined && Date.now() - fetchError.at > FETCH_RETRY_MS) this.fetchErrors.delete(sha256)
+    if (!(await this.init.images.has(sha256))) return { image: { sha256, present: false, error: this.fetchErrors.get(sha256)?.reason } }
     const info = await this.init.images.info(sha256)
     const vnis = assignVnis([...world.nets.values()].map(n => n.id))
     const spec: VmSpec = {
@@ -182,7 +186,7 @@ export class VmReconciler {
     if (this.fetching.has(sha256)) return
     const p = this.init.fetch(vmId, sha256)
       .then(() => { this.fetchErrors.delete(sha256) })
-      .catch((err: any) => { this.fetchErrors.set(sha256, err.message) })
+      .catch((err: any) => { this.fetchErrors.set(sha256, { reason: err.message, at: Date.now() }) })
       .finally(() => { this.fetching.delete(sha256); this.kick() })
     this.fetching.set(sha256, p)
   }
