@@ -65,8 +65,18 @@ export async function publishHostRecord (store: StateStore, record: Omit<HostRec
     cur.version === record.version && JSON.stringify([...cur.addresses]) === JSON.stringify(record.addresses)
   if (same) return false
   const updated = new Date().toISOString()
+  // Field by field: the record also holds the trust policy, claims and VM reports.
   const changed = await store.change('update host record', d => {
-    d.hosts[store.self] = { ...record, addresses: [...record.addresses], updated }
+    const rec = d.hosts[store.self]
+    if (rec === undefined) {
+      d.hosts[store.self] = { ...record, addresses: [...record.addresses], updated }
+      return
+    }
+    if (rec.name !== record.name) rec.name = record.name
+    if (rec.wgPublicKey !== record.wgPublicKey) rec.wgPublicKey = record.wgPublicKey
+    if (rec.version !== record.version) rec.version = record.version
+    if (JSON.stringify([...rec.addresses]) !== JSON.stringify(record.addresses)) rec.addresses = [...record.addresses]
+    rec.updated = updated
   })
   return changed !== undefined
 }

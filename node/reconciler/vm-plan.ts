@@ -39,6 +39,8 @@ export interface PlanInput {
   orphanGraceMs: number
   /** Names of VMs that started twice and lost to a better-ranked host: stopped at once. */
   lostHere: Set<string>
+  /** A crashed VM is restarted only from this time on (backoff against crash loops). */
+  restartNotBefore?: Map<string, number>
 }
 
 export interface VmPlan {
@@ -81,9 +83,11 @@ export function planVms (input: PlanInput): VmPlan {
     }
     if (o?.state === 'crashed') {
       // QEMU died behind our back: report it, and restart unless the policy says never.
-      if (t.restart === 'never') { reports.set(t.id, { status: 'failed', reason: o.reason ?? 'the VM crashed' }); continue }
+      const reason = o.reason ?? 'QEMU exited'
+      const notBefore = input.restartNotBefore?.get(t.name) ?? 0
+      if (t.restart === 'never' || input.now < notBefore) { reports.set(t.id, { status: 'failed', reason }); continue }
       actions.push({ type: 'start', id: t.id, spec: t.spec })
-      reports.set(t.id, { status: 'starting', reason: `restarting after a crash: ${o.reason ?? 'QEMU exited'}` })
+      reports.set(t.id, { status: 'starting', reason: `restarting after a crash: ${reason}` })
       continue
     }
     // Not there yet, or stopped (a stop by the owner was undone by a start).

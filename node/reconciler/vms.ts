@@ -45,6 +45,8 @@ export class VmReconciler {
   /** Last fetch failure per image, retried after FETCH_RETRY_MS (a good holder may come back). */
   private readonly fetchErrors = new Map<string, { reason: string, at: number }>()
   private readonly actionErrors = new Map<string, string>()
+  /** Crash backoff per VM: 2 s after the first crash, doubling to 5 min. */
+  private readonly crashes = new Map<string, { count: number, notBefore: number, pid?: number }>()
   readonly stats: ReconcileStats = { passes: 0, errors: 0, lastMs: 0, totalMs: 0 }
 
   constructor (init: VmReconcilerInit) {
@@ -141,7 +143,19 @@ export class VmReconciler {
     const now = Date.now()
     for (const o of observed) if (!this.orphanSince.has(o.name)) this.orphanSince.set(o.name, now)
     for (const name of this.orphanSince.keys()) if (!observed.some(o => o.name === name)) this.orphanSince.delete(name)
-    const plan = planVms({ targets, observed, now, orphanSince: this.orphanSince, orphanGraceMs: this.init.orphanGraceMs ?? 60_000, lostHere })
+    for (const o of observed) {
+      const old = this.crashes.get(o.name)
+      if (o.state === 'running' && old !== undefined && now - old.notBefore > 600_000) this.crashes.delete(o.name)
+      if (o.state !== 'crashed') continue
+      const c = this.crashes.get(o.name)
+      if (c !== undefined && c.pid === o.pid) continue
+      const count = (c?.count ?? 0) + 1
+      this.crashes.set(o.name, { count, pid: o.pid, notBefore: now + Math.min(2000 * 2 ** (count - 1), 300_000) })
+      log.warn('VM crashed', { vm: o.name, reason: o.reason, restartInMs: Math.min(2000 * 2 ** (count - 1), 300_000) })
+      setTimeout(() => this.kick(), Math.min(2000 * 2 ** (count - 1), 300_000) + 50).unref()
+    }
+    const restartNotBefore = new Map([...this.crashes].map(([n, c]) => [n, c.notBefore]))
+    const plan = planVms({ targets, observed, now, orphanSince: this.orphanSince, orphanGraceMs: this.init.orphanGraceMs ?? 60_000, lostHere, restartNotBefore })
     for (const o of plan.orphans) if (o.seenMs === 0) log.warn('a VM runs here that the state does not place here; it will be stopped after the grace period', { vm: o.name })
 
     const reports = new Map(plan.reports)

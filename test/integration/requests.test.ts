@@ -146,7 +146,7 @@ describe('signed requests, trust and placement', () => {
     const placements = await Promise.all([a, b, c].map(async d => await waitFor(async () => {
       const l = (await vms(d)).filter(v => v.name.startsWith('burst-'))
       return l.length === 20 && l.every(v => v.host !== null && v.claimants.length === 1 && v.status === 'placed') && l
-    }, { timeoutMs: 30_000, what: `${d.name} to see 20 VMs placed once each` })))
+    }, { timeoutMs: 90_000, what: `${d.name} to see 20 VMs placed once each` })))
     const key = (l: VmView[]): string => JSON.stringify(l.map(v => [v.name, v.host]).sort())
     expect(key(placements[1])).toBe(key(placements[0]))
     expect(key(placements[2])).toBe(key(placements[0]))

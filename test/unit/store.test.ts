@@ -162,3 +162,22 @@ describe('replicated state with authenticated changes', () => {
     expect(third.changeCount).toBe(1)
   })
 })
+
+describe('host record updates', () => {
+  it('change only the fields that moved and keep the rest of the record (policy, claims, VM reports)', async () => {
+    const { mkdtemp, rm } = await import('node:fs/promises')
+    const dir = await mkdtemp(join(tmpdir(), 'pc-rec-'))
+    const s = await StateStore.open({ dir, key: await generateKeyPair('Ed25519') })
+    try {
+      await foundMesh(s, { name: 'm', host: { ...record('a'), updated: '' } })
+      await s.change('claim', d => { d.hosts[s.self].claims = { x: { at: 'now' } } })
+      expect(await publishHostRecord(s, { ...record('a'), addresses: ['/ip4/127.0.0.1/tcp/1'] })).toBe(true)
+      expect(s.doc.hosts[s.self].claims?.x.at).toBe('now')
+      expect([...s.doc.hosts[s.self].addresses]).toEqual(['/ip4/127.0.0.1/tcp/1'])
+      expect(await publishHostRecord(s, { ...record('a'), addresses: ['/ip4/127.0.0.1/tcp/1'] })).toBe(false)
+    } finally {
+      await s.close()
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+})

@@ -30,6 +30,10 @@ describe('VM plan (observe → diff → smallest change)', () => {
     const p = plan({ targets: [target()], observed: [seen('crashed', { reason: 'qemu: oom' })] })
     expect(p.actions).toEqual([{ type: 'start', id, spec }])
     expect(p.reports.get(id)?.reason).toMatch(/qemu: oom/)
+    // Within the crash backoff the VM is reported failed, with QEMU's reason, and left alone.
+    const waiting = plan({ targets: [target()], observed: [seen('crashed', { reason: 'qemu: oom' })], restartNotBefore: new Map([[name, 5000]]) })
+    expect(waiting.actions).toEqual([])
+    expect(waiting.reports.get(id)).toEqual({ status: 'failed', reason: 'qemu: oom' })
     const never = plan({ targets: [target({ restart: 'never' })], observed: [seen('crashed', { reason: 'qemu: oom' })] })
     expect(never.actions).toEqual([])
     expect(never.reports.get(id)).toEqual({ status: 'failed', reason: 'qemu: oom' })
