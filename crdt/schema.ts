@@ -42,6 +42,8 @@ export interface HostResources {
   memMiB: number
   diskGiB: number
   labels: Record<string, string>
+  /** How VMs run on this host; `none` = placement only (a control-plane host, or tests). */
+  hypervisor?: string
 }
 
 /** A host's claim that it will run a VM (the vm.create request id names the VM). */

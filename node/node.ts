@@ -74,6 +74,8 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   reconciler?: VmReconciler
   /** Image fetches under way here, by VM id (also shown in `vm show`). */
   readonly progress = new Map<string, FetchProgress>()
+  /** Image fetches other hosts announced (ephemeral, like heartbeats), by VM id. */
+  private readonly remoteProgress = new Map<string, FetchProgress & { at: number }>()
   private heartbeatSeq = 0
   private meshStarted = false
   private stopping = false
@@ -196,9 +198,23 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     pubsub.addEventListener('message', evt => {
       const msg = evt.detail
       if (msg.topic === heartbeats && msg.type === 'signed') this.liveness.heard(msg.from.toString())
+      if (msg.topic === progress) {
+        try {
+          const p = JSON.parse(new TextDecoder().decode(msg.data))
+          if (typeof p.vm === 'string' && typeof p.received === 'number' && typeof p.total === 'number') {
+            this.remoteProgress.set(p.vm, { sha256: String(p.sha256), received: p.received, total: p.total, peer: String(p.peer), at: Date.now() })
+          }
+        } catch {}
+      }
+    })
+    const progress = this.progressTopic()
+    pubsub.topicValidators.set(progress, (_from, msg) => {
+      const author = msg.type === 'signed' ? msg.from.toString() : ''
+      return isActiveMember(this.store.doc, author) && msg.data.length < 512 ? TopicValidatorResult.Accept : TopicValidatorResult.Reject
     })
     pubsub.subscribe(changes)
     pubsub.subscribe(heartbeats)
+    pubsub.subscribe(progress)
 
     await this.publishRecord()
     this.every(this.config.heartbeatInterval * 1000, () => { void this.heartbeat() })
@@ -222,6 +238,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
 
   private changesTopic (): string { return `/picocloud/${this.store.meshId}/changes/1` }
   private heartbeatTopic (): string { return `/picocloud/${this.store.meshId}/heartbeat/1` }
+  private progressTopic (): string { return `/picocloud/${this.store.meshId}/progress/1` }
 
   private async validateChangeMessage (from: PeerId, msg: Message): Promise<TopicValidatorResult> {
     let signed: SignedChange
@@ -564,6 +581,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       await fetchImage(this.libp2p, this.images, sha256, holders(this.store, sha256, connected), this.log.forComponent('images'), p => {
         this.progress.set(vmId, p)
         this.emitEvent('image.progress', { vm: vmId, ...p })
+        void this.libp2p.services.pubsub.publish(this.progressTopic(), new TextEncoder().encode(JSON.stringify({ vm: vmId, ...p }))).catch(() => {})
       })
     } finally {
       this.progress.delete(vmId)
@@ -684,7 +702,8 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     const world = this.scheduler.world()
     const vm = findVm(world, ref, owner)
     const history = vm.requests.map(id => world.requests.get(id)).filter(r => r !== undefined).map(r => requestView(this.store.doc, r))
-    const progress = this.progress.get(vm.id)
+    const remote = this.remoteProgress.get(vm.id)
+    const progress = this.progress.get(vm.id) ?? (remote !== undefined && Date.now() - remote.at < 5000 && vm.report?.status === 'fetching-image' ? remote : undefined)
     return { ...vmView(this.store.doc, vm), history, ...(progress === undefined ? {} : { progress }) }
   }
 

@@ -25,6 +25,7 @@ export async function hostResources (config: DaemonConfig): Promise<HostResource
     vcpus: config.capacity.vcpus ?? cpus().length,
     memMiB: config.capacity.memMiB ?? Math.max(0, Math.floor(totalmem() / 2 ** 20) - RESERVED_MIB),
     diskGiB,
-    labels: { ...config.labels }
+    labels: { ...config.labels },
+    hypervisor: config.hypervisor
   }
 }

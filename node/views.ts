@@ -24,6 +24,8 @@ export interface VmView {
   nics: Array<{ net: string, ip?: string }>
   claimants: string[]
   created: string
+  /** False when the VM's host only places VMs and runs none (hypervisor = "none"). */
+  runs: boolean
 }
 
 export interface RequestView extends RequestOutcome {
@@ -58,7 +60,8 @@ export function vmView (doc: Partial<MeshDoc>, vm: VmEntry): VmView {
     arch: vm.spec.arch,
     nics: vm.nics.map(n => ({ ...n })),
     claimants: vm.claimants,
-    created: new Date(vm.created).toISOString()
+    created: new Date(vm.created).toISOString(),
+    runs: vm.host === null || doc.hosts?.[vm.host]?.resources?.hypervisor !== 'none'
   }
 }
 

@@ -6,7 +6,7 @@ import { createInterface } from 'node:readline'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { ApiClient } from '../api/client.ts'
 import type { StatusView } from '../../protocol/api.ts'
-import type { RequestView } from '../views.ts'
+import type { RequestView, VmView } from '../views.ts'
 import type { RequestKind } from '../../protocol/requests.ts'
 
 export interface SignOptions {
@@ -82,6 +82,33 @@ export async function waitForOutcome (api: ApiClient, id: string, timeoutMs: num
     const r = await api.call<RequestView>('GET', `/v1/requests/${id}`)
     if (done(r) || Date.now() > deadline) return r
     await new Promise(resolve => setTimeout(resolve, 100))
+  }
+}
+
+const SETTLED = new Set(['running', 'failed', 'stopped', 'destroyed', 'rejected'])
+
+/**
+ * After placement, follows the VM until it runs (or fails), drawing the image download as a
+ * progress bar on a terminal. Returns the last view.
+ */
+export async function waitForVm (api: ApiClient, id: string, timeoutMs: number, err: (s: string) => void): Promise<VmView> {
+  const deadline = Date.now() + timeoutMs
+  const tty = process.stderr.isTTY
+  let drew = false
+  for (;;) {
+    const vm = await api.call<VmView & { progress?: { received: number, total: number } }>('GET', `/v1/vms/${id}`)
+    if (vm.progress !== undefined && tty) {
+      const frac = vm.progress.total === 0 ? 1 : vm.progress.received / vm.progress.total
+      const bar = '#'.repeat(Math.round(frac * 30)).padEnd(30, '.')
+      process.stderr.write(`\rfetching image [${bar}] ${(vm.progress.received / 2 ** 20).toFixed(1)}/${(vm.progress.total / 2 ** 20).toFixed(1)} MiB`)
+      drew = true
+    }
+    if (SETTLED.has(vm.status) || !vm.runs || Date.now() > deadline) {
+      if (drew) process.stderr.write('\n')
+      if (Date.now() > deadline && !SETTLED.has(vm.status)) err(`still ${vm.status} after ${Math.round(timeoutMs / 1000)} s; follow it with \`picocloud vm show ${vm.name}\``)
+      return vm
+    }
+    await new Promise(resolve => setTimeout(resolve, 200))
   }
 }
 

@@ -8,7 +8,7 @@ import type { HostView } from '../../protocol/api.ts'
 import type { RequestView, VmView } from '../views.ts'
 import type { Command } from './commands.ts'
 import { table, short } from './output.ts'
-import { keyring, buildSigned, waitForOutcome, outcomeText, chooseKey, meshId, signBytes } from './sign.ts'
+import { keyring, buildSigned, waitForOutcome, waitForVm, outcomeText, chooseKey, meshId, signBytes } from './sign.ts'
 import type { RequestKind } from '../../protocol/requests.ts'
 
 const signOpts = {
@@ -56,8 +56,13 @@ async function request (args: Parameters<Command['run']>[0], kind: RequestKind, 
   else {
     io.out(outcomeText(r))
     if (r.kind === 'vm.create' && r.status === 'placed') {
-      const vm = await api.call<VmView>('GET', `/v1/vms/${r.id}`)
-      io.out(`VM ${vm.name} (${vm.id.slice(0, 12)}) placed on ${vm.hostName ?? vm.host ?? '?'}`)
+      const placed = await api.call<VmView>('GET', `/v1/vms/${r.id}`)
+      io.out(`VM ${placed.name} (${placed.id.slice(0, 12)}) placed on ${placed.hostName ?? placed.host ?? '?'}`)
+      if (values['no-wait'] !== true && placed.runs) {
+        const vm = await waitForVm(api, r.id, (int(values.timeout, '--timeout') ?? 300) * 1000, io.err)
+        io.out(`VM ${vm.name}: ${vm.status}${vm.reason === undefined ? '' : ` (${vm.reason})`}`)
+        if (vm.status === 'failed') throw new PicocloudError('VM_FAILED', `VM ${vm.name} failed on ${vm.hostName ?? '?'}: see \`picocloud vm show ${vm.name}\` and \`picocloud vm logs ${vm.name}\` on that host`)
+      }
     }
   }
   if (r.status === 'rejected') throw new PicocloudError('REQUEST_REJECTED', g.json ? 'request rejected' : 'the request was rejected (reasons above)')
