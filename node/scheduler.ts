@@ -11,6 +11,8 @@ import type { StateStore } from '../crdt/store.ts'
 import type { RequestBook } from './requests.ts'
 import type { Logger } from './log.ts'
 
+const KICK_DELAY_MS = 5
+
 export interface SchedulerInit {
   store: StateStore
   book: RequestBook
@@ -50,9 +52,14 @@ export class Scheduler {
   }
 
   /** Runs a pass soon; passes never overlap. */
+  /**
+   * Runs a pass soon. Deferred to a later turn of the event loop so that the change that caused
+   * it is forwarded and reported first, and so that a burst of changes costs one pass.
+   */
   kick (): void {
     if (this.running !== undefined) { this.again = true; return }
     this.running = (async () => {
+      await new Promise(resolve => setTimeout(resolve, KICK_DELAY_MS))
       do {
         this.again = false
         try { await this.pass() } catch (err: any) { this.init.log.error('scheduler pass failed', { error: err.message }) }

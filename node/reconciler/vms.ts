@@ -66,6 +66,8 @@ export class VmReconciler {
   kick (): void {
     if (this.running !== undefined) { this.again = true; return }
     this.running = (async () => {
+      // Later than the scheduler's pass, and once for a burst of changes.
+      await new Promise(resolve => setTimeout(resolve, 20))
       do {
         this.again = false
         const t0 = performance.now()

@@ -49,7 +49,7 @@ export class TestDaemon {
   }
 
   async start (): Promise<void> {
-    const p = spawn(NODE, [MAIN, 'daemon', '--state', this.state, '--socket', this.socket,
+    const p = spawn(NODE, ['--max-semi-space-size=1', MAIN, 'daemon', '--state', this.state, '--socket', this.socket,
       '--listen', '/ip4/127.0.0.1/tcp/0', '--name', this.name], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, PICOCLOUD_CONFIG: join(this.state, 'none.toml'), ...this.extraEnv }
