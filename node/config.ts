@@ -10,6 +10,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
 
 import { DEFAULT_CONFIG, DEFAULT_STATE, DEFAULT_SOCKET } from './paths.ts'
+import { parseNetworkConfig, NETWORK_KEYS, type NetworkConfig } from './net/config.ts'
 
 export const DEFAULT_LISTEN = ['/ip4/0.0.0.0/tcp/9777']
 
@@ -40,6 +41,10 @@ export interface DaemonConfig {
   arch?: string[]
   /** How VMs run here: qemu (default), libvirt, or none (a control-plane-only host). */
   hypervisor: 'qemu' | 'libvirt' | 'none'
+  /** The data plane (keys network, wireguard_*, underlay_mtu: see node/net/config.ts). */
+  network: NetworkConfig
+  /** HOST:PORT for Prometheus metrics at /metrics (node/metrics.ts). @default undefined: off */
+  metricsListen?: string
 }
 
 export interface ConfigFlags {
@@ -49,10 +54,20 @@ export interface ConfigFlags {
   listen?: string[]
   announce?: string[]
   name?: string
+  metricsListen?: string
 }
 
-const KNOWN_KEYS = new Set(['name', 'state', 'socket', 'listen', 'announce', 'heartbeat_interval', 'reconnect_interval', 'socket_group',
-  'labels', 'vcpus', 'mem_mib', 'disk_gib', 'arch', 'hypervisor'])
+/** Every key the config file accepts (deploy/config.example.toml documents each one). */
+export const KNOWN_KEYS: ReadonlySet<string> = new Set(['name', 'state', 'socket', 'listen', 'announce', 'heartbeat_interval', 'reconnect_interval', 'socket_group',
+  'labels', 'vcpus', 'mem_mib', 'disk_gib', 'arch', 'hypervisor', 'metrics_listen', ...NETWORK_KEYS])
+
+/** "127.0.0.1:9778", "[::1]:9778", ":9778" (every interface) → host and port. */
+export function parseListenAddress (what: string, text: string): { host: string, port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text)
+  const port = m === null ? NaN : Number(m[3])
+  if (m === null || port > 65535) throw new PicocloudError(ErrorCode.Config, `${what}: ${JSON.stringify(text)} is not ADDRESS:PORT (example: 127.0.0.1:9778, [::1]:9778)`)
+  return { host: m[1] ?? (m[2] === '' ? '0.0.0.0' : m[2]), port }
+}
 
 function bad (file: string, msg: string): PicocloudError {
   return new PicocloudError(ErrorCode.Config, `${file}: ${msg}`)
@@ -125,8 +140,13 @@ export async function resolveConfig (flags: ConfigFlags, env: NodeJS.ProcessEnv 
   const arch = raw.arch === undefined ? undefined : stringList(file, 'arch', raw.arch)
   const hypervisor = str('hypervisor') ?? 'qemu'
   if (hypervisor !== 'qemu' && hypervisor !== 'libvirt' && hypervisor !== 'none') throw bad(file, `hypervisor must be "qemu", "libvirt" or "none", got ${JSON.stringify(hypervisor)}`)
+  if (raw.metrics_listen !== undefined && typeof raw.metrics_listen !== 'string') throw bad(file, 'metrics_listen must be a string like "127.0.0.1:9778" (or "" for off)')
+  const metrics = flags.metricsListen ?? raw.metrics_listen as string | undefined
+  if (metrics !== undefined && metrics !== '') parseListenAddress(flags.metricsListen !== undefined ? '--metrics-listen' : `${file}: metrics_listen`, metrics)
   return {
     hypervisor,
+    network: parseNetworkConfig(raw, file),
+    metricsListen: metrics === '' ? undefined : metrics,
     configFile,
     labels,
     capacity: { vcpus: int('vcpus'), memMiB: int('mem_mib'), diskGiB: int('disk_gib') },

@@ -23,6 +23,8 @@ export class RequestBook {
   private readonly keyCache = new Map<string, openpgp.PublicKey>()
   private verifying: Promise<void> | undefined
   private again = false
+  /** Requests users submitted through this host's socket: accepted, and refused by error code. */
+  readonly submitted = { accepted: 0, refused: new Map<string, number>() }
   /** Called after new verdicts are cached. */
   onVerified: () => void = () => {}
 
@@ -104,6 +106,18 @@ export class RequestBook {
    * fsynced) in the replicated state. Returns its id. A rejected request changes nothing.
    */
   async submit (envelope: unknown): Promise<{ id: string, kind: string, issuer: string }> {
+    try {
+      const r = await this.accept(envelope)
+      this.submitted.accepted++
+      return r
+    } catch (err: any) {
+      const code = typeof err?.code === 'string' ? err.code : ErrorCode.Internal
+      this.submitted.refused.set(code, (this.submitted.refused.get(code) ?? 0) + 1)
+      throw err
+    }
+  }
+
+  private async accept (envelope: unknown): Promise<{ id: string, kind: string, issuer: string }> {
     const meshId = this.store.meshId
     if (meshId === undefined) throw new PicocloudError(ErrorCode.NotInMesh, 'this host is not in a mesh yet', 409)
     let valid

@@ -47,6 +47,15 @@ const statusText = (s: StatusView): string => {
   if (s.expelled !== null) lines.push(`EXPELLED  by ${s.expelled.by} at ${s.expelled.at}: ${s.expelled.reason || 'no reason given'}`)
   lines.push('', `peers connected: ${s.peers.length}`)
   if (s.peers.length > 0) lines.push(table(['PEER', 'NAME', 'ADDRESS', 'DIR'], s.peers.map(p => [p.peerId, p.name, p.address, p.direction])))
+  const n = s.network
+  if (n !== undefined) {
+    lines.push('', n.mode === 'none'
+      ? `network   none: ${n.reason ?? 'no data plane'}`
+      : `network   ${n.interface} port ${n.listenPort}${n.backend !== undefined ? ` (${n.backend})` : ''}, overlay ${n.overlayAddress ?? '-'}, MTU ${n.mtu ?? '-'}, endpoints ${n.endpoints.join(' ') || '-'}`)
+    if (n.lastPass !== null) lines.push(`          last pass ${n.lastPass.at}: ${n.lastPass.error ?? `${n.lastPass.steps} steps`}; networks here: ${n.networks.map(x => `${x.name} (VNI ${x.vni}, ${x.fdb} peers)`).join(', ') || 'none'}`)
+    for (const p of n.problems) lines.push(`          problem: ${p}`)
+    if (n.peers.length > 0) lines.push(table(['WG PEER', 'NAME', 'ENDPOINT', 'LAST HANDSHAKE', 'RX', 'TX'], n.peers.map(p => [short(p.peerId), p.name, p.endpoint ?? '-', p.latestHandshake ?? 'never', String(p.rxBytes), String(p.txBytes)])))
+  }
   if (s.penalties.length > 0) {
     lines.push('', 'penalised peers:')
     lines.push(table(['PEER', 'SCORE', 'LAST OFFENCE'], s.penalties.map(p => [p.peerId, String(p.score), p.offences.at(-1)?.reason ?? ''])))
@@ -58,25 +67,27 @@ export const commands: Command[] = [
   {
     name: 'daemon',
     summary: 'run the picocloud daemon on this host',
-    usage: 'picocloud daemon [--config FILE] [--state DIR] [--socket PATH] [--listen MULTIADDR]... [--announce MULTIADDR]... [--name NAME]',
+    usage: 'picocloud daemon [--config FILE] [--state DIR] [--socket PATH] [--listen MULTIADDR]... [--announce MULTIADDR]... [--name NAME] [--metrics-listen ADDR:PORT]',
     description: 'Runs in the foreground and logs structured lines to stderr. Paths come from the flags, then PICOCLOUD_CONFIG / PICOCLOUD_STATE / PICOCLOUD_SOCKET, then the config file (default /etc/picocloud/config.toml), then the defaults (/var/lib/picocloud, /run/picocloud/picocloud.sock, /ip4/0.0.0.0/tcp/9777).',
     options: {
       config: { type: 'string' },
       state: { type: 'string' },
       listen: { type: 'string', multiple: true },
       announce: { type: 'string', multiple: true },
-      name: { type: 'string' }
+      name: { type: 'string' },
+      'metrics-listen': { type: 'string' }
     },
     optionHelp: {
       config: 'TOML config file (default /etc/picocloud/config.toml; env PICOCLOUD_CONFIG)',
       state: 'state directory with keys and the replicated state (default /var/lib/picocloud; env PICOCLOUD_STATE)',
       listen: 'libp2p listen address, repeatable (default /ip4/0.0.0.0/tcp/9777)',
       announce: 'address other hosts should dial, repeatable (behind NAT)',
-      name: 'this host\'s name (default: the machine\'s hostname)'
+      name: 'this host\'s name (default: the machine\'s hostname)',
+      'metrics-listen': 'serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9778 (default: off; "" turns off what the config file sets)'
     },
     run: async ({ values, g }) => {
       const { runDaemon } = await import('../daemon.ts')
-      await runDaemon({ config: values.config, state: values.state, socket: g.socket, listen: values.listen, announce: values.announce, name: values.name })
+      await runDaemon({ config: values.config, state: values.state, socket: g.socket, listen: values.listen, announce: values.announce, name: values.name, metricsListen: values['metrics-listen'] })
     }
   },
   {
@@ -175,6 +186,17 @@ export const commands: Command[] = [
       print(io, g, h, () => table(['TIME', 'AUTHOR', 'CHANGE', 'WHAT'], h.map(e => [
         new Date(e.time * 1000).toISOString().replace('.000Z', 'Z'), short(e.author), e.hash.slice(0, 12), e.message ?? ''
       ])))
+    }
+  },
+  {
+    name: 'demo',
+    summary: 'three hosts on this machine, narrated: join, trust, placement, failure (cleans up after itself)',
+    usage: 'picocloud demo',
+    description: 'Runs what this machine can: the control plane always; real VMs when run as root with QEMU and the boot-disk tools installed (sudo bash .ci/install-system-packages). Missing parts are named and skipped.',
+    run: async () => {
+      const { runDemo } = await import('../demo.ts')
+      const code = await runDemo()
+      if (code !== 0) throw new PicocloudError('DEMO_FAILED', 'the demo did not finish cleanly (see above)')
     }
   },
   {

@@ -125,6 +125,8 @@ async function hashFile (path: string): Promise<string> {
 export class ImageStore {
   readonly root: string
   private readonly maxBytes: number
+  /** Bytes written into resumable downloads (fetched from peers) since start: a metric. */
+  readonly stats = { downloadedBytes: 0 }
 
   constructor (init: ImageStoreInit) {
     this.root = join(init.stateDir, 'images')
@@ -238,6 +240,7 @@ export class ImageStore {
         if (offset + chunk.length > store.maxBytes) throw new PicocloudError(ErrorCode.BadImage, `image is larger than the limit of ${store.maxBytes} bytes`, 413)
         await fh.write(chunk)
         offset += chunk.length
+        store.stats.downloadedBytes += chunk.length
       },
       async finalize (options = {}) {
         await closeFile()
