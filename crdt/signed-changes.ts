@@ -5,6 +5,7 @@
  * receiver verifies authorship from the change alone.
  */
 import * as A from '@automerge/automerge'
+import { createPrivateKey, createPublicKey, sign as edSign, verify as edVerify, type KeyObject } from 'node:crypto'
 import type { PrivateKey } from '@libp2p/interface'
 import { peerForActor } from '../keys/peer-key.ts'
 
@@ -32,10 +33,41 @@ function signedBytes (hash: string): Uint8Array {
   return out
 }
 
+// Ed25519 through node:crypto with key objects kept per key: libp2p's keys re-import the key for
+// every signature, and base58 peer id strings are costly to compute; both sit on the path of
+// every change a host makes or receives.
+const SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex')
+const PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex')
+const signers = new WeakMap<PrivateKey, KeyObject>()
+interface Author { peerId: string, key: KeyObject }
+const authors = new Map<string, Author>()
+const MAX_AUTHORS = 10_000
+
+function signerFor (key: PrivateKey): KeyObject {
+  let k = signers.get(key)
+  if (k === undefined) {
+    if (key.type !== 'Ed25519') throw new Error('host keys are Ed25519')
+    k = createPrivateKey({ key: Buffer.concat([PKCS8_PREFIX, key.raw.subarray(0, 32)]), format: 'der', type: 'pkcs8' })
+    signers.set(key, k)
+  }
+  return k
+}
+
+function authorOf (actor: string): Author {
+  let a = authors.get(actor)
+  if (a === undefined) {
+    const peer = peerForActor(actor)
+    a = { peerId: peer.toString(), key: createPublicKey({ key: Buffer.concat([SPKI_PREFIX, peer.publicKey.raw]), format: 'der', type: 'spki' }) }
+    if (authors.size >= MAX_AUTHORS) authors.clear()
+    authors.set(actor, a)
+  }
+  return a
+}
+
 export async function signChange (change: Uint8Array, key: PrivateKey): Promise<SignedChange> {
   const { hash } = A.decodeChange(change)
   if (hash === undefined) throw new Error('change has no hash')
-  return { change, signature: await key.sign(signedBytes(hash)) }
+  return { change, signature: new Uint8Array(edSign(null, signedBytes(hash), signerFor(key))) }
 }
 
 export class InvalidChangeError extends Error {
@@ -51,21 +83,21 @@ export async function verifyChange (signed: SignedChange): Promise<VerifiedChang
     throw new InvalidChangeError(`undecodable change: ${err.message}`)
   }
   if (decoded.hash === undefined) throw new InvalidChangeError('change has no hash')
-  let author
+  let author: Author
   try {
-    author = peerForActor(decoded.actor)
+    author = authorOf(decoded.actor)
   } catch (err: any) {
     throw new InvalidChangeError(`actor ${decoded.actor.slice(0, 16)}… is not a host peer id: ${err.message}`)
   }
-  const ok = await author.publicKey.verify(signedBytes(decoded.hash), signed.signature)
-  if (!ok) throw new InvalidChangeError(`bad signature on change ${decoded.hash.slice(0, 12)} by ${author.toString()}`)
+  const ok = signed.signature.length === 64 && edVerify(null, signedBytes(decoded.hash), author.key, signed.signature)
+  if (!ok) throw new InvalidChangeError(`bad signature on change ${decoded.hash.slice(0, 12)} by ${author.peerId}`)
   return {
     ...signed,
     hash: decoded.hash,
     actor: decoded.actor,
     seq: decoded.seq,
     deps: decoded.deps,
-    author: author.toString()
+    author: author.peerId
   }
 }
 
