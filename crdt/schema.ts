@@ -84,6 +84,27 @@ export interface HostRecord {
   claims?: Record<string, HostClaim>
   vms?: Record<string, HostVm>
   rejections?: Record<string, HostRejection>
+  /** WireGuard listen port and underlay endpoints (`ip:port`, `[v6]:port`) other hosts configure. */
+  wgPort?: number
+  wgEndpoints?: string[]
+  /** This host's data plane per network it carries (by net.create id), written when it changes. */
+  nets?: Record<string, HostNetStatus>
+  /** Why this host's last data-plane pass failed; absent when it succeeded. */
+  netError?: string
+}
+
+/** One network as a host has built it (node/reconciler/network.ts). */
+export interface HostNetStatus {
+  vni: number
+  bridge: string
+  vxlan: string
+  mtu: number
+  /** Overlay addresses of the hosts this one floods the network to (its FDB entries). */
+  fdb: string[]
+  /** VM ports (taps) of this host on the bridge. */
+  taps: string[]
+  /** dnsmasq serves the network here (DHCP / router advertisements). */
+  dnsmasq: boolean
 }
 
 export interface StoredRequest {

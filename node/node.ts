@@ -28,6 +28,7 @@ import { encodeSignedChange, decodeSignedChange, type SignedChange } from '../cr
 import { foundMesh, admit, expel, publishHostRecord } from '../crdt/membership.ts'
 import { isActiveMember } from '../crdt/schema.ts'
 import { vmName } from './drivers/hypervisor/types.ts'
+import { assignOverlayAddresses, VXLAN_OVERHEAD_IPV6 } from './net/addressing.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
 import type { StatusView, HostView, IdView, NodeEvent } from '../protocol/api.ts'
 import { RequestBook } from './requests.ts'
@@ -39,6 +40,8 @@ import type { TrustEntry } from '../keys/trust-policy.ts'
 import { ImageStore, type ImageInfo } from './drivers/images/store.ts'
 import { IMAGE_PROTOCOL, serveImage, fetchImage, holders, type FetchProgress } from './images.ts'
 import { VmReconciler } from './reconciler/vms.ts'
+import { NetworkReconciler, deriveEndpoints, dataPlaneUnavailableReason } from './reconciler/network.ts'
+import type { NetworkStatusView } from '../protocol/api.ts'
 import type { HypervisorDriver } from './drivers/hypervisor/types.ts'
 
 export const VERSION: string = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version
@@ -46,6 +49,20 @@ export const VERSION: string = JSON.parse(readFileSync(new URL('../package.json'
 const BLOCK_MS = 10 * 60_000
 const ANTI_ENTROPY_MS = 30_000
 const DIAL_TIMEOUT_MS = 10_000
+
+/** One host's view of a network (`net show`). */
+export interface NetPresence {
+  peerId: string
+  name: string
+  vni: number
+  bridge: string
+  vxlan: string
+  mtu: number
+  fdb: Array<{ address: string, peerId: string | null, name: string | null }>
+  taps: string[]
+  dnsmasq: boolean
+  error?: string
+}
 
 export interface NodeEvents {
   event: [NodeEvent]
@@ -72,6 +89,10 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   readonly images: ImageStore
   hypervisor?: HypervisorDriver
   reconciler?: VmReconciler
+  /** The data plane (node/reconciler/network.ts), when this host runs one. */
+  network?: NetworkReconciler
+  private networkOff?: string
+  private networkBackend?: () => string | undefined
   /** Image fetches under way here, by VM id (also shown in `vm show`). */
   readonly progress = new Map<string, FetchProgress>()
   /** Image fetches other hosts announced (ephemeral, like heartbeats), by VM id. */
@@ -164,6 +185,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       void this.requests.verifyPending()
       this.scheduler.kick()
       this.reconciler?.kick()
+      this.network?.kick()
       this.emitEvent('state.changed', {
         local,
         changes: changes.map(c => ({ hash: c.hash, author: c.author })),
@@ -226,6 +248,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     void this.requests.verifyPending()
     this.scheduler.kick()
     await this.publishImages()
+    await this.startNetwork()
     await this.startHypervisor()
     void this.heartbeat()
   }
@@ -386,6 +409,14 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
         wgPublicKey: this.wireguard.publicKey,
         version: VERSION
       })
+      const endpoints = this.wgEndpoints()
+      const rec = this.store.doc.hosts[this.peerId]
+      if (rec?.wgPort !== this.config.network.wgPort || JSON.stringify(rec?.wgEndpoints ?? null) !== JSON.stringify(endpoints)) {
+        await this.store.change('publish WireGuard endpoints', d => {
+          d.hosts[this.peerId].wgPort = this.config.network.wgPort
+          d.hosts[this.peerId].wgEndpoints = endpoints
+        })
+      }
       const res = await hostResources(this.config)
       const cur = this.store.doc.hosts[this.peerId]?.resources
       if (JSON.stringify(cur) !== JSON.stringify(res)) {
@@ -520,7 +551,8 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
         pending: this.store.pendingCount,
         logBytes: this.store.logBytes
       },
-      penalties: this.penalties.list() as PeerPenalty[]
+      penalties: this.penalties.list() as PeerPenalty[],
+      network: this.networkStatus()
     }
   }
 
@@ -570,7 +602,9 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       world: () => this.scheduler.world(),
       log,
       fetch: async (vmId, sha256) => { await this.fetchImageFor(vmId, sha256) },
-      seed: async (vm, spec) => await writeSeed(this.config.state, vm, spec)
+      seed: async (vm, spec) => await writeSeed(this.config.state, vm, spec),
+      // VM NICs go on the network's bridge: the data plane must have made it.
+      beforeStart: async () => { await this.network?.settle() }
     })
     this.reconciler.start()
   }
@@ -724,10 +758,118 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     })
   }
 
-  net (name: string): ReturnType<PicocloudNode['nets']>[number] {
+  net (name: string): ReturnType<PicocloudNode['nets']>[number] & { presence: NetPresence[] } {
     const n = this.nets().find(x => x.name === name)
-    if (n === undefined) throw new PicocloudError(ErrorCode.NotFound, `no network ${name} (see \`picocloud net list\`)`, 404)
-    return n
+    const entry = this.scheduler.world().nets.get(name)
+    if (n === undefined || entry === undefined) throw new PicocloudError(ErrorCode.NotFound, `no network ${name} (see \`picocloud net list\`)`, 404)
+    return { ...n, presence: this.netPresence(entry.id) }
+  }
+
+  /** Where a network is built: each host's own view, from its record (published when it changes). */
+  private netPresence (netId: string): NetPresence[] {
+    const doc = this.store.doc
+    const meshId = this.store.meshId
+    const byAddr = new Map<string, string>()
+    if (meshId !== undefined) {
+      const peers = Object.keys(doc.members ?? {}).filter(p => isActiveMember(doc, p))
+      for (const [p, a] of assignOverlayAddresses(meshId, peers)) byAddr.set(a, p)
+    }
+    const out: NetPresence[] = []
+    for (const [peerId, rec] of Object.entries(doc.hosts ?? {})) {
+      const v = rec.nets?.[netId]
+      if (v === undefined || !isActiveMember(doc, peerId)) continue
+      out.push({
+        peerId,
+        name: rec.name,
+        vni: v.vni,
+        bridge: v.bridge,
+        vxlan: v.vxlan,
+        mtu: v.mtu,
+        fdb: [...v.fdb].map(a => ({ address: a, peerId: byAddr.get(a) ?? null, name: doc.hosts?.[byAddr.get(a) ?? '']?.name ?? null })),
+        taps: [...v.taps],
+        dnsmasq: v.dnsmasq,
+        ...(rec.netError !== undefined ? { error: rec.netError } : {})
+      })
+    }
+    return out.sort((a, b) => a.name.localeCompare(b.name) || a.peerId.localeCompare(b.peerId))
+  }
+
+  /** Endpoints this host announces for WireGuard: configured, else from its libp2p addresses. */
+  private wgEndpoints (): string[] {
+    const cfg = this.config.network
+    if (cfg.endpoints.length > 0) return [...cfg.endpoints]
+    return deriveEndpoints([...this.config.announce, ...this.addresses()], cfg.wgPort)
+  }
+
+  private async startNetwork (): Promise<void> {
+    if (this.network !== undefined || this.networkOff !== undefined) return
+    const cfg = this.config.network
+    const log = this.log.forComponent('net')
+    if (cfg.mode === 'none') { this.networkOff = 'network = "none" in the config'; return }
+    if (cfg.mode === 'auto' && process.getuid?.() !== 0) {
+      this.networkOff = 'not running as root (network = "auto"); set network = "linux" and run as root for private networks'
+      log.info('no data plane on this host', { reason: this.networkOff })
+      return
+    }
+    const { realExec } = await import('./drivers/exec.ts')
+    const why = await dataPlaneUnavailableReason(realExec)
+    if (why !== undefined) {
+      this.networkOff = why
+      log.warn('no data plane on this host: private networks will not reach VMs here', { reason: why })
+      return
+    }
+    const { linuxNetworkDriver } = await import('./drivers/network/linux.ts')
+    const { join } = await import('node:path')
+    const driver = linuxNetworkDriver({ exec: realExec, log, tmpDir: this.config.state })
+    this.networkBackend = driver.backend
+    this.network = new NetworkReconciler({
+      store: this.store,
+      world: () => this.scheduler.world(),
+      driver,
+      config: cfg,
+      wgPrivateKey: this.wireguard.privateKey,
+      wgPublicKey: this.wireguard.publicKey,
+      runtimeDir: join(this.config.state, 'net'),
+      log
+    })
+    this.network.start()
+  }
+
+  private networkStatus (): NetworkStatusView {
+    const cfg = this.config.network
+    const r = this.network
+    const last = r?.last
+    const doc = this.store.doc
+    const desired = last?.desired
+    const peerOf = new Map((desired?.wireguard.peers ?? []).map(p => [p.publicKey, p.peerId]))
+    return {
+      mode: r === undefined ? 'none' : 'linux',
+      ...(this.networkOff !== undefined ? { reason: this.networkOff } : {}),
+      interface: cfg.wgIfname,
+      listenPort: cfg.wgPort,
+      endpoints: this.wgEndpoints(),
+      overlayAddress: desired?.wireguard.address ?? null,
+      mtu: desired === undefined ? null : desired.wireguard.mtu - VXLAN_OVERHEAD_IPV6,
+      ...(this.networkBackend?.() !== undefined ? { backend: this.networkBackend() } : {}),
+      lastPass: last === undefined ? null : { at: new Date(last.at).toISOString(), steps: last.steps, ms: Math.round(r?.stats.lastMs ?? 0), ...(last.error !== undefined ? { error: last.error } : {}) },
+      passes: r?.stats.passes ?? 0,
+      errors: r?.stats.errors ?? 0,
+      stepsApplied: r?.stats.steps ?? 0,
+      problems: last?.problems ?? [],
+      peers: (last?.actual?.wireguard?.peers ?? []).map(p => {
+        const peerId = peerOf.get(p.publicKey) ?? ''
+        return {
+          peerId,
+          name: doc.hosts?.[peerId]?.name ?? '',
+          publicKey: p.publicKey,
+          endpoint: p.endpoint ?? null,
+          latestHandshake: p.latestHandshake === undefined || p.latestHandshake === 0 ? null : new Date(p.latestHandshake * 1000).toISOString(),
+          rxBytes: p.rx ?? 0,
+          txBytes: p.tx ?? 0
+        }
+      }),
+      networks: (desired?.networks ?? []).map(n => ({ name: n.name, vni: n.vni, bridge: n.bridge.ifname, fdb: n.fdb.length, taps: n.taps.length }))
+    }
   }
 
   async trustAdd (input: TrustAddInput): Promise<TrustEntry> {
@@ -777,6 +919,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     for (const t of this.timers) clearInterval(t)
     this.scheduler.stop()
     this.reconciler?.stop()
+    this.network?.stop()
     this.timers = []
     await this.p2p?.stop()
     await this.store.close()

@@ -41,6 +41,43 @@ export interface StatusView {
   peers: PeerView[]
   state: { heads: string[], changes: number, pending: number, logBytes: number }
   penalties: Array<{ peerId: string, score: number, offences: Array<{ at: string, reason: string }> }>
+  /** The data plane of this host (absent from daemons that predate it). */
+  network?: NetworkStatusView
+}
+
+export interface WireguardPeerView {
+  peerId: string
+  name: string
+  publicKey: string
+  endpoint: string | null
+  /** ISO time of the last handshake, null when none yet. */
+  latestHandshake: string | null
+  rxBytes: number
+  txBytes: number
+}
+
+export interface NetworkStatusView {
+  /** 'linux': this host runs the data plane; 'none': it does not (see `reason`). */
+  mode: 'linux' | 'none'
+  reason?: string
+  interface: string
+  listenPort: number
+  /** Endpoints this host announces to the others. */
+  endpoints: string[]
+  overlayAddress: string | null
+  /** MTU of the private networks (what VMs get). */
+  mtu: number | null
+  backend?: string
+  /** The last reconcile pass: when, how many steps it applied, its error. */
+  lastPass: { at: string, steps: number, ms: number, error?: string } | null
+  passes: number
+  errors: number
+  /** Steps applied since the daemon started (0 after a restart that found everything right). */
+  stepsApplied: number
+  problems: string[]
+  /** WireGuard peers as `wg show <if> dump` showed them at the last pass. */
+  peers: WireguardPeerView[]
+  networks: Array<{ name: string, vni: number, bridge: string, fdb: number, taps: number }>
 }
 
 export interface HostView {

@@ -518,7 +518,10 @@ export const userCommands: Command[] = [
     positionals: [1, 1],
     run: async ({ positionals, g, io, api }) => {
       const n = await api.call<Record<string, any>>('GET', `/v1/nets/${encodeURIComponent(positionals[0])}`)
-      io.out(g.json ? JSON.stringify(n, null, 2) : [`name     ${n.name}`, `owner    ${n.owner}`, `subnet   ${[n.subnet.ipv4, n.subnet.ipv6].filter(Boolean).join(' ')}`, `mode     ${n.mode}`, `gateway  ${typeof n.gateway === 'string' ? n.gateway : `vm:${n.gateway.vm}`}`, `vms      ${n.vms.join(' ') || '-'}`, `hosts    ${n.hosts.join(' ') || '-'}`].join('\n'))
+      io.out(g.json ? JSON.stringify(n, null, 2) : [`name     ${n.name}`, `owner    ${n.owner}`, `subnet   ${[n.subnet.ipv4, n.subnet.ipv6].filter(Boolean).join(' ')}`, `mode     ${n.mode}`, `gateway  ${typeof n.gateway === 'string' ? n.gateway : `vm:${n.gateway.vm}`}`, `vms      ${n.vms.join(' ') || '-'}`, `hosts    ${n.hosts.join(' ') || '-'}`,
+        ...(Array.isArray(n.presence) && n.presence.length > 0
+          ? ['', table(['PRESENT ON', 'VNI', 'BRIDGE', 'VXLAN', 'MTU', 'FLOODS TO', 'TAPS', 'DNSMASQ'], n.presence.map((p: any) => [p.name, String(p.vni), p.bridge, p.vxlan, String(p.mtu), p.fdb.map((f: any) => f.name ?? f.address).join(',') || '-', String(p.taps.length), p.dnsmasq ? 'running' : '-']))]
+          : ['', 'present on no host'])].join('\n'))
     }
   },
   {

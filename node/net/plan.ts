@@ -210,6 +210,11 @@ export interface ActualPeer {
   allowedIps: string[]
   /** Seconds, 0 when off. */
   keepalive: number
+  /** Unix seconds of the last handshake, 0 never (for status only; diff ignores it). */
+  latestHandshake?: number
+  /** Bytes received and sent (for status only). */
+  rx?: number
+  tx?: number
 }
 
 export interface ActualWireguard {

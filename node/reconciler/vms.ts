@@ -29,6 +29,8 @@ export interface VmReconcilerInit {
   orphanGraceMs?: number
   /** @default 5000 */
   intervalMs?: number
+  /** Awaited before VMs start (the data plane makes the bridges their NICs join). */
+  beforeStart?: () => Promise<void>
 }
 
 const FETCH_RETRY_MS = 5000
@@ -161,6 +163,9 @@ export class VmReconciler {
     for (const o of plan.orphans) if (o.seenMs === 0) log.warn('a VM runs here that the state does not place here; it will be stopped after the grace period', { vm: o.name })
 
     const reports = new Map(plan.reports)
+    if (plan.actions.some(a => a.type === 'start' && a.spec.nics.some(n => n.bridge !== undefined))) {
+      await this.init.beforeStart?.().catch((err: any) => { log.warn('data plane not ready before VM start', { error: err.message }) })
+    }
     for (const a of plan.actions) {
       try {
         switch (a.type) {

@@ -31,8 +31,16 @@ export async function cli (socket: string, ...rest: Array<string | Record<string
   })
 }
 
+export interface TestDaemonOptions {
+  /** Run the daemon inside this network namespace (`ip netns exec NS node …`; root only). */
+  netns?: string
+  /** libp2p listen address. @default /ip4/127.0.0.1/tcp/0 */
+  listen?: string
+}
+
 export class TestDaemon {
   readonly name: string
+  readonly options: TestDaemonOptions
   readonly state: string
   readonly socket: string
   readonly api: ApiClient
@@ -40,8 +48,9 @@ export class TestDaemon {
   log = ''
   private readonly extraEnv: Record<string, string>
 
-  constructor (dir: string, name: string, env: Record<string, string> = {}) {
+  constructor (dir: string, name: string, env: Record<string, string> = {}, options: TestDaemonOptions = {}) {
     this.name = name
+    this.options = options
     this.state = join(dir, name)
     this.socket = join(dir, `${name}.sock`)
     this.api = new ApiClient(this.socket)
@@ -49,8 +58,11 @@ export class TestDaemon {
   }
 
   async start (): Promise<void> {
-    const p = spawn(NODE, ['--max-semi-space-size=1', MAIN, 'daemon', '--state', this.state, '--socket', this.socket,
-      '--listen', '/ip4/127.0.0.1/tcp/0', '--name', this.name], {
+    const args = ['--max-semi-space-size=1', MAIN, 'daemon', '--state', this.state, '--socket', this.socket,
+      '--listen', this.options.listen ?? '/ip4/127.0.0.1/tcp/0', '--name', this.name]
+    // `ip netns exec` execs the command in place: the child's pid is the daemon's.
+    const [cmd, argv] = this.options.netns === undefined ? [NODE, args] : ['ip', ['netns', 'exec', this.options.netns, NODE, ...args]]
+    const p = spawn(cmd, argv, {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, PICOCLOUD_CONFIG: join(this.state, 'none.toml'), ...this.extraEnv }
     })
@@ -92,12 +104,17 @@ export class TestMesh {
     return new TestMesh(await mkdtemp(join(tmpdir(), 'pc-mesh-')))
   }
 
-  /** A daemon with its own state dir and socket; `config` is the text of its config file. */
-  async daemon (name: string, config = '', env: Record<string, string> = {}): Promise<TestDaemon> {
-    const d = new TestDaemon(this.dir, name, { PICOCLOUD_KEYRING: join(this.dir, 'no-keyring'), ...env })
+  /**
+   * A daemon with its own state dir and socket; `config` is the text of its config file. Test
+   * daemons run no data plane (`network = "none"`) unless the config names one: tests run as root
+   * would otherwise all build pc-wg0 in the machine's own network namespace.
+   */
+  async daemon (name: string, config = '', env: Record<string, string> = {}, options: TestDaemonOptions = {}): Promise<TestDaemon> {
+    const d = new TestDaemon(this.dir, name, { PICOCLOUD_KEYRING: join(this.dir, 'no-keyring'), ...env }, options)
     const { mkdir, writeFile } = await import('node:fs/promises')
     await mkdir(d.state, { recursive: true, mode: 0o700 })
-    await writeFile(join(d.state, 'none.toml'), `# test daemon\n${config}\n`)
+    const network = /^\s*network\s*=/m.test(config) ? '' : 'network = "none"\n'
+    await writeFile(join(d.state, 'none.toml'), `# test daemon\n${network}${config}\n`)
     this.daemons.push(d)
     await d.start()
     return d

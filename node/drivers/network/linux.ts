@@ -75,12 +75,15 @@ export function parseWgDump (ifname: string, text: string): ActualWireguard {
   if (lines.length === 0) throw new PicocloudError(ErrorCode.NetworkDriver, `empty wg dump for ${ifname}`, 500)
   const [privateKey, , port] = lines[0].split('\t')
   const peers: ActualPeer[] = lines.slice(1).map(line => {
-    const [publicKey, , endpoint, allowed, , , , keepalive] = line.split('\t')
+    const [publicKey, , endpoint, allowed, handshake, rx, tx, keepalive] = line.split('\t')
     return {
       publicKey,
       ...(endpoint !== '(none)' ? { endpoint } : {}),
       allowedIps: allowed === '(none)' ? [] : allowed.split(','),
-      keepalive: keepalive === 'off' ? 0 : Number(keepalive)
+      keepalive: keepalive === 'off' ? 0 : Number(keepalive),
+      latestHandshake: Number(handshake) || 0,
+      rx: Number(rx) || 0,
+      tx: Number(tx) || 0
     }
   })
   return { ifname, ...(privateKey !== '(none)' ? { privateKey } : {}), listenPort: Number(port), peers }
