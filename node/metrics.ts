@@ -212,6 +212,7 @@ export function registerNodeMetrics (node: PicocloudNode, registry: MetricsRegis
   })
 
   registry.register(reconcileCollector('vm', () => node.reconciler?.stats))
+  registry.register(reconcileCollector('net', () => (node as unknown as { network?: { stats?: ReconcileStatsLike } }).network?.stats))
   return registry
 }
 
