@@ -14,6 +14,7 @@ import { LibvirtDriver, domainXml, mapDomstate } from '../../node/drivers/hyperv
 import { type VmSpec } from '../../node/drivers/hypervisor/types.ts'
 import { tinyImage, readLog, BOOT_LINE, type TinyImage } from '../helpers/tiny-image.ts'
 import { waitFor } from '../helpers/wait.ts'
+import { bootDisk } from '../helpers/boot-disk.ts'
 import { runHypervisorContract, baseSpec, newVmId } from '../contracts/hypervisor.ts'
 
 function has (cmd: string): boolean {
@@ -106,15 +107,15 @@ describe.skipIf(!available)('libvirt driver (real)', () => {
     }
   })
 
-  // Left open: under libvirt (same kernel, initrd and QEMU as the qemu driver, which boots) the
-  // guest kernel panics with "Failed to execute /init (error -2)": the initramfs is not unpacked.
-  // Not yet diagnosed (suspects: libvirt's DAC relabelling of the shared cached initrd while
-  // another test's QEMU reads it; fw_cfg loading under libvirt's q35 command line).
-  it.skip('boots the tiny image and shows the boot line on the serial log; destroy leaves nothing', async () => {
+  // Boots from its disk, as VMs made from `picocloud image add` do (SYSLINUX on the test disk).
+  // Direct kernel boot under libvirt left the initramfs unpacked (kernel: "Failed to execute
+  // /init"), not yet diagnosed; the disk path is the one the daemon uses.
+  it('boots the tiny disk and shows the boot line on the serial log; destroy leaves nothing', async () => {
     const stateDir = await mkdtemp(join(tmpdir(), 'pc-libvirt-'))
     await chmod(stateDir, 0o711)
     const driver = new LibvirtDriver({ stateDir })
-    const spec = { ...specFor(img, newVmId()), memMiB: 256 }
+    const disk = (await bootDisk()).path
+    const spec = { ...baseSpec(newVmId(), { baseImage: disk, format: 'raw' }), memMiB: 256 }
     try {
       const t0 = Date.now()
       const vm = await driver.start(spec)
