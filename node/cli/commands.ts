@@ -221,7 +221,10 @@ export function commandHelp (c: Command): string {
   if (c.description !== undefined) lines.push('', c.description)
   const opts = Object.entries(c.optionHelp ?? {})
   lines.push('', 'options:')
-  for (const [k, v] of opts) lines.push(`  --${k.padEnd(10)} ${v}`)
+  for (const [k, v] of opts) {
+    const short = c.options?.[k]?.short
+    lines.push(short === undefined ? `  --${k.padEnd(10)} ${v}` : `  -${short}, --${k.padEnd(6)} ${v}`)
+  }
   lines.push(`  --${'socket'.padEnd(10)} daemon socket (default /run/picocloud/picocloud.sock; env PICOCLOUD_SOCKET)`)
   lines.push(`  --${'json'.padEnd(10)} print JSON for scripts`)
   lines.push(`  --${'help'.padEnd(10)} this help`)

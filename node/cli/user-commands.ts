@@ -82,8 +82,8 @@ export const userCommands: Command[] = [
   {
     name: 'key generate',
     summary: 'create an OpenPGP key pair (Ed25519) in your keyring',
-    usage: 'picocloud key generate --name NAME --email EMAIL [--passphrase-file FILE] [--rsa]',
-    description: 'Your keyring is ~/.config/picocloud/keyring (or PICOCLOUD_KEYRING). A passphrase comes from --passphrase-file or PICOCLOUD_PASSPHRASE; without one the key is stored unprotected (mode 0600).',
+    usage: 'picocloud key generate [--name NAME] [--email EMAIL] [--passphrase-file FILE] [--rsa]',
+    description: 'Give --name, --email or both (the key\'s user id). Your keyring is ~/.config/picocloud/keyring (or PICOCLOUD_KEYRING). A passphrase comes from --passphrase-file or PICOCLOUD_PASSPHRASE; without one the key is stored unprotected (mode 0600).',
     options: { name: { type: 'string' }, email: { type: 'string' }, 'passphrase-file': { type: 'string' }, rsa: { type: 'boolean' } },
     optionHelp: { name: 'your name', email: 'your e-mail address', 'passphrase-file': 'protect the key with the passphrase in this file', rsa: 'make an RSA 3072 key instead of Ed25519' },
     run: async ({ values, g, io }) => {
@@ -110,6 +110,7 @@ export const userCommands: Command[] = [
     name: 'key export',
     summary: 'print a key from your keyring, armored (public unless --secret)',
     usage: 'picocloud key export [FINGERPRINT] [--secret]',
+    description: 'Without FINGERPRINT: the key of PICOCLOUD_KEY, else the only secret key in your keyring. Prints armored text, also with --json.',
     positionals: [0, 1],
     options: { secret: { type: 'boolean' } },
     optionHelp: { secret: 'export the secret key too (keep it safe)' },
@@ -134,7 +135,7 @@ export const userCommands: Command[] = [
     name: 'trust add',
     summary: 'let a key run VMs on this host, within quotas (host operator)',
     usage: 'picocloud trust add FINGERPRINT|KEYFILE [--max-vms N] [--max-vcpus N] [--max-mem MiB] [--max-disk GiB] [--networks a,b]',
-    description: 'KEYFILE is an armored public key (`gpg --armor --export`, `picocloud key export`). A fingerprint is looked up in your keyring, then among the keys the mesh already knows. The policy and the key are published in this host\'s record.',
+    description: 'KEYFILE is an armored public key (`gpg --armor --export`, `picocloud key export`). A fingerprint is looked up in your keyring, then among the keys the mesh already knows. A quota not given is unlimited. Trusting a key again replaces its quotas. The policy and the key are published in this host\'s record.',
     positionals: [1, 1],
     options: { 'max-vms': { type: 'string' }, 'max-vcpus': { type: 'string' }, 'max-mem': { type: 'string' }, 'max-disk': { type: 'string' }, networks: { type: 'string' } },
     optionHelp: { 'max-vms': 'at most N VMs of this key here', 'max-vcpus': 'at most N vCPUs in all', 'max-mem': 'at most this many MiB of memory in all', 'max-disk': 'at most this many GiB of disk in all', networks: 'comma-separated networks its VMs may use (default: any)' },
@@ -184,11 +185,11 @@ export const userCommands: Command[] = [
   {
     name: 'request payload',
     summary: 'print the canonical payload of a request, to sign with another tool (gpg --armor --detach-sign)',
-    usage: 'picocloud request payload FILE --issuer FINGERPRINT [-o OUT]',
+    usage: 'picocloud request payload FILE [--issuer FINGERPRINT] [--lifetime MINUTES] [-o OUT]',
     description: 'FILE is JSON {"kind": "vm.create", "body": {…}}. Sign the output with `gpg --armor --detach-sign OUT`, then `picocloud request submit OUT --signature OUT.asc`.',
     positionals: [1, 1],
     options: { issuer: { type: 'string' }, output: { type: 'string', short: 'o' }, lifetime: { type: 'string' } },
-    optionHelp: { issuer: 'fingerprint of the key that will sign', output: 'write to this file instead of stdout', lifetime: 'minutes until it expires (default 10, at most 60)' },
+    optionHelp: { issuer: 'fingerprint of the key that will sign (default: PICOCLOUD_KEY, or the only secret key)', output: 'write to this file instead of stdout', lifetime: 'minutes until it expires (default 10, at most 60)' },
     run: async ({ positionals, values, io, api }) => {
       const { buildPayload } = await import('../../protocol/envelope.ts')
       const { normalizeFingerprint } = await import('../../keys/fingerprint.ts')
@@ -249,7 +250,7 @@ export const userCommands: Command[] = [
   // ——— VMs ———
   {
     name: 'vm create',
-    summary: 'ask the mesh for a VM (signed with your key); waits until it is placed or rejected',
+    summary: 'ask the mesh for a VM (signed with your key); waits until it runs or is rejected',
     usage: 'picocloud vm create NAME --image IMAGE (--type small|medium|large | --cpus N --mem MiB) [--disk GiB] [--net NET[:IP]]... [--label k=v]... [--on HOST|--on k=v] [--arch ARCH] [--ssh-key FILE]... [--restart always|on-failure|never]',
     positionals: [1, 1],
     options: {
@@ -260,7 +261,8 @@ export const userCommands: Command[] = [
     optionHelp: {
       image: 'image name or sha256:HASH', type: 'machine type: small (1 vCPU, 1 GiB), medium (2, 4 GiB), large (4, 8 GiB)', cpus: 'vCPUs (with --mem)', mem: 'memory in MiB (with --cpus)', disk: 'disk in GiB (default 10)',
       net: 'attach to this network (repeatable); NET:IP for a static address', label: 'label k=v (repeatable)', on: 'pin to a host (name or peer id) or to hosts labelled k=v',
-      arch: 'x86_64 (default) or aarch64', 'ssh-key': 'OpenSSH public key file for the guest (repeatable)', restart: 'restart policy (default always)', ...signHelp, ...waitHelp
+      arch: 'x86_64 (default) or aarch64', 'ssh-key': 'OpenSSH public key file for the guest (repeatable)', restart: 'restart policy (default always)', ...signHelp,
+      'no-wait': 'return once the request is accepted by this host (do not wait for placement or boot)', timeout: 'seconds to wait for placement (default 60), then for the VM to run (default 300)'
     },
     run: async (args) => {
       const { positionals, values, api } = args
@@ -336,7 +338,7 @@ export const userCommands: Command[] = [
   ...(['start', 'stop', 'destroy'] as const).map((verb): Command => ({
     name: `vm ${verb}`,
     summary: verb === 'stop' ? 'stop a VM (owner; or --operator for a VM on this host)' : `${verb} a VM (owner only)`,
-    usage: `picocloud vm ${verb} NAME|ID${verb === 'stop' ? ' [--operator [--reason TEXT]]' : ''} [--no-wait]`,
+    usage: `picocloud vm ${verb} NAME|ID${verb === 'stop' ? ' [--operator [--reason TEXT]]' : ''} [--key FPR] [--passphrase-file F] [--no-wait] [--timeout S]`,
     positionals: [1, 1],
     options: { ...signOpts, ...waitOpts, ...(verb === 'stop' ? { operator: { type: 'boolean' as const }, reason: { type: 'string' as const } } : {}) },
     optionHelp: { ...signHelp, ...waitHelp, ...(verb === 'stop' ? { operator: 'as this host\'s operator, without a signed request (only VMs on this host)', reason: 'why (with --operator)' } : {}) },
@@ -353,7 +355,7 @@ export const userCommands: Command[] = [
   {
     name: 'vm nic add',
     summary: 'attach a VM to a network (owner only)',
-    usage: 'picocloud vm nic add NAME --net NET [--ip IP]',
+    usage: 'picocloud vm nic add NAME|ID --net NET [--ip IP] [--key FPR] [--no-wait]',
     positionals: [1, 1],
     options: { net: { type: 'string' }, ip: { type: 'string' }, ...signOpts, ...waitOpts },
     optionHelp: { net: 'the network', ip: 'a static address in its subnet', ...signHelp, ...waitHelp },
@@ -365,7 +367,7 @@ export const userCommands: Command[] = [
   {
     name: 'vm nic remove',
     summary: 'detach a VM from a network (owner only)',
-    usage: 'picocloud vm nic remove NAME --net NET',
+    usage: 'picocloud vm nic remove NAME|ID --net NET [--key FPR] [--no-wait]',
     positionals: [1, 1],
     options: { net: { type: 'string' }, ...signOpts, ...waitOpts },
     optionHelp: { net: 'the network', ...signHelp, ...waitHelp },
@@ -423,7 +425,7 @@ export const userCommands: Command[] = [
   {
     name: 'image add',
     summary: 'add a disk image (raw or qcow2) to this host and announce it to the mesh (signed)',
-    usage: 'picocloud image add FILE --name NAME [--format raw|qcow2] [--arch ARCH]',
+    usage: 'picocloud image add FILE --name NAME [--format raw|qcow2] [--arch ARCH] [--key FPR] [--no-wait]',
     description: 'The file is stored on this host by its sha256; other hosts fetch it from here when they must run a VM made from it.',
     positionals: [1, 1],
     options: { name: { type: 'string' }, format: { type: 'string' }, arch: { type: 'string' }, ...signOpts, ...waitOpts },
@@ -476,7 +478,7 @@ export const userCommands: Command[] = [
   {
     name: 'image delete',
     summary: 'delete an image from the mesh\'s catalogue (owner only)',
-    usage: 'picocloud image delete NAME',
+    usage: 'picocloud image delete NAME [--key FPR] [--no-wait]',
     positionals: [1, 1],
     options: { ...signOpts, ...waitOpts },
     optionHelp: { ...signHelp, ...waitHelp },
@@ -486,12 +488,13 @@ export const userCommands: Command[] = [
   {
     name: 'net create',
     summary: 'create a private L2 network (signed with your key)',
-    usage: 'picocloud net create NAME [--subnet CIDR] [--subnet6 CIDR] [--mode static|dhcp|slaac] [--gateway host-nat|none|vm:NAME]',
+    usage: 'picocloud net create NAME (--subnet CIDR | --subnet6 CIDR | both) [--mode static|dhcp|slaac] [--gateway host-nat|none|vm:NAME] [--label k=v]... [--key FPR] [--no-wait]',
     positionals: [1, 1],
     options: { subnet: { type: 'string' }, subnet6: { type: 'string' }, mode: { type: 'string' }, gateway: { type: 'string' }, label: { type: 'string', multiple: true }, ...signOpts, ...waitOpts },
-    optionHelp: { subnet: 'IPv4 subnet, e.g. 10.10.0.0/24', subnet6: 'IPv6 subnet, e.g. fd00:1::/64', mode: 'how VMs get addresses (default dhcp)', gateway: 'host-nat (default), none, or vm:NAME', label: 'label k=v (repeatable)', ...signHelp, ...waitHelp },
+    optionHelp: { subnet: 'IPv4 subnet, e.g. 10.10.0.0/24', subnet6: 'IPv6 subnet, e.g. fd00:1::/64 (a /64 for slaac)', mode: 'how VMs get addresses (default dhcp)', gateway: 'host-nat (default), none, or vm:NAME', label: 'label k=v (repeatable)', ...signHelp, ...waitHelp },
     run: async (args) => {
       const { positionals, values } = args
+      if (values.subnet === undefined && values.subnet6 === undefined) throw new PicocloudError(ErrorCode.Usage, 'net create needs --subnet CIDR (IPv4), --subnet6 CIDR (IPv6) or both')
       const gw = values.gateway === undefined ? undefined : String(values.gateway).startsWith('vm:') ? { vm: String(values.gateway).slice(3) } : values.gateway
       await request(args, 'net.create', {
         name: positionals[0],
@@ -527,7 +530,7 @@ export const userCommands: Command[] = [
   {
     name: 'net delete',
     summary: 'delete a network (owner only; no VM may use it)',
-    usage: 'picocloud net delete NAME',
+    usage: 'picocloud net delete NAME [--key FPR] [--no-wait]',
     positionals: [1, 1],
     options: { ...signOpts, ...waitOpts },
     optionHelp: { ...signHelp, ...waitHelp },
