@@ -67,6 +67,29 @@ describe.skipIf(missing !== undefined)('VMs through the daemon, for real (QEMU)'
     await waitFor(async () => (await vm(b, 't1')).status === 'running', { what: 'B to see t1 running' })
   }, BOOT_MS + 60_000)
 
+  it('vm console attaches to the serial console on the host that runs the VM (the guest\'s shell answers)', async () => {
+    const { request } = await import('node:http')
+    const text = await new Promise<string>((resolve, reject) => {
+      const req = request({ socketPath: a.socket, path: '/v1/vms/t1/console', headers: { connection: 'Upgrade', upgrade: 'picocloud-console' } })
+      req.on('response', res => reject(new Error(`refused: HTTP ${res.statusCode ?? '?'}`)))
+      req.on('upgrade', (_res, socket) => {
+        let got = ''
+        const timer = setInterval(() => socket.write('echo pc-console-$((6*7))\n'), 500)
+        socket.on('data', d => {
+          got += d
+          if (got.includes('pc-console-42')) { clearInterval(timer); socket.end(); resolve(got) }
+        })
+        socket.on('close', () => { clearInterval(timer); resolve(got) })
+      })
+      req.on('error', reject)
+      req.end()
+    })
+    expect(text).toContain('pc-console-42')
+    const elsewhere = await b.cli('vm', 'console', 't1')
+    expect(elsewhere.code).toBe(1)
+    expect(elsewhere.stderr).toMatch(/does not run on this host/)
+  }, 60_000)
+
   it('vm stop and vm start work', async () => {
     const name = `pc-${(await vm(a, 't1')).id.slice(0, 8)}`
     expect((await as(a, 'vm', 'stop', 't1')).code).toBe(0)
