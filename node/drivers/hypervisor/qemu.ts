@@ -298,7 +298,7 @@ export class QemuDriver implements HypervisorDriver {
           await this.qmpOnce(p.qmp, 'system_powerdown')
           await waitUntil(async () => await gone() || (await this.qmpStatus(p.qmp).catch(() => '')) === 'shutdown', graceMs, 200)
         } catch (err) {
-          this.log.warn('ACPI power-down failed', { name, err: (err as Error).message })
+          this.log.warn('ACPI power-down failed', { name, error: (err as Error).message })
         }
       }
       if (!(await gone())) await this.qmpOnce(p.qmp, 'quit').catch(() => {})
