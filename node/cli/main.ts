@@ -21,7 +21,8 @@ export function mainHelp (): string {
     ...commands.map(c => `  ${c.name.padEnd(w)}  ${c.summary}`),
     '',
     'Run `picocloud COMMAND --help` for a command\'s options.',
-    'Environment: PICOCLOUD_SOCKET (the daemon socket), PICOCLOUD_CONFIG, PICOCLOUD_STATE (daemon paths).'
+    'Environment: PICOCLOUD_SOCKET (the daemon socket), PICOCLOUD_CONFIG, PICOCLOUD_STATE (daemon paths),',
+    'PICOCLOUD_KEYRING (your keyring), PICOCLOUD_KEY (signing key), PICOCLOUD_PASSPHRASE, PICOCLOUD_DEBUG (debug log lines).'
   ].join('\n')
 }
 
