@@ -111,7 +111,7 @@ export async function runDemo (): Promise<number> {
       const h: Host = { name, dir: join(dir, name), socket: join(dir, `${name}.sock`), api: new ApiClient(join(dir, `${name}.sock`)) }
       await mkdir(h.dir, { recursive: true, mode: 0o700 })
       const cfg = join(h.dir, 'config.toml')
-      await writeFile(cfg, `name = "${name}"\nvcpus = 4\nmem_mib = 2048\ndisk_gib = 50\nheartbeat_interval = 1\nreconnect_interval = 1\n${canRunVms ? '' : 'hypervisor = "none"\n'}`)
+      await writeFile(cfg, `name = "${name}"\nvcpus = 4\nmem_mib = 2048\ndisk_gib = 50\nheartbeat_interval = 1\nreconnect_interval = 1\nnetwork = "none"\n${canRunVms ? '' : 'hypervisor = "none"\n'}`)
       process.stdout.write(`  ${dim(`[${name}]`)} $ picocloud daemon --config ${cfg} --state ${h.dir} --socket ${h.socket} --listen /ip4/127.0.0.1/tcp/0 &\n`)
       h.proc = spawn(process.execPath, ['--max-semi-space-size=1', MAIN, 'daemon', '--config', cfg, '--state', h.dir, '--socket', h.socket, '--listen', '/ip4/127.0.0.1/tcp/0'], { stdio: ['ignore', 'ignore', 'pipe'] })
       let log = ''

@@ -40,7 +40,7 @@ import type { TrustEntry } from '../keys/trust-policy.ts'
 import { ImageStore, type ImageInfo } from './drivers/images/store.ts'
 import { IMAGE_PROTOCOL, serveImage, fetchImage, holders, type FetchProgress } from './images.ts'
 import { VmReconciler } from './reconciler/vms.ts'
-import { NetworkReconciler, deriveEndpoints, dataPlaneUnavailableReason } from './reconciler/network.ts'
+import { NetworkReconciler, deriveEndpoints, dataPlaneUnavailableReason, claimInterface } from './reconciler/network.ts'
 import type { NetworkStatusView } from '../protocol/api.ts'
 import type { HypervisorDriver } from './drivers/hypervisor/types.ts'
 
@@ -806,9 +806,12 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     const cfg = this.config.network
     const log = this.log.forComponent('net')
     if (cfg.mode === 'none') { this.networkOff = 'network = "none" in the config'; return }
-    if (cfg.mode === 'auto' && process.getuid?.() !== 0) {
-      this.networkOff = 'not running as root (network = "auto"); set network = "linux" and run as root for private networks'
-      log.info('no data plane on this host', { reason: this.networkOff })
+    if (process.getuid?.() !== 0) {
+      this.networkOff = cfg.mode === 'auto'
+        ? 'not running as root (network = "auto"); run as root for private networks'
+        : 'network = "linux" needs root (devices, WireGuard, dnsmasq)'
+      if (cfg.mode === 'auto') log.info('no data plane on this host', { reason: this.networkOff })
+      else log.warn('no data plane on this host: private networks will not reach VMs here', { reason: this.networkOff })
       return
     }
     const { realExec } = await import('./drivers/exec.ts')
@@ -816,6 +819,12 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     if (why !== undefined) {
       this.networkOff = why
       log.warn('no data plane on this host: private networks will not reach VMs here', { reason: why })
+      return
+    }
+    const holder = await claimInterface(cfg.wgIfname).catch(() => undefined)
+    if (holder !== undefined) {
+      this.networkOff = `another picocloud daemon (pid ${holder}) runs the data plane on ${cfg.wgIfname} on this machine; give this one its own wireguard_interface (and wireguard_port), or network = "none"`
+      log.warn('no data plane on this host', { reason: this.networkOff })
       return
     }
     const { linuxNetworkDriver } = await import('./drivers/network/linux.ts')

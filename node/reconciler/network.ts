@@ -267,7 +267,9 @@ export class NetworkReconciler {
           await this.pass()
         } catch (err: any) {
           this.stats.errors++
-          this.init.log.error('network reconcile pass failed', { error: err.message })
+          // Once per distinct error: a lasting failure is retried every pass without flooding the log.
+          if (this.last?.error !== String(err.message)) this.init.log.error('network reconcile pass failed', { error: err.message })
+          else this.init.log.debug('network reconcile pass failed again', { error: err.message })
           this.last = { at: Date.now(), steps: 0, error: String(err.message), problems: this.last?.problems ?? [] }
           await this.publishError(String(err.message)).catch(() => {})
         }
@@ -357,5 +359,24 @@ export async function dataPlaneUnavailableReason (exec: import('../drivers/exec.
   if (kernel) return undefined
   if (!await runs('wireguard-go', ['--version'])) return 'neither kernel WireGuard nor wireguard-go is available'
   if (!await access('/dev/net/tun').then(() => true, () => false)) return 'wireguard-go needs /dev/net/tun'
+  return undefined
+}
+
+/**
+ * One daemon per WireGuard interface name on a machine (the names are machine-wide: wireguard-go's
+ * UAPI sockets live in /run/wireguard whatever the namespace). Claims `<dir>/net-<ifname>.pid`;
+ * returns the pid of another live daemon that holds it, or undefined once it is ours.
+ */
+export async function claimInterface (ifname: string, dir = '/run/picocloud'): Promise<number | undefined> {
+  const { mkdir, readFile, writeFile } = await import('node:fs/promises')
+  const { join } = await import('node:path')
+  await mkdir(dir, { recursive: true, mode: 0o755 })
+  const file = join(dir, `net-${ifname}.pid`)
+  const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim())
+  if (Number.isInteger(pid) && pid > 1 && pid !== process.pid) {
+    const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0')
+    if (cmdline.includes('daemon')) return pid
+  }
+  await writeFile(file, `${process.pid}\n`, { mode: 0o644 })
   return undefined
 }
