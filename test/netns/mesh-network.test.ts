@@ -120,6 +120,8 @@ describe.skipIf(reason !== undefined)('private networks across hosts, through th
     for (const c of children) await stopChild(c).catch(() => {})
     await mesh?.stopAll()
     await topo?.cleanup() // wireguard-go, dnsmasq and every other process of the namespaces
+    // The daemons' claims on their WireGuard interface names (node/reconciler/network.ts, claimInterface).
+    for (const h of topo?.hosts ?? []) await rm(`/run/picocloud/net-${h.wgIfname}.pid`, { force: true })
     if (dir !== undefined) await rm(dir, { recursive: true, force: true })
   }, 60_000)
 
