@@ -56,6 +56,25 @@ export async function expel (store: StateStore, peer: string, reason: string, no
   return { changed: true }
 }
 
+/** The founder changes who may admit (any member, or only expellers) and who may expel. */
+export async function setMeshPolicy (store: StateStore, input: { admit?: 'any-member' | 'expellers', expellers?: string[] }): Promise<void> {
+  requireMesh(store)
+  const doc = store.doc
+  if (doc.mesh.founder !== store.self) {
+    throw new PicocloudError(ErrorCode.NotAllowed, `only the mesh founder (${doc.mesh.founder}) may change the mesh policy`, 403)
+  }
+  if (input.admit !== undefined && input.admit !== 'any-member' && input.admit !== 'expellers') {
+    throw new PicocloudError(ErrorCode.BadRequest, 'admit must be "any-member" or "expellers"')
+  }
+  for (const e of input.expellers ?? []) {
+    if (!isActiveMember(doc, e)) throw new PicocloudError(ErrorCode.NotMember, `${e} is not an active member; only members can be expellers`, 404)
+  }
+  await store.change('set mesh policy', d => {
+    if (input.admit !== undefined && d.mesh.policy.admit !== input.admit) d.mesh.policy.admit = input.admit
+    if (input.expellers !== undefined) d.mesh.policy.expellers = [...new Set(input.expellers)].filter(e => e !== store.self)
+  })
+}
+
 /** Writes this host's own record when it differs from what is stored. */
 export async function publishHostRecord (store: StateStore, record: Omit<HostRecord, 'updated'>): Promise<boolean> {
   requireMesh(store)

@@ -91,12 +91,12 @@ fi
 say "picocloud in $prefix"
 if [ "$(readlink -f "$src")" = "$(readlink -f "$prefix" 2>/dev/null || echo "$prefix")" ]; then
   # Installing from the copy in PREFIX itself (e.g. after `git pull` there): dependencies only.
-  run bash -c "cd '$prefix' && npm ci --no-audit --no-fund"
+  run bash -c "cd '$prefix' && npm ci --omit=dev --no-audit --no-fund"
 else
   run rm -rf "$prefix.new"
   run mkdir -p "$prefix.new"
   run bash -c "cd '$src' && tar --exclude=./node_modules --exclude=./.git -cf - . | tar -xf - -C '$prefix.new'"
-  run bash -c "cd '$prefix.new' && npm ci --no-audit --no-fund"
+  run bash -c "cd '$prefix.new' && npm ci --omit=dev --no-audit --no-fund"
   run "$prefix.new/node_modules/node/bin/node" --version
   if [ -e "$prefix" ]; then
     run rm -rf "$prefix.old"

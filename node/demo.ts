@@ -171,7 +171,7 @@ export async function runDemo (): Promise<number> {
       const runner = hosts.find(h => h.name === web?.hostName && h.proc?.exitCode === null)
       if (runner !== undefined) {
         note('(waiting for the guest to print its boot line; under software emulation this takes a few seconds)')
-        await waitUntil(async () => (await runner.api.call<{ log: string }>('GET', '/v1/vms/web/logs')).log.includes('picocloud-guest booted'), 120_000, 'the guest to boot')
+        await waitUntil(async () => (await runner.api.call<{ log: string }>('GET', '/v1/vms/web/logs')).log.includes('picocloud-guest booted'), 300_000, 'the guest to boot')
         const logs = await run(runner, ['vm', 'logs', 'web'], { quiet: true })
         process.stdout.write(logs.out.split('\n').filter(l => /picocloud|Linux version/.test(l)).map(l => `    ${l}`).join('\n') + '\n')
       }

@@ -25,7 +25,7 @@ import { loadOrCreateWireguardKey, type WireguardKeyPair } from '../keys/wiregua
 import { StateStore, type Rejection } from '../crdt/store.ts'
 import { SYNC_PROTOCOL, syncInitiator, syncResponder, type SyncStats } from '../crdt/sync.ts'
 import { encodeSignedChange, decodeSignedChange, type SignedChange } from '../crdt/signed-changes.ts'
-import { foundMesh, admit, expel, publishHostRecord } from '../crdt/membership.ts'
+import { foundMesh, admit, expel, publishHostRecord, setMeshPolicy } from '../crdt/membership.ts'
 import { isActiveMember } from '../crdt/schema.ts'
 import { vmName } from './drivers/hypervisor/types.ts'
 import { assignOverlayAddresses, VXLAN_OVERHEAD_IPV6 } from './net/addressing.ts'
@@ -588,6 +588,10 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     if (this.config.hypervisor === 'none' || this.reconciler !== undefined) return
     const log = this.log.forComponent('vms')
     if (this.config.hypervisor === 'libvirt') {
+      // libvirt's QEMU runs as another user (libvirt-qemu): it must traverse the state dir to
+      // reach the images and overlays (0711: nothing can be listed, secrets stay 0600).
+      const { chmod } = await import('node:fs/promises')
+      await chmod(this.config.state, 0o711)
       const { LibvirtDriver } = await import('./drivers/hypervisor/libvirt.ts')
       this.hypervisor = new LibvirtDriver({ stateDir: this.config.state, log })
     } else {
@@ -692,6 +696,14 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       throw new PicocloudError(ErrorCode.NotAllowed, `VM ${vm.name} does not run on this host; the console is reachable on the host that runs it`, 409)
     }
     return { vm: vm.name, path: this.hypervisor.consolePath(vmName(vm.id)) }
+  }
+
+  /** The founder sets who may admit and who may expel (replicated mesh policy). */
+  async setPolicy (input: { admit?: 'any-member' | 'expellers', expellers?: string[] }): Promise<StatusView> {
+    const expellers = input.expellers?.map(e => this.resolvePeer(e))
+    await setMeshPolicy(this.store, { admit: input.admit, expellers })
+    this.log.info('mesh policy changed', { admit: input.admit, expellers: expellers?.join(',') })
+    return this.status()
   }
 
   /** Test hook: refuse and drop these peers until `heal` (a network partition, from this side). */

@@ -26,6 +26,16 @@ export function routes (node: PicocloudNode): Route[] {
       path: p('/expel'),
       handler: async ({ body }) => { const b = parseExpelBody(body); return await node.expel(b.peer, b.reason) }
     },
+    {
+      method: 'POST',
+      path: p('/mesh/policy'),
+      handler: async ({ body }) => {
+        const b = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>
+        for (const k of Object.keys(b)) if (k !== 'admit' && k !== 'expellers') throw new PicocloudError(ErrorCode.BadRequest, `unknown field "${k}" (allowed: admit, expellers)`)
+        if (b.expellers !== undefined && (!Array.isArray(b.expellers) || b.expellers.some(e => typeof e !== 'string'))) throw new PicocloudError(ErrorCode.BadRequest, 'field "expellers" must be a list of peer ids or host names')
+        return await node.setPolicy({ admit: b.admit as any, expellers: b.expellers as string[] | undefined })
+      }
+    },
     { method: 'POST', path: p('/requests'), handler: async ({ body }) => await node.submit(body) },
     { method: 'GET', path: p('/requests/:id'), handler: ({ params }) => node.request(params.id) },
     {

@@ -156,6 +156,25 @@ export const commands: Command[] = [
     }
   },
   {
+    name: 'policy',
+    summary: 'show or set who may admit and who may expel hosts (set: the mesh founder only)',
+    usage: 'picocloud policy [--admit any-member|expellers] [--expeller PEER]... [--no-expellers]',
+    description: 'The founder always may expel and re-admit. --expeller names other hosts (peer id or name) that may too; it replaces the list. With --admit expellers, only the founder and the expellers may admit newcomers.',
+    options: { admit: { type: 'string' }, expeller: { type: 'string', multiple: true }, 'no-expellers': { type: 'boolean' } },
+    optionHelp: { admit: 'any-member (default) or expellers', expeller: 'a host that may expel (repeatable; replaces the list)', 'no-expellers': 'only the founder may expel' },
+    run: async ({ values, g, io, api }) => {
+      const body: Record<string, unknown> = {}
+      if (values.admit !== undefined) body.admit = values.admit
+      if (values.expeller !== undefined) body.expellers = values.expeller
+      if (values['no-expellers'] === true) body.expellers = []
+      const s = Object.keys(body).length === 0
+        ? await api.call<StatusView>('GET', '/v1/status')
+        : await api.call<StatusView>('POST', '/v1/mesh/policy', body)
+      if (s.mesh === null) throw new PicocloudError(ErrorCode.NotInMesh, 'this host is not in a mesh yet')
+      print(io, g, s.mesh.policy, () => `admit:     ${s.mesh?.policy.admit ?? ''}\nexpellers: ${s.mesh?.policy.expellers.join(' ') ?? ''} (the first is the founder)`)
+    }
+  },
+  {
     name: 'status',
     summary: 'this host, its mesh, connected peers and the state',
     usage: 'picocloud status',

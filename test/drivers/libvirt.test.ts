@@ -6,7 +6,6 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { execFileSync } from 'node:child_process'
-import { statSync } from 'node:fs'
 import { mkdtemp, rm, chmod, readFile, access } from 'node:fs/promises'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
@@ -15,6 +14,13 @@ import { type VmSpec } from '../../node/drivers/hypervisor/types.ts'
 import { tinyImage, readLog, BOOT_LINE, type TinyImage } from '../helpers/tiny-image.ts'
 import { waitFor } from '../helpers/wait.ts'
 import { bootDisk } from '../helpers/boot-disk.ts'
+import { ensureLibvirtd } from '../helpers/libvirtd.ts'
+import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
+import { readdir, stat, writeFile } from 'node:fs/promises'
+import type { VmView } from '../../node/views.ts'
+
+const CONFIG = 'vcpus = 8\nmem_mib = 4096\ndisk_gib = 200\nheartbeat_interval = 0.5\nreconnect_interval = 0.5\n'
+const BOOT_MS = 180_000
 import { runHypervisorContract, baseSpec, newVmId } from '../contracts/hypervisor.ts'
 
 function has (cmd: string): boolean {
@@ -25,10 +31,6 @@ const isRoot = process.getuid?.() === 0
 const available = isRoot && missing.length === 0
 if (!available) {
   console.log(`skipping real libvirt driver tests: ${!isRoot ? 'not root; ' : ''}${missing.length > 0 ? `missing ${missing.join(', ')}` : ''} (CI installs them: .ci/install-system-packages)`)
-}
-
-function running (daemon: string): boolean {
-  try { execFileSync('pgrep', ['-x', daemon], { stdio: 'ignore' }); return true } catch { return false }
 }
 
 async function exists (p: string): Promise<boolean> {
@@ -55,38 +57,15 @@ describe('libvirt domain XML', () => {
 })
 
 describe.skipIf(!available)('libvirt driver (real)', () => {
-  const startedPids: number[] = []
+  let stopLibvirt: () => Promise<void> = async () => {}
   let img: TinyImage
 
   beforeAll(async () => {
     img = await tinyImage()
-    // libvirt checks /dev/kvm as its QEMU user (libvirt-qemu, group kvm). Where udev has not set
-    // the usual root:kvm 0660 (containers, micro-VMs), the probe (run as root) finds KVM and the
-    // check does not, and libvirtd re-probes QEMU forever: every `virsh define` hangs
-    // ("KVM was enabled when probing …, but it is not available now"). Do what udev would do.
-    try {
-      const st = statSync('/dev/kvm')
-      if ((st.mode & 0o060) !== 0o060) {
-        console.log('libvirt test: /dev/kvm is not root:kvm 0660 (no udev here); setting it as udev would')
-        execFileSync('chgrp', ['kvm', '/dev/kvm'])
-        execFileSync('chmod', ['0660', '/dev/kvm'])
-      }
-    } catch {}
-    for (const [daemon, pidfile] of [['virtlogd', '/run/virtlogd.pid'], ['libvirtd', '/run/libvirtd.pid']]) {
-      if (running(daemon)) continue
-      execFileSync(daemon, ['-d'])
-      const pid = await waitFor(async () => Number.parseInt(await readFile(pidfile, 'utf8').catch(() => ''), 10) || undefined, { what: `${daemon} pidfile` })
-      startedPids.push(pid)
-    }
-    await waitFor(() => { try { execFileSync('virsh', ['-c', 'qemu:///system', 'version'], { stdio: 'ignore', timeout: 5000 }); return true } catch { return false } }, { timeoutMs: 30_000, what: 'libvirtd to answer' })
+    stopLibvirt = await ensureLibvirtd()
   }, 300_000)
 
-  afterAll(async () => {
-    for (const pid of startedPids.reverse()) {
-      try { process.kill(pid, 'SIGTERM') } catch {}
-      await waitFor(async () => !(await exists(`/proc/${pid}/cmdline`)) || (await readFile(`/proc/${pid}/stat`, 'utf8')).includes(') Z'), { timeoutMs: 15_000, what: `pid ${pid} to exit` })
-    }
-  })
+  afterAll(async () => { await stopLibvirt() })
 
   runHypervisorContract('libvirt', async () => {
     const stateDir = await mkdtemp(join(tmpdir(), 'pc-libvirt-'))
@@ -137,4 +116,58 @@ describe.skipIf(!available)('libvirt driver (real)', () => {
       await rm(stateDir, { recursive: true, force: true })
     }
   }, 120_000)
+})
+
+// In this file (not test/integration/vms.test.ts) so that it never runs while the driver tests
+// above start or stop the libvirtd they share: vitest runs one file's suites in order.
+const daemonMissing = !available ? 'libvirt is not available' : process.getuid?.() !== 0 ? 'needs root' : undefined
+describe.skipIf(daemonMissing !== undefined)('VMs through the daemon with the libvirt driver, for real', () => {
+  let mesh: TestMesh
+  let h: TestDaemon
+  let keyring: string
+  let stopLibvirt: () => Promise<void> = async () => {}
+
+  beforeAll(async () => {
+    stopLibvirt = await ensureLibvirtd()
+    const disk = (await bootDisk()).path
+    mesh = await TestMesh.create()
+    ;[h] = await mesh.form(['lv'], `${CONFIG}hypervisor = "libvirt"\n`)
+    // libvirt's QEMU runs as libvirt-qemu: it must reach the overlays under the state dir.
+    execFileSync('chmod', ['0711', mesh.dir, h.state])
+    keyring = join(mesh.dir, 'kr')
+    expect((await h.as(keyring, 'key', 'generate', '--name', 'lv', '--email', 'lv@example.org')).code).toBe(0)
+    await writeFile(join(mesh.dir, 'lv.asc'), (await h.as(keyring, 'key', 'export')).stdout)
+    expect((await h.cli('trust', 'add', join(mesh.dir, 'lv.asc'))).code).toBe(0)
+    expect((await h.as(keyring, 'image', 'add', disk, '--name', 'tiny')).code).toBe(0)
+  }, 300_000)
+  afterAll(async () => {
+    try {
+      for (const line of execFileSync('virsh', ['-c', 'qemu:///system', 'list', '--all', '--name'], { encoding: 'utf8' }).split('\n')) {
+        if (!line.startsWith('pc-') || !(await readdir(join(h.state, 'vms')).catch(() => [] as string[])).includes(line)) continue
+        try { execFileSync('virsh', ['-c', 'qemu:///system', 'destroy', line], { stdio: 'ignore' }) } catch {}
+        try { execFileSync('virsh', ['-c', 'qemu:///system', 'undefine', line, '--nvram'], { stdio: 'ignore' }) } catch {}
+      }
+    } catch {}
+    await mesh.stopAll()
+    await stopLibvirt()
+  })
+
+  it('a VM boots through libvirt, stops, starts, and destroy removes the domain and its files', async () => {
+    const r = await h.as(keyring, 'vm', 'create', 'lv1', '--image', 'tiny', '--cpus', '1', '--mem', '256')
+    expect(r.code, r.stderr).toBe(0)
+    const view = await h.api.call<VmView>('GET', '/v1/vms/lv1')
+    const name = `pc-${view.id.slice(0, 8)}`
+    await waitFor(async () => (await h.api.call<VmView>('GET', '/v1/vms/lv1')).status === 'running', { timeoutMs: 60_000, what: 'lv1 running' })
+    expect(execFileSync('virsh', ['-c', 'qemu:///system', 'domstate', name], { encoding: 'utf8' })).toMatch(/running/)
+    await waitFor(async () => (await h.cli('vm', 'logs', 'lv1')).stdout.includes(BOOT_LINE), { timeoutMs: BOOT_MS, intervalMs: 500, what: 'boot line under libvirt' })
+    expect((await h.as(keyring, 'vm', 'stop', 'lv1')).code).toBe(0)
+    await waitFor(async () => (await h.api.call<VmView>('GET', '/v1/vms/lv1')).status === 'stopped', { timeoutMs: 60_000, what: 'lv1 stopped' })
+    expect((await h.as(keyring, 'vm', 'start', 'lv1')).code).toBe(0)
+    await waitFor(async () => (await h.api.call<VmView>('GET', '/v1/vms/lv1')).status === 'running', { timeoutMs: 60_000, what: 'lv1 running again' })
+    expect((await h.as(keyring, 'vm', 'destroy', 'lv1')).code).toBe(0)
+    await waitFor(async () => {
+      const domains = execFileSync('virsh', ['-c', 'qemu:///system', 'list', '--all', '--name'], { encoding: 'utf8' })
+      return !domains.includes(name) && !(await stat(join(h.state, 'vms', name)).then(() => true, () => false))
+    }, { timeoutMs: 60_000, what: 'the domain and its files gone' })
+  }, BOOT_MS + 120_000)
 })

@@ -70,10 +70,19 @@ export class TestDaemon {
     this.proc = p
     p.stdout?.on('data', d => { this.log += d })
     p.stderr?.on('data', d => { this.log += d })
-    await waitFor(async () => {
-      if (p.exitCode !== null) throw new Error(`daemon ${this.name} exited with ${p.exitCode}:\n${this.log}`)
-      return await this.api.call('GET', '/v1/status').then(() => true, () => false)
-    }, { timeoutMs: 20_000, what: `daemon ${this.name} to answer on its socket` })
+    // A daemon that exits at once fails the start at once, with its log.
+    let onExit: () => void = () => {}
+    const exited = new Promise<never>((_resolve, reject) => {
+      onExit = () => reject(new Error(`daemon ${this.name} exited with ${String(p.exitCode ?? p.signalCode)}:\n${this.log}`))
+      p.once('exit', onExit)
+    })
+    try {
+      await Promise.race([exited, waitFor(async () => await this.api.call('GET', '/v1/status').then(() => true, () => false),
+        { timeoutMs: 30_000, what: `daemon ${this.name} to answer on its socket` })])
+    } finally {
+      p.off('exit', onExit)
+      exited.catch(() => {})
+    }
   }
 
   get running (): boolean { return this.proc !== undefined && this.proc.exitCode === null && this.proc.signalCode === null }

@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import * as A from '@automerge/automerge'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { StateStore, CHANGE_LOG_FILE } from '../../crdt/store.ts'
-import { foundMesh, admit, expel, publishHostRecord } from '../../crdt/membership.ts'
+import { foundMesh, admit, expel, publishHostRecord, setMeshPolicy } from '../../crdt/membership.ts'
 import { signChange } from '../../crdt/signed-changes.ts'
 
 const record = (name: string) => ({ name, addresses: [], wgPublicKey: 'k', version: 't' })
@@ -138,6 +138,19 @@ describe('replicated state with authenticated changes', () => {
     const late = await c.change('late', d => { d.hosts[c.self] = { ...record('still here'), addresses: [], updated: '' } })
     const r = await b.receive([late!], c.self)
     expect(r.rejected[0].reason).toMatch(/not an active member/)
+  })
+
+  it('the founder (only) sets the mesh policy; a named expeller may then expel', async () => {
+    const { a, b, c } = await mesh()
+    await expect(setMeshPolicy(b, { expellers: [b.self] })).rejects.toMatchObject({ code: 'NOT_ALLOWED' })
+    await setMeshPolicy(a, { expellers: [b.self] })
+    await b.receive(a.changesSince(b.heads()), a.self)
+    await expel(b, c.self, 'named expeller')
+    await a.receive(b.changesSince(a.heads()), b.self)
+    expect(a.doc.members[c.self].expelled?.by).toBe(b.self)
+    // B forging a policy change of its own is refused by the others.
+    const forged = await b.change('forge policy', d => { d.mesh.policy.admit = 'expellers' })
+    expect((await a.receive([forged!], b.self)).rejected[0].reason).toMatch(/only the founder may change the mesh policy/)
   })
 
   it('survives a torn write: reload keeps every complete change and cuts the tail', async () => {
