@@ -8,7 +8,7 @@
  */
 import { access, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { check, realExec, type Exec } from '../../node/drivers/exec.ts'
 import { tinyImage, type TinyImage } from './tiny-image.ts'
 
@@ -25,7 +25,7 @@ export async function hasBootDiskTools (exec: Exec = realExec): Promise<string |
 /** Builds (once, cached beside the tiny image) a 48 MiB bootable raw disk. `append` is the kernel command line. */
 export async function bootDisk (append = 'console=ttyS0 panic=-1 loglevel=4', exec: Exec = realExec): Promise<BootDisk> {
   const image = await tinyImage(exec)
-  const key = Buffer.from(append).toString('base64url').slice(0, 40)
+  const key = createHash('sha256').update(append).digest('hex').slice(0, 16)
   const path = join(image.dir, `boot-${key}.raw`)
   try { await access(path); return { path, image } } catch {}
   const tmp = `${path}.${randomBytes(4).toString('hex')}`
