@@ -56,16 +56,17 @@ describe('libvirt domain XML', () => {
   })
 })
 
+// One libvirtd for the whole file: stopping and starting it between suites is slow and flaky.
+let stopLibvirt: () => Promise<void> = async () => {}
+beforeAll(async () => { if (available) stopLibvirt = await ensureLibvirtd() }, 120_000)
+afterAll(async () => { await stopLibvirt() }, 60_000)
+
 describe.skipIf(!available)('libvirt driver (real)', () => {
-  let stopLibvirt: () => Promise<void> = async () => {}
   let img: TinyImage
 
   beforeAll(async () => {
     img = await tinyImage()
-    stopLibvirt = await ensureLibvirtd()
   }, 300_000)
-
-  afterAll(async () => { await stopLibvirt() })
 
   runHypervisorContract('libvirt', async () => {
     const stateDir = await mkdtemp(join(tmpdir(), 'pc-libvirt-'))
@@ -125,10 +126,7 @@ describe.skipIf(daemonMissing !== undefined)('VMs through the daemon with the li
   let mesh: TestMesh
   let h: TestDaemon
   let keyring: string
-  let stopLibvirt: () => Promise<void> = async () => {}
-
   beforeAll(async () => {
-    stopLibvirt = await ensureLibvirtd()
     const disk = (await bootDisk()).path
     mesh = await TestMesh.create()
     ;[h] = await mesh.form(['lv'], `${CONFIG}hypervisor = "libvirt"\n`)
@@ -148,8 +146,7 @@ describe.skipIf(daemonMissing !== undefined)('VMs through the daemon with the li
         try { execFileSync('virsh', ['-c', 'qemu:///system', 'undefine', line, '--nvram'], { stdio: 'ignore' }) } catch {}
       }
     } catch {}
-    await mesh.stopAll()
-    await stopLibvirt()
+    await mesh?.stopAll()
   })
 
   it('a VM boots through libvirt, stops, starts, and destroy removes the domain and its files', async () => {

@@ -36,7 +36,7 @@ export async function ensureLibvirtd (): Promise<() => Promise<void>> {
     execFileSync(daemon, ['-d'])
     started.push(await waitFor(async () => Number.parseInt(await readFile(pidfile, 'utf8').catch(() => ''), 10) || undefined, { what: `${daemon} pidfile` }))
   }
-  await waitFor(() => { try { execFileSync('virsh', ['-c', 'qemu:///system', 'version'], { stdio: 'ignore', timeout: 5000 }); return true } catch { return false } }, { timeoutMs: 30_000, what: 'libvirtd to answer' })
+  await waitFor(() => { try { execFileSync('virsh', ['-c', 'qemu:///system', 'version'], { stdio: 'ignore', timeout: 5000 }); return true } catch { return false } }, { timeoutMs: 90_000, what: 'libvirtd to answer' })
   return async () => {
     for (const pid of started.reverse()) {
       try { process.kill(pid, 'SIGTERM') } catch {}
