@@ -56,16 +56,22 @@ export class VmReconciler {
   }
 
   start (): void {
-    this.timer = setInterval(() => this.kick(), this.init.intervalMs ?? 5000)
+    this.timer = setInterval(() => this.kick(true), this.init.intervalMs ?? 5000)
     this.timer.unref()
-    this.kick()
+    this.kick(true)
   }
 
   stop (): void {
     clearInterval(this.timer)
   }
 
-  kick (): void {
+  /**
+   * Runs a pass soon. A pass caused by a state change that left this host's VMs as they were is
+   * skipped (no look at the hypervisor); `observe` forces one (the periodic pass, a fetch done, a
+   * crash backoff over), so a VM that died is still noticed within the interval.
+   */
+  kick (observe = false): void {
+    this.observeNext ||= observe
     if (this.running !== undefined) { this.again = true; return }
     this.running = (async () => {
       // Later than the scheduler's pass, and once for a burst of changes.
@@ -73,8 +79,10 @@ export class VmReconciler {
       do {
         this.again = false
         const t0 = performance.now()
+        const observe = this.observeNext
+        this.observeNext = false
         try {
-          await this.pass()
+          await this.pass(observe)
         } catch (err: any) {
           this.stats.errors++
           this.init.log.error('VM reconcile pass failed', { error: err.message })
@@ -119,7 +127,10 @@ export class VmReconciler {
     return { spec, image: { sha256, present: true } }
   }
 
-  private async pass (): Promise<void> {
+  private observeNext = false
+  private lastInputs = ''
+
+  private async pass (observe: boolean): Promise<void> {
     const { store, driver, log } = this.init
     if (!store.inMesh) return
     const self = store.self
@@ -143,6 +154,9 @@ export class VmReconciler {
       const { spec, image } = want === 'running' ? await this.spec(world, vm) : { spec: undefined, image: { present: true } }
       targets.push({ id: vm.id, name, want, restart: vm.spec.restart, spec, image })
     }
+    const inputs = JSON.stringify([targets, [...lostHere]])
+    if (!observe && inputs === this.lastInputs) return
+    this.lastInputs = inputs
     const observed = await driver.list()
     const now = Date.now()
     for (const o of observed) if (!this.orphanSince.has(o.name)) this.orphanSince.set(o.name, now)
@@ -156,7 +170,7 @@ export class VmReconciler {
       const count = (c?.count ?? 0) + 1
       this.crashes.set(o.name, { count, pid: o.pid, notBefore: now + Math.min(2000 * 2 ** (count - 1), 300_000) })
       log.warn('VM crashed', { vm: o.name, reason: o.reason, restartInMs: Math.min(2000 * 2 ** (count - 1), 300_000) })
-      setTimeout(() => this.kick(), Math.min(2000 * 2 ** (count - 1), 300_000) + 50).unref()
+      setTimeout(() => this.kick(true), Math.min(2000 * 2 ** (count - 1), 300_000) + 50).unref()
     }
     const restartNotBefore = new Map([...this.crashes].map(([n, c]) => [n, c.notBefore]))
     const plan = planVms({ targets, observed, now, orphanSince: this.orphanSince, orphanGraceMs: this.init.orphanGraceMs ?? 60_000, lostHere, restartNotBefore })
@@ -208,7 +222,7 @@ export class VmReconciler {
     const p = this.init.fetch(vmId, sha256)
       .then(() => { this.fetchErrors.delete(sha256) })
       .catch((err: any) => { this.fetchErrors.set(sha256, { reason: err.message, at: Date.now() }) })
-      .finally(() => { this.fetching.delete(sha256); this.kick() })
+      .finally(() => { this.fetching.delete(sha256); this.kick(true) })
     this.fetching.set(sha256, p)
   }
 
