@@ -242,8 +242,13 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     this.every(this.config.heartbeatInterval * 1000, () => { void this.heartbeat() })
     this.every(this.config.reconnectInterval * 1000, () => { void this.reconnect() })
     this.every(ANTI_ENTROPY_MS, () => { void this.antiEntropy() })
-    // Liveness changes without a state change: let placement see hosts come and go.
-    this.every(1000, () => { this.scheduler.kick() })
+    // Liveness changes without a state change: let placement see hosts come and go (a pass
+    // only when the set of hosts that are up changed).
+    let upBefore = ''
+    this.every(1000, () => {
+      const up = Object.keys(this.store.doc.members ?? {}).filter(p => this.isUp(p)).sort().join()
+      if (up !== upBefore) { upBefore = up; this.scheduler.kick() }
+    })
     void this.reconnect()
     void this.requests.verifyPending()
     this.scheduler.kick()

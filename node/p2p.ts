@@ -46,6 +46,12 @@ export async function createP2PNode (init: P2PInit): Promise<P2PNode> {
         fallbackToFloodsub: false,
         // Community meshes are small: flood our own messages to every peer for the lowest latency.
         floodPublish: true,
+        // A small mesh degree: every message is flooded by its publisher already, so forwards
+        // are mostly duplicates; they only matter where not every host is connected to every host.
+        D: 4,
+        Dlo: 3,
+        Dhi: 6,
+        Dlazy: 4,
         doPX: false
       })
     }
