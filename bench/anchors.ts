@@ -34,7 +34,8 @@ async function startSerf (n: number): Promise<SerfCluster> {
       await chmod(handler, 0o755)
       const args = ['agent', `-node=s${i}`, `-bind=127.0.0.1:${bind}`, `-rpc-addr=127.0.0.1:${rpc}`,
         `-event-handler=user:bench=${handler}`, '-log-level=warn']
-      if (i > 0) args.push(`-join=127.0.0.1:${c.binds[0]}`)
+      // -retry-join: the first agent may not listen yet; a plain -join gives up at once.
+      if (i > 0) args.push(`-retry-join=127.0.0.1:${c.binds[0]}`, '-retry-interval=1s')
       const p = spawn('serf', args, { stdio: 'ignore' })
       c.procs.push(p); c.rpc.push(`127.0.0.1:${rpc}`); c.binds.push(bind); c.files.push(file)
     }

@@ -184,6 +184,18 @@ await section('vmstart', async () => {
   notes.push('VM start: one daemon with the QEMU driver, the bootable tiny disk of test/helpers/boot-disk.ts added as an image (so no fetch from a peer), 1 vCPU, 256 MiB; statuses polled every 5 ms over the socket; each VM destroyed before the next.')
 })
 
+// 8b. Image transfer ————————————————————————————————————————————————————————————
+await section('images', async () => {
+  const { imageTransfer } = await import('./images.ts')
+  const mib = quick ? 16 : 256
+  const rs = []
+  for (let i = 0; i < (quick ? 1 : 3); i++) rs.push(await imageTransfer(mib))
+  row('images', `image fetched by a peer (libp2p stream: noise + yamux), ${mib} MiB, loopback`, 'picocloud', summarize(rs.map(r => r.picocloudMiBs)), 'MiB/s', '', undefined, 0)
+  row('images', `cat of the same file into a TCP socket on loopback`, 'Linux', summarize(rs.map(r => r.catMiBs)), 'MiB/s', '', undefined, 0)
+  row('images', 'image transfer ÷ cat through TCP (same run)', 'picocloud', summarize(rs.map(r => r.ratio)), '×', '≥ 0.5', summarize(rs.map(r => r.ratio)).p50 >= 0.5, 2)
+  notes.push('Images: a file of random bytes added on host A (`picocloud image add`); a VM pinned to host B makes B fetch it; the time runs from the signed vm.create to the whole file in B\'s store (it includes placement, ~0.2 s). The baseline is `cat FILE > /dev/tcp/127.0.0.1/PORT` into a Node TCP server that counts bytes.')
+})
+
 // 9. CLI —————————————————————————————————————————————————————————————————————————
 await section('cli', async () => {
   const [status, list] = await cliRoundTrips(quick ? 2 : 20, [['status'], ['vm', 'list']])

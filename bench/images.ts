@@ -1,0 +1,71 @@
+/**
+ * Image transfer between two daemons on loopback (libp2p stream: noise + yamux) against the bare
+ * baseline: `cat` of the same file into a TCP socket on loopback. Run: node bench/images.ts [MiB]
+ */
+import { spawn } from 'node:child_process'
+import { createServer } from 'node:net'
+import { randomBytes } from 'node:crypto'
+import { open, rm, stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { TestMesh } from '../test/helpers/daemon.ts'
+import { waitFor } from '../test/helpers/wait.ts'
+
+export interface TransferResult { mib: number, picocloudMiBs: number, catMiBs: number, ratio: number }
+
+async function catThroughTcp (file: string): Promise<number> {
+  const server = createServer()
+  let received = 0
+  const done = new Promise<number>(resolve => {
+    server.on('connection', sock => {
+      const t0 = performance.now()
+      sock.on('data', d => { received += d.length })
+      sock.on('end', () => resolve(performance.now() - t0))
+    })
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as { port: number }).port
+  // bash's /dev/tcp: cat writes straight into the socket.
+  const q = spawn('bash', ['-c', `cat "$1" > /dev/tcp/127.0.0.1/${port}`, 'bash', file], { stdio: 'ignore' })
+  const closed = new Promise(resolve => q.on('close', resolve))
+  const ms = await done
+  await closed
+  server.close()
+  return ms
+}
+
+export async function imageTransfer (mib: number): Promise<TransferResult> {
+  const mesh = await TestMesh.create()
+  const file = join(mesh.dir, 'image.raw')
+  try {
+    const fh = await open(file, 'w')
+    for (let i = 0; i < mib; i++) await fh.write(randomBytes(1024 * 1024))
+    await fh.close()
+    const catMs = await catThroughTcp(file)
+    const config = 'vcpus = 4\nmem_mib = 4096\ndisk_gib = 100\nheartbeat_interval = 1\nreconnect_interval = 1\n'
+    const [a, b] = await mesh.form(['img-a', 'img-b'], config)
+    const keyring = join(mesh.dir, 'kr')
+    await a.as(keyring, 'key', 'generate', '--name', 'bench', '--email', 'b@example.org')
+    await writeFile(join(mesh.dir, 'k.asc'), (await a.as(keyring, 'key', 'export')).stdout)
+    for (const d of [a, b]) await d.cli('trust', 'add', join(mesh.dir, 'k.asc'))
+    const added = await a.as(keyring, 'image', 'add', file, '--name', 'big')
+    if (added.code !== 0) throw new Error(added.stderr)
+    const sha = (await a.api.call<Array<{ sha256: string }>>('GET', '/v1/images'))[0].sha256
+    // A VM placed on B makes B fetch the image (it will not boot: random bytes; that is fine).
+    const t0 = performance.now()
+    await b.as(keyring, 'vm', 'create', 'pull', '--image', 'big', '--cpus', '1', '--mem', '64', '--on', 'img-b', '--no-wait')
+    await waitFor(async () => (await stat(join(b.state, 'images', 'sha256', sha)).catch(() => undefined))?.size === mib * 2 ** 20, { timeoutMs: 600_000, intervalMs: 20, what: 'the image on B' })
+    const ms = performance.now() - t0
+    const picocloudMiBs = mib / (ms / 1000)
+    const catMiBs = mib / (catMs / 1000)
+    return { mib, picocloudMiBs, catMiBs, ratio: picocloudMiBs / catMiBs }
+  } finally {
+    await mesh.stopAll()
+    await rm(file, { force: true })
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const r = await imageTransfer(Number(process.argv[2] ?? 256))
+  console.log(JSON.stringify(r))
+  process.exit(0)
+}
