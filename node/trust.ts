@@ -9,17 +9,10 @@ import { parseKeys, fingerprintOf } from '../keys/keyring.ts'
 import { normalizeFingerprint } from '../keys/fingerprint.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
 import type { StateStore } from '../crdt/store.ts'
+import type { TrustBody } from '../protocol/api.ts'
 
-export interface TrustAddInput {
-  /** Armored public key (required unless the key is already published by some host). */
-  publicKey?: string
-  fingerprint?: string
-  maxVms?: number
-  maxVcpus?: number
-  maxMemMiB?: number
-  maxDiskGiB?: number
-  networks?: string[]
-}
+/** What `trust add` sends (validated at the socket by protocol/api.ts): an armored public key, or a fingerprint the mesh already knows, plus quotas. */
+export type TrustAddInput = TrustBody
 
 export interface TrustView extends TrustEntry {
   userIds: string[]
