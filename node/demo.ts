@@ -75,7 +75,7 @@ export async function runDemo (): Promise<number> {
     // VMs outlive their daemon by design: end the demo's QEMUs and their taps first.
     const ids = new Set<string>()
     for (const h of hosts) {
-      if (h.proc?.exitCode !== null) continue
+      if (h.proc === undefined || h.proc.exitCode !== null || h.proc.signalCode !== null) continue
       const vms = await h.api.call<Array<{ id: string }>>('GET', '/v1/vms?all=1').catch(() => [])
       for (const v of vms) ids.add(v.id.slice(0, 8))
     }
@@ -84,7 +84,7 @@ export async function runDemo (): Promise<number> {
       await new Promise(resolve => spawn('ip', ['link', 'del', `pc-t${id}0`], { stdio: 'ignore' }).on('close', resolve).on('error', resolve))
     }
     for (const h of hosts) {
-      if (h.proc !== undefined && h.proc.exitCode === null) {
+      if (h.proc !== undefined && h.proc.exitCode === null && h.proc.signalCode === null) {
         const exited = new Promise(resolve => h.proc?.once('exit', resolve))
         h.proc.kill('SIGTERM')
         await Promise.race([exited, new Promise(resolve => setTimeout(resolve, 5000))])
@@ -166,13 +166,15 @@ export async function runDemo (): Promise<number> {
 
     if (canRunVms) {
       say('7. The serial console log of a VM, on the host that runs it.')
+      const alive = (h: Host): boolean => h.proc !== undefined && h.proc.exitCode === null && h.proc.signalCode === null
       const vms = await a.api.call<Array<{ name: string, hostName: string | null }>>('GET', '/v1/vms')
-      const web = vms.find(v => v.name === 'web')
-      const runner = hosts.find(h => h.name === web?.hostName && h.proc?.exitCode === null)
-      if (runner !== undefined) {
+      // A VM on a host that is still up (the one on the host we switched off has no one to ask).
+      const shown = vms.map(v => ({ v, h: hosts.find(h => h.name === v.hostName && alive(h)) })).find(x => x.h !== undefined)
+      if (shown?.h !== undefined) {
+        const { v, h } = shown
         note('(waiting for the guest to print its boot line; under software emulation this takes a few seconds)')
-        await waitUntil(async () => (await runner.api.call<{ log: string }>('GET', '/v1/vms/web/logs')).log.includes('picocloud-guest booted'), 300_000, 'the guest to boot')
-        const logs = await run(runner, ['vm', 'logs', 'web'], { quiet: true })
+        await waitUntil(async () => (await h.api.call<{ log: string }>('GET', `/v1/vms/${v.name}/logs`)).log.includes('picocloud-guest booted'), 300_000, 'the guest to boot')
+        const logs = await run(h, ['vm', 'logs', v.name], { quiet: true })
         process.stdout.write(logs.out.split('\n').filter(l => /picocloud|Linux version/.test(l)).map(l => `    ${l}`).join('\n') + '\n')
       }
     }
