@@ -6,7 +6,7 @@
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http'
 import { createConnection } from 'node:net'
 import { chmod, chown, mkdir, readFile, rm, stat } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { basename, dirname } from 'node:path'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { Logger } from '../log.ts'
 
@@ -111,7 +111,10 @@ export class ApiServer {
   async start (group?: string): Promise<void> {
     const dir = dirname(this.socketPath)
     try {
-      await mkdir(dir, { recursive: true, mode: 0o750 })
+      const created = await mkdir(dir, { recursive: true, mode: 0o750 })
+      // Our own socket directory is 0750 even when something else of ours made it first; a
+      // directory the operator chose (say /tmp) is left as it is.
+      if (created !== undefined || basename(dir) === 'picocloud') await chmod(dir, 0o750)
     } catch (err: any) {
       if (err?.code !== 'EACCES' && err?.code !== 'EPERM') throw err
       throw new PicocloudError(ErrorCode.Config, `cannot create the socket directory ${dir}: permission denied. Run as root, or choose a socket path of yours with --socket PATH`, 500)

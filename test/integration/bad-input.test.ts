@@ -40,6 +40,11 @@ describe('bad input to the local API and the CLI', () => {
     expect((await loner.status()).mesh).toBeNull()
   })
 
+  it('the socket is mode 0660 (its group may use it, nobody else)', async () => {
+    const { stat } = await import('node:fs/promises')
+    expect((await stat(member.socket)).mode & 0o777).toBe(0o660)
+  })
+
   it('bad JSON: 400 BAD_JSON', async () => {
     const r = await raw(member.socket, 'POST', '/v1/admit', '{"peerId": ')
     expect(r.status).toBe(400)
