@@ -251,7 +251,9 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       if (up !== upBefore) { upBefore = up; this.scheduler.kick() }
     })
     void this.reconnect()
-    void this.requests.verifyPending()
+    // The reconcilers start only once every stored request has been judged: before that the
+    // world would lack VMs, and a restarted host would tear down networks and VMs that are right.
+    await this.requests.verifyPending()
     this.scheduler.kick()
     await this.publishImages()
     await this.startNetwork()
