@@ -195,7 +195,8 @@ describe.skipIf(reason !== undefined)('private networks across hosts, through th
       for (let i = 0; i < 3; i++) {
         await waitFor(async () => ((await status(i)).network?.passes ?? 0) >= 2, { timeoutMs: LONG, what: `${NAMES[i]} to run two network passes after the restart` })
         const s = await status(i)
-        expect(s.network?.stepsApplied, `${NAMES[i]} applied steps after a restart (${signal})`).toBe(0)
+        const applied = d[i].log.split('\n').filter(l => l.includes(' step=')).slice(-(s.network?.stepsApplied ?? 0) || undefined)
+        expect(s.network?.stepsApplied, `${NAMES[i]} applied steps after a restart (${signal}):\n${(s.network?.stepsApplied ?? 0) > 0 ? applied.join('\n') : ''}`).toBe(0)
         expect(s.network?.errors).toBe(0)
       }
     }
