@@ -182,6 +182,13 @@ describe.skipIf(reason !== undefined)('private networks across hosts, through th
 
   it('restarting every daemon (kill -9, then a clean stop) keeps a running ping going and recreates nothing', async () => {
     const ga = guests.get('a')!
+    // First let every host finish attaching the taps of the previous test (the isolated guest's
+    // tap may still be waiting for its host's next pass): the restarts must find nothing to do.
+    for (const g of guests.values()) {
+      if (g.vmId === undefined) continue
+      await waitFor(async () => (await links(g.host)).find(l => l.ifname === tapName(g.vmId as string, 0))?.master?.startsWith('pc-br'),
+        { timeoutMs: LONG, what: `guest ${g.name}'s tap on its network's bridge` })
+    }
     const before = await Promise.all([0, 1, 2].map(pcLinks))
     const wgBefore = await Promise.all([0, 1, 2].map(async i => (await links(i)).find(l => l.ifname === topo.hosts[i].wgIfname)?.ifindex))
     const pinger = topo.spawnIn(ga.ns, 'ping', ['-i', '0.1', '10.50.0.3'])
