@@ -15,6 +15,7 @@ import { PicocloudError } from '../../protocol/errors.ts'
 
 const run = promisify(execFile)
 const hasGpg = spawnSync('gpg', ['--version']).status === 0
+if (!hasGpg) console.log('skipping GnuPG interop tests: gpg is not installed (Debian package gnupg; CI installs it: .ci/install-system-packages)')
 const bytes = (s: string): Uint8Array => new TextEncoder().encode(s)
 
 async function codeOf (p: Promise<unknown>): Promise<string | undefined> {
