@@ -20,6 +20,7 @@ import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
 import { normalizeFingerprint, isFingerprint, type Fingerprint } from './fingerprint.ts'
+import { fastEd25519Eligible, verifyEd25519Packet } from './ed25519-verify.ts'
 
 export type { Fingerprint } from './fingerprint.ts'
 
@@ -405,9 +406,9 @@ function badSignature (why: string, cause?: unknown): PicocloudError {
 
 /**
  * Check a detached armored signature over exactly `data` (no newline or charset normalisation)
- * against `key`. Every signature packet in the armor must verify with `key`; each one's `verified`
- * promise is awaited (openpgp.js reports failures there, not by throwing from `verify`). Returns
- * the primary fingerprint of `key`; throws BAD_SIGNATURE otherwise.
+ * against `key`. Every signature packet in the armor must verify with `key`. Returns the primary
+ * fingerprint of `key`; throws BAD_SIGNATURE otherwise. Ed25519 signatures of the usual shape take
+ * the synchronous path of keys/ed25519-verify.ts; the rest (RSA, text mode…) `verifyWithOpenpgp`.
  */
 export async function verifyDetached (data: Uint8Array, armoredSignature: string, key: openpgp.PublicKey,
   options: { date?: Date } = {}): Promise<VerifiedSignature> {
@@ -418,6 +419,28 @@ export async function verifyDetached (data: Uint8Array, armoredSignature: string
     throw badSignature(`not an armored OpenPGP signature (${(err as Error).message})`, err)
   }
   if (signature.packets.length === 0) throw badSignature('the armor holds no signature')
+  if (!fastEd25519Eligible(signature, key)) return await verifyWithOpenpgp(data, signature, key, options)
+  const date = options.date ?? new Date()
+  let keyId = ''
+  for (const packet of signature.packets) {
+    let id: string
+    try {
+      id = await verifyEd25519Packet(packet as openpgp.SignaturePacket, data, key, date)
+    } catch (err) {
+      throw badSignature((err as Error).message, err)
+    }
+    keyId ||= id
+  }
+  return { fingerprint: fingerprintOf(key), signingKeyId: keyId, created: (signature.packets[0] as openpgp.SignaturePacket).created ?? new Date(0) }
+}
+
+/**
+ * `verifyDetached` by openpgp.verify alone, for any algorithm openpgp.js supports. Each signature's
+ * `verified` promise is awaited (openpgp.js reports failures there, not by throwing from `verify`).
+ * Exported so tests can hold the fast path to it.
+ */
+export async function verifyWithOpenpgp (data: Uint8Array, signature: openpgp.Signature, key: openpgp.PublicKey,
+  options: { date?: Date } = {}): Promise<VerifiedSignature> {
   let result: openpgp.VerifyMessageResult<Uint8Array>
   try {
     const message = await openpgp.createMessage({ binary: data })
