@@ -50,7 +50,7 @@ export interface PartialImage {
   sha256: string
   /** Bytes already received: resume the transfer from here. */
   readonly offset: number
-  /** Appends the next bytes (at `offset`). */
+  /** Appends the next bytes (at `offset`); the chunk must not change afterwards (written later). */
   write: (chunk: Uint8Array) => Promise<void>
   /** Verifies the hash of everything received and moves it into the store. */
   finalize: (options?: { format?: DiskFormat, name?: string }) => Promise<ImageInfo>
@@ -114,12 +114,6 @@ async function readHead (path: string): Promise<Buffer> {
     const { bytesRead } = await fh.read(buf, 0, 512, 0)
     return buf.subarray(0, bytesRead)
   } finally { await fh.close() }
-}
-
-async function hashFile (path: string): Promise<string> {
-  const h = createHash('sha256')
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer)
-  return h.digest('hex')
 }
 
 export class ImageStore {
@@ -230,21 +224,54 @@ export class ImageStore {
     const file = join(this.dir('partial'), hash)
     let fh: FileHandle | undefined = await open(file, 'a', 0o644)
     let offset = (await fh.stat()).size
+    // Hash as the bytes arrive (no second pass over the file); what an earlier attempt left is
+    // hashed once, from the file, before the first new byte.
+    const h = createHash('sha256')
+    let hashed = 0
+    const catchUp = async (): Promise<void> => {
+      if (hashed < offset) for await (const c of createReadStream(file, { start: hashed, end: offset - 1 })) h.update(c as Buffer)
+      hashed = offset
+    }
+    // File writes run behind, in order, while the caller decrypts and hashes the next bytes; a
+    // few MiB may wait. The first failure fails every later call.
+    let writing: Promise<void> = Promise.resolve()
+    let queued = 0
+    let failed: Error | undefined
+    const drain = async (): Promise<void> => { await writing; if (failed !== undefined) throw failed }
     const store = this
-    const closeFile = async (): Promise<void> => { if (fh !== undefined) { const f = fh; fh = undefined; await f.sync(); await f.close() } }
+    const closeFile = async (): Promise<void> => {
+      if (fh === undefined) return
+      const f = fh
+      fh = undefined
+      try { await drain(); await f.sync() } finally { await f.close() }
+    }
     return {
       sha256: hash,
       get offset () { return offset },
       async write (chunk) {
         if (fh === undefined) throw new PicocloudError(ErrorCode.Internal, 'partial image is closed', 500)
+        if (failed !== undefined) throw failed
         if (offset + chunk.length > store.maxBytes) throw new PicocloudError(ErrorCode.BadImage, `image is larger than the limit of ${store.maxBytes} bytes`, 413)
-        await fh.write(chunk)
+        await catchUp()
+        h.update(chunk)
         offset += chunk.length
+        hashed = offset
         store.stats.downloadedBytes += chunk.length
+        const f = fh
+        queued += chunk.length
+        writing = writing.then(async () => {
+          if (failed !== undefined) return
+          try {
+            const { bytesWritten } = await f.write(chunk)
+            if (bytesWritten !== chunk.length) throw new PicocloudError(ErrorCode.Internal, `short write to ${file}`, 500)
+          } catch (err: any) { failed = err } finally { queued -= chunk.length }
+        })
+        if (queued > 8 * 1024 * 1024) await drain()
       },
       async finalize (options = {}) {
         await closeFile()
-        const actual = await hashFile(file)
+        await catchUp()
+        const actual = h.digest('hex')
         try {
           return await store.commit(file, actual, offset, { ...options, expectedSha256: hash })
         } finally {
