@@ -13,6 +13,8 @@ import { DEFAULT_CONFIG, DEFAULT_STATE, DEFAULT_SOCKET } from './paths.ts'
 import { parseNetworkConfig, NETWORK_KEYS, type NetworkConfig } from './net/config.ts'
 
 export const DEFAULT_LISTEN = ['/ip4/0.0.0.0/tcp/9777']
+/** The image side channel (node/bulk.ts): every interface, next to the libp2p port. */
+export const DEFAULT_IMAGE_LISTEN = ':9779'
 
 export interface DaemonConfig {
   /** The config file that was read, if any. */
@@ -45,6 +47,8 @@ export interface DaemonConfig {
   network: NetworkConfig
   /** HOST:PORT for Prometheus metrics at /metrics (node/metrics.ts). @default undefined: off */
   metricsListen?: string
+  /** HOST:PORT of the image side channel (node/bulk.ts). @default ":9779"; undefined: off */
+  imageListen?: string
 }
 
 export interface ConfigFlags {
@@ -55,11 +59,12 @@ export interface ConfigFlags {
   announce?: string[]
   name?: string
   metricsListen?: string
+  imageListen?: string
 }
 
 /** Every key the config file accepts (deploy/config.example.toml documents each one). */
 export const KNOWN_KEYS: ReadonlySet<string> = new Set(['name', 'state', 'socket', 'listen', 'announce', 'heartbeat_interval', 'reconnect_interval', 'socket_group',
-  'labels', 'vcpus', 'mem_mib', 'disk_gib', 'arch', 'hypervisor', 'metrics_listen', ...NETWORK_KEYS])
+  'labels', 'vcpus', 'mem_mib', 'disk_gib', 'arch', 'hypervisor', 'metrics_listen', 'image_listen', ...NETWORK_KEYS])
 
 /** "127.0.0.1:9778", "[::1]:9778", ":9778" (every interface) → host and port. */
 export function parseListenAddress (what: string, text: string): { host: string, port: number } {
@@ -143,8 +148,12 @@ export async function resolveConfig (flags: ConfigFlags, env: NodeJS.ProcessEnv 
   if (raw.metrics_listen !== undefined && typeof raw.metrics_listen !== 'string') throw bad(file, 'metrics_listen must be a string like "127.0.0.1:9778" (or "" for off)')
   const metrics = flags.metricsListen ?? raw.metrics_listen as string | undefined
   if (metrics !== undefined && metrics !== '') parseListenAddress(flags.metricsListen !== undefined ? '--metrics-listen' : `${file}: metrics_listen`, metrics)
+  if (raw.image_listen !== undefined && typeof raw.image_listen !== 'string') throw bad(file, 'image_listen must be a string like ":9779" (or "" for off)')
+  const images = flags.imageListen ?? raw.image_listen as string | undefined ?? DEFAULT_IMAGE_LISTEN
+  if (images !== '') parseListenAddress(flags.imageListen !== undefined ? '--image-listen' : `${file}: image_listen`, images)
   return {
     hypervisor,
+    imageListen: images === '' ? undefined : images,
     network: parseNetworkConfig(raw, file),
     metricsListen: metrics === '' ? undefined : metrics,
     configFile,

@@ -4,13 +4,20 @@
  * fetches what it lacks from any peer that has it — resuming after an interruption, verifying the
  * hash before anything enters the store, trying the next peer when one serves bad bytes.
  *
- *   client → {sha256, offset}                  (one length-prefixed JSON frame)
+ *   client → {sha256, offset, bulk?: true}     (one length-prefixed JSON frame)
  *   server → {size} | {error}, then data frames, then an empty frame
+ *
+ * With `bulk` (and the server's side channel on, node/bulk.ts) the server answers
+ * {size, bulk: {port, token, key}} instead and waits: the client fetches the bytes over the side
+ * channel and then sends {done: true}, or, when that failed, {offset} to get the rest here as
+ * data frames. Servers that do not know `bulk` ignore it and send data frames at once.
  */
 import { lpStream } from 'it-length-prefixed-stream'
 import { createReadStream } from 'node:fs'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Stream } from '@libp2p/interface'
+import type { Multiaddr } from '@multiformats/multiaddr'
+import { bulkReceive, isBulkOffer, type BulkServer } from './bulk.ts'
 import type { ImageStore, ImageInfo } from './drivers/images/store.ts'
 import type { StateStore } from '../crdt/store.ts'
 import type { P2PNode } from './p2p.ts'
@@ -23,20 +30,36 @@ const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(
 
 export interface FetchProgress { sha256: string, received: number, total: number, peer: string }
 
+/** What the server needs to offer the side channel: its listener and who is asking. */
+export interface BulkServing { server: BulkServer, peer: string }
+
 /** Serves one image request from the local store. */
-export async function serveImage (stream: Stream, store: ImageStore, log: Logger): Promise<void> {
+export async function serveImage (stream: Stream, store: ImageStore, log: Logger, bulk?: BulkServing): Promise<void> {
   const lp = lpStream(stream, { maxDataLength: CHUNK + 1024 })
+  let revoke = (): void => {}
   try {
     const req = JSON.parse(new TextDecoder().decode((await lp.read({ signal: AbortSignal.timeout(10_000) })).subarray()))
     const sha = String(req?.sha256 ?? '')
-    const offset = Number(req?.offset ?? 0)
+    let offset = Number(req?.offset ?? 0)
     const info = /^[0-9a-f]{64}$/.test(sha) ? await store.info(sha) : undefined
     if (info === undefined || !Number.isSafeInteger(offset) || offset < 0 || offset > info.size) {
       await lp.write(enc({ error: info === undefined ? 'NOT_FOUND' : 'BAD_OFFSET' }))
       await stream.close()
       return
     }
-    await lp.write(enc({ size: info.size }))
+    if (req.bulk === true && bulk !== undefined && offset < info.size) {
+      const g = bulk.server.grant({ peer: bulk.peer, path: store.path(sha), offset, size: info.size })
+      revoke = g.revoke
+      await lp.write(enc({ size: info.size, bulk: g.offer }))
+      // No time limit: the side transfer may take long; the stream ends if the peer goes away.
+      const next = JSON.parse(new TextDecoder().decode((await lp.read()).subarray()))
+      revoke()
+      if (next?.done === true) { await stream.close(); return }
+      offset = Number(next?.offset)
+      if (!Number.isSafeInteger(offset) || offset < 0 || offset > info.size) throw new Error(`bad resume offset ${String(next?.offset)}`)
+    } else {
+      await lp.write(enc({ size: info.size }))
+    }
     if (offset < info.size) {
       for await (const chunk of createReadStream(store.path(sha), { start: offset, highWaterMark: CHUNK })) {
         await lp.write(chunk as Buffer)
@@ -47,7 +70,17 @@ export async function serveImage (stream: Stream, store: ImageStore, log: Logger
   } catch (err: any) {
     log.debug('image transfer ended early', { error: err.message })
     stream.abort(err)
+  } finally {
+    revoke()
   }
+}
+
+/** The IP address a connection reached the peer at: where its side channel listens too. */
+export function hostOf (addr: Multiaddr): string | undefined {
+  try {
+    const o = addr.toOptions()
+    return o.transport === 'tcp' ? o.host : undefined
+  } catch { return undefined }
 }
 
 /** Peers whose records say they hold the image, connected ones first. */
@@ -71,28 +104,47 @@ export async function fetchImage (p2p: P2PNode, store: ImageStore, sha256: strin
   const problems: string[] = []
   for (const peer of peers) {
     const partial = await store.partial(sha256)
+    const t0 = Date.now()
     try {
-      const stream = await p2p.dialProtocol(peerIdFromString(peer), IMAGE_PROTOCOL, { signal: AbortSignal.timeout(10_000) })
+      const conn = await p2p.dial(peerIdFromString(peer), { signal: AbortSignal.timeout(10_000) })
+      const stream = await conn.newStream(IMAGE_PROTOCOL, { signal: AbortSignal.timeout(10_000) })
       const lp = lpStream(stream, { maxDataLength: CHUNK + 1024 })
-      await lp.write(enc({ sha256, offset: partial.offset }))
+      await lp.write(enc({ sha256, offset: partial.offset, bulk: true }))
       const head = JSON.parse(new TextDecoder().decode((await lp.read({ signal: AbortSignal.timeout(10_000) })).subarray()))
       if (typeof head.size !== 'number') throw new Error(head.error === 'NOT_FOUND' ? 'does not have it' : String(head.error))
       let received = partial.offset
       let last = 0
-      for (;;) {
-        const chunk = (await lp.read({ signal: AbortSignal.timeout(30_000) })).subarray()
-        if (chunk.length === 0) break
+      const take = async (chunk: Uint8Array): Promise<void> => {
         if (received + chunk.length > head.size) throw new Error('sent more bytes than the image has')
         await partial.write(chunk)
         received += chunk.length
         if (Date.now() - last > 250) { last = Date.now(); onProgress({ sha256, received, total: head.size, peer }) }
+      }
+      let done = false
+      if (head.bulk !== undefined) {
+        const host = hostOf(conn.remoteAddr)
+        try {
+          if (!isBulkOffer(head.bulk) || host === undefined) throw new Error('no usable side channel offer')
+          await bulkReceive({ host, offer: head.bulk, write: take })
+          done = true
+        } catch (err: any) {
+          // Whatever verified so far is kept: the rest comes over the libp2p stream.
+          log.info('image side channel failed; going on over libp2p', { peer, received, error: err.message })
+          await lp.write(enc({ offset: received }))
+        }
+        if (done) await lp.write(enc({ done: true })).catch(() => {})
+      }
+      while (!done) {
+        const chunk = (await lp.read({ signal: AbortSignal.timeout(30_000) })).subarray()
+        if (chunk.length === 0) break
+        await take(chunk)
       }
       onProgress({ sha256, received, total: head.size, peer })
       await stream.close().catch(() => {})
       if (received !== head.size) throw new Error(`transfer ended after ${received} of ${head.size} bytes`)
       try {
         const info = await partial.finalize()
-        log.info('fetched image', { sha256: sha256.slice(0, 12), bytes: info.size, from: peer })
+        log.info('fetched image', { sha256: sha256.slice(0, 12), bytes: info.size, from: peer, ms: Date.now() - t0 })
         return info
       } catch (err: any) {
         // Bad bytes: throw away everything from this peer and try another.

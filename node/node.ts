@@ -39,6 +39,7 @@ import { listVms, findVm, vmView, requestView, type VmFilter, type VmView, type 
 import type { TrustEntry } from '../keys/trust-policy.ts'
 import { ImageStore, type ImageInfo } from './drivers/images/store.ts'
 import { IMAGE_PROTOCOL, serveImage, fetchImage, holders, type FetchProgress } from './images.ts'
+import { startBulkServer, type BulkServer } from './bulk.ts'
 import { VmReconciler } from './reconciler/vms.ts'
 import { NetworkReconciler, deriveEndpoints, dataPlaneUnavailableReason, claimInterface } from './reconciler/network.ts'
 import type { NetworkStatusView } from '../protocol/api.ts'
@@ -101,6 +102,8 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   private heartbeatSeq = 0
   private meshStarted = false
   private stopping = false
+  /** The image side channel (node/bulk.ts), when on. */
+  private bulk?: BulkServer
 
   private constructor (config: DaemonConfig, log: Logger, key: PrivateKey, wireguard: WireguardKeyPair, store: StateStore) {
     super()
@@ -149,6 +152,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   }
 
   async start (): Promise<void> {
+    this.bulk = await startBulkServer(this.config.imageListen, this.log.forComponent('images'))
     this.p2p = await createP2PNode({
       privateKey: this.key,
       listen: this.config.listen,
@@ -164,8 +168,9 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
         .catch(() => {})
     }, { maxInboundStreams: 4, maxOutboundStreams: 4 })
 
-    await p2p.handle(IMAGE_PROTOCOL, ({ stream }) => {
-      void serveImage(stream, this.images, this.log.forComponent('images'))
+    await p2p.handle(IMAGE_PROTOCOL, ({ stream, connection }) => {
+      const bulk = this.bulk === undefined ? undefined : { server: this.bulk, peer: connection.remotePeer.toString() }
+      void serveImage(stream, this.images, this.log.forComponent('images'), bulk)
     }, { maxInboundStreams: 8 })
 
     p2p.addEventListener('peer:connect', evt => {
@@ -950,6 +955,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     this.reconciler?.stop()
     this.network?.stop()
     this.timers = []
+    await this.bulk?.stop()
     await this.p2p?.stop()
     await this.store.close()
     this.log.info('stopped')

@@ -67,7 +67,7 @@ export const commands: Command[] = [
   {
     name: 'daemon',
     summary: 'run the picocloud daemon on this host',
-    usage: 'picocloud daemon [--config FILE] [--state DIR] [--socket PATH] [--listen MULTIADDR]... [--announce MULTIADDR]... [--name NAME] [--metrics-listen ADDR:PORT]',
+    usage: 'picocloud daemon [--config FILE] [--state DIR] [--socket PATH] [--listen MULTIADDR]... [--announce MULTIADDR]... [--name NAME] [--metrics-listen ADDR:PORT] [--image-listen ADDR:PORT]',
     description: 'Runs in the foreground and logs structured lines to stderr. Paths come from the flags, then PICOCLOUD_CONFIG / PICOCLOUD_STATE / PICOCLOUD_SOCKET, then the config file (default /etc/picocloud/config.toml), then the defaults (/var/lib/picocloud, /run/picocloud/picocloud.sock, /ip4/0.0.0.0/tcp/9777).',
     options: {
       config: { type: 'string' },
@@ -75,7 +75,8 @@ export const commands: Command[] = [
       listen: { type: 'string', multiple: true },
       announce: { type: 'string', multiple: true },
       name: { type: 'string' },
-      'metrics-listen': { type: 'string' }
+      'metrics-listen': { type: 'string' },
+      'image-listen': { type: 'string' }
     },
     optionHelp: {
       config: 'TOML config file (default /etc/picocloud/config.toml; env PICOCLOUD_CONFIG)',
@@ -83,11 +84,12 @@ export const commands: Command[] = [
       listen: 'libp2p listen address, repeatable (default /ip4/0.0.0.0/tcp/9777)',
       announce: 'address other hosts should dial, repeatable (behind NAT)',
       name: 'this host\'s name (default: the machine\'s hostname)',
-      'metrics-listen': 'serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9778 (default: off; "" turns off what the config file sets)'
+      'metrics-listen': 'serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9778 (default: off; "" turns off what the config file sets)',
+      'image-listen': 'serve image bytes to peers over a side TCP port, encrypted (default :9779; "" turns it off: images then go over libp2p only)'
     },
     run: async ({ values, g }) => {
       const { runDaemon } = await import('../daemon.ts')
-      await runDaemon({ config: values.config, state: values.state, socket: g.socket, listen: values.listen, announce: values.announce, name: values.name, metricsListen: values['metrics-listen'] })
+      await runDaemon({ config: values.config, state: values.state, socket: g.socket, listen: values.listen, announce: values.announce, name: values.name, metricsListen: values['metrics-listen'], imageListen: values['image-listen'] })
     }
   },
   {

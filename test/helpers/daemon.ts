@@ -36,6 +36,8 @@ export interface TestDaemonOptions {
   netns?: string
   /** libp2p listen address. @default /ip4/127.0.0.1/tcp/0 */
   listen?: string
+  /** Image side channel (image_listen). @default a free port on the libp2p listen address's IP */
+  imageListen?: string
 }
 
 export class TestDaemon {
@@ -59,7 +61,9 @@ export class TestDaemon {
 
   async start (): Promise<void> {
     const args = ['--max-semi-space-size=1', MAIN, 'daemon', '--state', this.state, '--socket', this.socket,
-      '--listen', this.options.listen ?? '/ip4/127.0.0.1/tcp/0', '--name', this.name]
+      '--listen', this.options.listen ?? '/ip4/127.0.0.1/tcp/0', '--name', this.name,
+      // Several daemons share the machine: not the default :9779.
+      '--image-listen', this.options.imageListen ?? `${/^\/ip4\/([^/]+)/.exec(this.options.listen ?? '')?.[1] ?? '127.0.0.1'}:0`]
     // `ip netns exec` execs the command in place: the child's pid is the daemon's.
     const [cmd, argv] = this.options.netns === undefined ? [NODE, args] : ['ip', ['netns', 'exec', this.options.netns, NODE, ...args]]
     const p = spawn(cmd, argv, {

@@ -45,6 +45,16 @@ describe('daemon configuration: flags, then environment, then the TOML file, the
     expect(await bad('hypervisor = "vmware"\n')).toMatch(/hypervisor must be/)
   })
 
+  it('image_listen: the side port for image bytes is on by default, "" turns it off, the flag wins', async () => {
+    const f = join(dir, 'images.toml')
+    expect((await resolveConfig({}, { PICOCLOUD_CONFIG: undefined })).imageListen).toBe(':9779')
+    await writeFile(f, 'image_listen = ""\n')
+    expect((await resolveConfig({ config: f }, {})).imageListen).toBeUndefined()
+    expect((await resolveConfig({ config: f, imageListen: '127.0.0.1:0' }, {})).imageListen).toBe('127.0.0.1:0')
+    await writeFile(f, 'image_listen = "9779"\n')
+    await expect(resolveConfig({ config: f }, {})).rejects.toThrow(/image_listen: "9779" is not ADDRESS:PORT/)
+  })
+
   it('the CLI finds the socket from --socket, then PICOCLOUD_SOCKET, then the default', () => {
     expect(cliSocket('/a.sock', { PICOCLOUD_SOCKET: '/b.sock' })).toBe('/a.sock')
     expect(cliSocket(undefined, { PICOCLOUD_SOCKET: '/b.sock' })).toBe('/b.sock')
