@@ -67,6 +67,11 @@ function authorOf (actor: string): Author {
 export async function signChange (change: Uint8Array, key: PrivateKey): Promise<SignedChange> {
   const { hash } = A.decodeChange(change)
   if (hash === undefined) throw new Error('change has no hash')
+  return signChangeHash(change, hash, key)
+}
+
+/** Signs a change whose hash the caller already has (decoding a change costs more than signing it). */
+export function signChangeHash (change: Uint8Array, hash: string, key: PrivateKey): SignedChange {
   return { change, signature: new Uint8Array(edSign(null, signedBytes(hash), signerFor(key))) }
 }
 
