@@ -6,7 +6,7 @@
  */
 import { ImmutableString } from '@automerge/automerge'
 import type * as openpgp from 'openpgp'
-import { validateEnvelope, type Envelope } from '../protocol/envelope.ts'
+import { validateEnvelope, type Envelope, type ValidRequest } from '../protocol/envelope.ts'
 import { parseKeys, fingerprintOf, keyVerifier } from '../keys/keyring.ts'
 import type { Fingerprint } from '../keys/fingerprint.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
@@ -16,11 +16,36 @@ import type { Logger } from './log.ts'
 
 const str = (v: unknown): string => v instanceof ImmutableString ? v.toString() : String(v)
 
+/** The public key in `text` when it is the key `fpr`, else undefined. */
+async function parsePublished (text: string, fpr: Fingerprint): Promise<openpgp.PublicKey | undefined> {
+  try {
+    const key = (await parseKeys(text))[0].toPublic()
+    return fingerprintOf(key) === fpr ? key : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** What the world needs of a request that passed every check. */
+function verified (r: ValidRequest, via: string, at: string): VerifiedRequest {
+  return {
+    id: r.id,
+    kind: r.payload.kind,
+    issuer: r.payload.issuer,
+    created: Date.parse(r.payload.created),
+    expires: Date.parse(r.payload.expires),
+    body: r.payload.body,
+    via,
+    at
+  }
+}
+
 export class RequestBook {
   private readonly store: StateStore
   private readonly log: Logger
   private readonly validity = new Map<string, Validity>()
-  private readonly keyCache = new Map<string, openpgp.PublicKey>()
+  /** `host/fingerprint` → the text that host publishes and its key (undefined: unusable). */
+  private readonly keyCache = new Map<string, { text: string, key: openpgp.PublicKey | undefined }>()
   private verifying: Promise<void> | undefined
   private again = false
   /** Requests users submitted through this host's socket: accepted, and refused by error code. */
@@ -35,21 +60,23 @@ export class RequestBook {
 
   get (id: string): Validity | undefined { return this.validity.get(id) }
 
-  /** Public keys published by any host, parsed once per armored text. */
+  /**
+   * Public keys published by any host: the first host record holding a usable key for `fpr`, as
+   * before. Each published text is parsed once (failures too, so a bad key published by one host is
+   * not re-parsed for every request); an entry is replaced when that host publishes another text.
+   */
   private async lookup (fpr: Fingerprint): Promise<openpgp.PublicKey | undefined> {
-    for (const rec of Object.values(this.store.doc.hosts ?? {})) {
+    for (const [host, rec] of Object.entries(this.store.doc.hosts ?? {})) {
       const armored = rec.keys?.[fpr]
       if (armored === undefined) continue
       const text = str(armored)
-      let key = this.keyCache.get(text)
-      if (key === undefined) {
-        try {
-          const parsed = (await parseKeys(text))[0]
-          key = parsed.toPublic()
-          this.keyCache.set(text, key)
-        } catch { continue }
+      const slot = `${host}/${fpr}`
+      let cached = this.keyCache.get(slot)
+      if (cached?.text !== text) {
+        cached = { text, key: await parsePublished(text, fpr) }
+        this.keyCache.set(slot, cached)
       }
-      if (fingerprintOf(key) === fpr) return key
+      if (cached.key !== undefined) return cached.key
     }
     return undefined
   }
@@ -77,17 +104,7 @@ export class RequestBook {
             const r = await validateEnvelope({ payload: str(stored.payload), signature: str(stored.signature) }, {
               meshId, now: at, seen: () => false, verify: this.verifier()
             })
-            const request: VerifiedRequest = {
-              id,
-              kind: r.payload.kind,
-              issuer: r.payload.issuer,
-              created: Date.parse(r.payload.created),
-              expires: Date.parse(r.payload.expires),
-              body: r.payload.body,
-              via: str(stored.via),
-              at: str(stored.at)
-            }
-            v = { ok: true, request }
+            v = { ok: true, request: verified(r, str(stored.via), str(stored.at)) }
           } catch (err: any) {
             v = { ok: false, code: err.code ?? 'INVALID', reason: err.message }
             this.log.warn('stored request is invalid', { id: id.slice(0, 12), via: str(stored.via), reason: err.message })
@@ -120,11 +137,14 @@ export class RequestBook {
   private async accept (envelope: unknown): Promise<{ id: string, kind: string, issuer: string }> {
     const meshId = this.store.meshId
     if (meshId === undefined) throw new PicocloudError(ErrorCode.NotInMesh, 'this host is not in a mesh yet', 409)
+    // Judged at the time stamped on it, so that this verdict is the one verifyPending would reach.
+    const now = Date.now()
+    const at = new Date(now).toISOString()
     let valid
     try {
       valid = await validateEnvelope(envelope, {
         meshId,
-        now: Date.now(),
+        now,
         seen: id => this.store.doc.requests?.[id] !== undefined,
         verify: this.verifier()
       })
@@ -136,18 +156,25 @@ export class RequestBook {
       throw err
     }
     const env = valid.envelope as Envelope
-    const at = new Date().toISOString()
-    await this.store.change(`request ${valid.payload.kind} ${valid.id}`, d => {
-      d.requests ??= {}
-      d.requests[valid.id] = {
-        payload: new ImmutableString(env.payload) as unknown as string,
-        signature: new ImmutableString(env.signature) as unknown as string,
-        via: this.store.self,
-        at
-      }
-    })
-    this.log.info('accepted request', { id: valid.id.slice(0, 12), kind: valid.payload.kind, issuer: valid.payload.issuer })
+    const id = valid.id
+    // Recorded before the change, whose listeners run verifyPending: this host checks it once.
+    this.validity.set(id, { ok: true, request: verified(valid, this.store.self, at) })
+    try {
+      await this.store.change(`request ${valid.payload.kind} ${id}`, d => {
+        d.requests ??= {}
+        d.requests[id] = {
+          payload: new ImmutableString(env.payload) as unknown as string,
+          signature: new ImmutableString(env.signature) as unknown as string,
+          via: this.store.self,
+          at
+        }
+      })
+    } catch (err) {
+      if (this.store.doc.requests?.[id] === undefined) this.validity.delete(id)
+      throw err
+    }
+    this.log.info('accepted request', { id: id.slice(0, 12), kind: valid.payload.kind, issuer: valid.payload.issuer })
     void this.verifyPending()
-    return { id: valid.id, kind: valid.payload.kind, issuer: valid.payload.issuer }
+    return { id, kind: valid.payload.kind, issuer: valid.payload.issuer }
   }
 }
