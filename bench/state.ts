@@ -7,7 +7,7 @@
  *
  * `node bench/state.ts --load DIR KEYFILE` is the child that loads a state and prints its figures.
  */
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises'
+import { copyFile, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { execFile } from 'node:child_process'
@@ -19,6 +19,7 @@ import type { PrivateKey, Stream } from '@libp2p/interface'
 import { duplexPair } from 'it-pair/duplex'
 import { StateStore, CHANGE_LOG_FILE } from '../crdt/store.ts'
 import { ChangeLog } from '../crdt/change-log.ts'
+import { SNAPSHOT_FILE } from '../crdt/snapshot.ts'
 import { foundMesh, admit, publishHostRecord } from '../crdt/membership.ts'
 import { syncInitiator, syncResponder } from '../crdt/sync.ts'
 import { encodeSignedChange, type SignedChange } from '../crdt/signed-changes.ts'
@@ -150,7 +151,11 @@ export interface GrowthResult {
   hosts: number, vms: number, requests: number, changes: number,
   diskBytes: number, bytesPerRequest: number, requestChangeBytes: number,
   signMsEach: number, buildSeconds: number,
-  loadMs: Summary, verifyMs: Summary, rssMiB: Summary
+  loadMs: Summary, verifyMs: Summary, rssMiB: Summary,
+  /** The snapshot written by the store at close, and how long that close took. */
+  snapshotBytes: number, snapshotWriteMs: number,
+  /** Load by replaying the whole log (no snapshot). */
+  replayMs: Summary
 }
 
 /**
@@ -160,88 +165,130 @@ export interface GrowthResult {
  * change is made and signed by its host's own store; an observer's log then holds them all.
  */
 export async function stateGrowth (hosts: number, vms: number, requests: number, loads: number): Promise<GrowthResult> {
-  const dir = await mkdtemp(join(tmpdir(), 'pc-bench-growth-'))
+  // PICOCLOUD_BENCH_GROWTH_DIR=DIR keeps the built state in DIR and reuses it on the next run
+  // (the build takes minutes); by default the state is built afresh in a temp dir and removed.
+  const keep = process.env.PICOCLOUD_BENCH_GROWTH_DIR
+  const dir = keep ?? await mkdtemp(join(tmpdir(), 'pc-bench-growth-'))
   try {
-    const tBuild = performance.now()
-    const stores = await smallMesh(dir, hosts)
-    const meshId = stores[0].meshId as string
-    // A user key, trusted and published by every host (as `trust add` does).
-    const keyring = join(dir, 'keyring')
-    const { fingerprint, publicKey } = await generateKey(keyring, { userIds: ['Bench <bench@example.org>'], type: 'ed25519' })
-    const key = await loadPrivateKey(keyring, fingerprint)
-    for (const s of stores) {
-      await publishHostRecord(s, hostRecord(s.self))
-      await s.change('trust', d => { d.hosts[s.self].keys = { [fingerprint]: new ImmutableString(publicKey) as unknown as string } })
-    }
-    const tSign = performance.now()
-    const envelopes: Array<{ id: string, payload: string, signature: string }> = []
-    const now = Date.now()
-    const vmIds: string[] = []
-    for (let i = 0; i < requests; i++) {
-      const payload = i < vms
-        ? buildPayload('vm.create', { name: `vm${i}`, image: 'debian-12', type: 'small', nics: [{ net: 'lan' }], labels: { tier: 'web' } }, { mesh: meshId, issuer: fingerprint, now })
-        : buildPayload(i % 2 === 0 ? 'vm.stop' : 'vm.start', { vm: vmIds[i % vms] }, { mesh: meshId, issuer: fingerprint, now })
-      const env = await sealEnvelope(payload, async d => await signDetached(key, d))
-      const id = requestId(payload)
-      if (i < vms) vmIds.push(id)
-      envelopes.push({ id, payload: env.payload, signature: env.signature })
-    }
-    const signMsEach = (performance.now() - tSign) / requests
-    let requestChangeBytes = 0
-    for (let i = 0; i < requests; i++) {
-      const e = envelopes[i]
-      const via = stores[i % hosts]
-      const sc = await via.change(`request ${e.id}`, d => {
-        d.requests ??= {}
-        // As node/requests.ts stores them: immutable strings (a plain string is a text CRDT, one op per character).
-        d.requests[e.id] = { payload: new ImmutableString(e.payload) as unknown as string, signature: new ImmutableString(e.signature) as unknown as string, via: via.self, at: new Date(now).toISOString() }
-      }) as SignedChange
-      requestChangeBytes += encodeSignedChange(sc).length
-      const vm = vmIds[i % vms]
-      const host = stores[(i % vms) % hosts]
-      const report = async (status: 'starting' | 'running' | 'stopped'): Promise<void> => {
-        await host.change(`vm ${status}`, d => {
-          d.hosts[host.self].vms ??= {}
-          d.hosts[host.self].vms![vm] = { status, since: new Date().toISOString() }
-        })
-      }
-      if (i < vms) {
-        await host.change('claim', d => { d.hosts[host.self].claims ??= {}; d.hosts[host.self].claims![vm] = { at: new Date().toISOString() } })
-        await report('starting'); await report('running')
-      } else {
-        await report(i % 2 === 0 ? 'stopped' : 'running')
-      }
-    }
-    // The observer's durable log holds every host's changes, as receive() would have persisted
-    // them (validation is measured elsewhere: catch-up); any order loads, Automerge sorts by deps.
-    const all = new Map<string, Uint8Array>()
-    for (const s of stores) for (const c of s.changesSince([])) all.set(A.decodeChange(c.change).hash as string, encodeSignedChange(c))
-    for (const s of stores) await s.close()
-    await mkStoreDir(dir, 'obs')
-    const { log } = await ChangeLog.open(join(dir, 'obs', CHANGE_LOG_FILE))
-    await Promise.all([...all.values()].map(async rec => await log.append(rec)))
-    await log.close()
-    const changes = all.size
-    const buildSeconds = (performance.now() - tBuild) / 1000
+    const built = keep === undefined ? undefined : await readBuilt(dir, hosts, vms, requests)
+    const b = built ?? await buildGrowth(dir, hosts, vms, requests)
+    if (keep !== undefined && built === undefined) await writeFile(join(dir, BUILT_FILE), JSON.stringify({ hosts, vms, requests, ...b }))
+    // The same log alone: what a host loads with no usable snapshot (the first start after an
+    // upgrade, or a snapshot lost or damaged).
+    await mkStoreDir(dir, 'obs-replay')
+    await copyFile(join(dir, 'obs', CHANGE_LOG_FILE), join(dir, 'obs-replay', CHANGE_LOG_FILE))
+    // What a daemon holding this log has on disk: it opened the state once and stopped cleanly,
+    // so the store's own policy wrote its snapshot (crdt/snapshot.ts) at close.
+    await rm(join(dir, 'obs', SNAPSHOT_FILE), { force: true })
+    const obs = await StateStore.open({ dir: join(dir, 'obs'), key: await generateKeyPair('Ed25519') })
+    const tClose = performance.now()
+    await obs.close()
+    const snapshotWriteMs = performance.now() - tClose
+    const snapshotBytes = (await stat(join(dir, 'obs', SNAPSHOT_FILE))).size
     const diskBytes = (await stat(join(dir, 'obs', CHANGE_LOG_FILE))).size
-    const loadMs: number[] = []; const verifyMs: number[] = []; const rss: number[] = []
-    for (let i = 0; i < loads; i++) {
-      const { stdout } = await run(process.execPath, [import.meta.filename, '--load', join(dir, 'obs')], { maxBuffer: 1 << 20 })
+    const load = async (sub: string): Promise<{ loadMs: number, verifyMs: number, rssMiB: number }> => {
+      const { stdout } = await run(process.execPath, [import.meta.filename, '--load', join(dir, sub)], { maxBuffer: 1 << 20 })
       const r = JSON.parse(stdout) as { loadMs: number, verifyMs: number, rssMiB: number, requests: number }
       if (r.requests !== requests) throw new Error(`loaded ${r.requests} requests, expected ${requests}`)
+      return r
+    }
+    const loadMs: number[] = []; const verifyMs: number[] = []; const rss: number[] = []; const replayMs: number[] = []
+    for (let i = 0; i < loads; i++) {
+      const r = await load('obs')
       loadMs.push(r.loadMs); verifyMs.push(r.verifyMs); rss.push(r.rssMiB)
+      replayMs.push((await load('obs-replay')).loadMs)
     }
     return {
-      hosts, vms, requests, changes, diskBytes, bytesPerRequest: diskBytes / requests, requestChangeBytes: requestChangeBytes / requests,
-      signMsEach, buildSeconds, loadMs: summarize(loadMs), verifyMs: summarize(verifyMs), rssMiB: summarize(rss)
+      hosts, vms, requests, changes: b.changes, diskBytes, bytesPerRequest: diskBytes / requests, requestChangeBytes: b.requestChangeBytes,
+      signMsEach: b.signMsEach, buildSeconds: b.buildSeconds, loadMs: summarize(loadMs), verifyMs: summarize(verifyMs), rssMiB: summarize(rss),
+      snapshotBytes, snapshotWriteMs, replayMs: summarize(replayMs)
     }
   } finally {
-    await rm(dir, { recursive: true, force: true })
+    if (keep === undefined) await rm(dir, { recursive: true, force: true })
   }
 }
 
+const BUILT_FILE = 'built.json'
+interface Built { changes: number, requestChangeBytes: number, signMsEach: number, buildSeconds: number }
+
+async function readBuilt (dir: string, hosts: number, vms: number, requests: number): Promise<Built | undefined> {
+  try {
+    const b = JSON.parse(await readFile(join(dir, BUILT_FILE), 'utf8'))
+    if (b.hosts === hosts && b.vms === vms && b.requests === requests) return b as Built
+    throw new Error(`${dir} holds a state of another size; remove it first`)
+  } catch (err: any) {
+    if (err.code === 'ENOENT') return undefined
+    throw err
+  }
+}
+
+/** Builds the mesh's state into `dir`: one store per host, and the observer's log in `dir/obs`. */
+async function buildGrowth (dir: string, hosts: number, vms: number, requests: number): Promise<Built> {
+  const tBuild = performance.now()
+  const stores = await smallMesh(dir, hosts)
+  const meshId = stores[0].meshId as string
+  // A user key, trusted and published by every host (as `trust add` does).
+  const keyring = join(dir, 'keyring')
+  const { fingerprint, publicKey } = await generateKey(keyring, { userIds: ['Bench <bench@example.org>'], type: 'ed25519' })
+  const key = await loadPrivateKey(keyring, fingerprint)
+  for (const s of stores) {
+    await publishHostRecord(s, hostRecord(s.self))
+    await s.change('trust', d => { d.hosts[s.self].keys = { [fingerprint]: new ImmutableString(publicKey) as unknown as string } })
+  }
+  const tSign = performance.now()
+  const envelopes: Array<{ id: string, payload: string, signature: string }> = []
+  const now = Date.now()
+  const vmIds: string[] = []
+  for (let i = 0; i < requests; i++) {
+    const payload = i < vms
+      ? buildPayload('vm.create', { name: `vm${i}`, image: 'debian-12', type: 'small', nics: [{ net: 'lan' }], labels: { tier: 'web' } }, { mesh: meshId, issuer: fingerprint, now })
+      : buildPayload(i % 2 === 0 ? 'vm.stop' : 'vm.start', { vm: vmIds[i % vms] }, { mesh: meshId, issuer: fingerprint, now })
+    const env = await sealEnvelope(payload, async d => await signDetached(key, d))
+    const id = requestId(payload)
+    if (i < vms) vmIds.push(id)
+    envelopes.push({ id, payload: env.payload, signature: env.signature })
+  }
+  const signMsEach = (performance.now() - tSign) / requests
+  let requestChangeBytes = 0
+  for (let i = 0; i < requests; i++) {
+    const e = envelopes[i]
+    const via = stores[i % hosts]
+    const sc = await via.change(`request ${e.id}`, d => {
+      d.requests ??= {}
+      // As node/requests.ts stores them: immutable strings (a plain string is a text CRDT, one op per character).
+      d.requests[e.id] = { payload: new ImmutableString(e.payload) as unknown as string, signature: new ImmutableString(e.signature) as unknown as string, via: via.self, at: new Date(now).toISOString() }
+    }) as SignedChange
+    requestChangeBytes += encodeSignedChange(sc).length
+    const vm = vmIds[i % vms]
+    const host = stores[(i % vms) % hosts]
+    const report = async (status: 'starting' | 'running' | 'stopped'): Promise<void> => {
+      await host.change(`vm ${status}`, d => {
+        d.hosts[host.self].vms ??= {}
+        d.hosts[host.self].vms![vm] = { status, since: new Date().toISOString() }
+      })
+    }
+    if (i < vms) {
+      await host.change('claim', d => { d.hosts[host.self].claims ??= {}; d.hosts[host.self].claims![vm] = { at: new Date().toISOString() } })
+      await report('starting'); await report('running')
+    } else {
+      await report(i % 2 === 0 ? 'stopped' : 'running')
+    }
+  }
+  // The observer's durable log holds every host's changes, as receive() would have persisted
+  // them (validation is measured elsewhere: catch-up); any order loads, Automerge sorts by deps.
+  const all = new Map<string, Uint8Array>()
+  for (const s of stores) for (const c of s.changesSince([])) all.set(A.decodeChange(c.change).hash as string, encodeSignedChange(c))
+  for (const s of stores) await s.close()
+  await mkStoreDir(dir, 'obs')
+  const { log } = await ChangeLog.open(join(dir, 'obs', CHANGE_LOG_FILE))
+  await Promise.all([...all.values()].map(async rec => await log.append(rec)))
+  await log.close()
+  return { changes: all.size, requestChangeBytes: requestChangeBytes / requests, signMsEach, buildSeconds: (performance.now() - tBuild) / 1000 }
+}
+
 if (process.argv[2] === '--load') {
-  // StateStore.open derives only its actor from the key; no change is made, so any key will do.
+  // StateStore.open derives only its actor from the key; no change is made, so any key will do
+  // (and the process exits without close, so it writes no snapshot).
   const dir = process.argv[3]
   const key = await generateKeyPair('Ed25519')
   const t0 = performance.now()
