@@ -490,7 +490,31 @@ export function keyVerifier (lookup: PublicKeyLookup, options: { now?: () => Dat
   }
 }
 
-/** A verifier over the keyring directory `dir`. */
+/** What identifies one version of a key file: it is replaced by rename, so inode, size and mtime. */
+async function fileStamp (path: string): Promise<string> {
+  try {
+    const s = await stat(path, { bigint: true })
+    return `${s.ino}:${s.size}:${s.mtimeNs}`
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'absent'
+    throw err
+  }
+}
+
+/**
+ * A verifier over the keyring directory `dir`. Each key is parsed once (its self-signatures are
+ * then checked once too) and parsed again only when its file changes: a revocation or a removal
+ * takes effect on the next verification.
+ */
 export function keyringVerifier (dir: string, options: { now?: () => Date } = {}): SignatureVerifier {
-  return keyVerifier(async fpr => await findPublicKey(dir, fpr), options)
+  const cache = new Map<Fingerprint, { stamp: string, key: openpgp.PublicKey | undefined }>()
+  return keyVerifier(async fpr => {
+    if (!isFingerprint(fpr)) return undefined
+    const stamp = await fileStamp(keyFile(dir, fpr))
+    const hit = cache.get(fpr)
+    if (hit?.stamp === stamp) return hit.key
+    const key = await findPublicKey(dir, fpr)
+    cache.set(fpr, { stamp, key })
+    return key
+  }, options)
 }
