@@ -298,6 +298,7 @@ export class StateStore extends EventEmitter<StoreEvents> {
     if (this.snapshotDue || this.closing) return
     this.snapshotDue = true
     setImmediate(() => {
+      if (this.closing) { this.snapshotDue = false; return }
       this.snapshot().catch(err => this.log.warn('could not write a snapshot of the state', { error: err.message }))
         .finally(() => { this.snapshotDue = false })
     })
@@ -317,8 +318,8 @@ export class StateStore extends EventEmitter<StoreEvents> {
   private async writeSnapshot (): Promise<void> {
     const taken = await this.serial(async () => {
       await this.changeLog.idle()
-      if (this.logBehind || this.changeLog.records === this.snapshotRecords) return undefined
       this.sinceSnapshot = 0
+      if (this.logBehind || this.changeLog.records === this.snapshotRecords) return undefined
       const pos = { bytes: this.changeLog.bytes, records: this.changeLog.records, lastChecksum: this.changeLog.lastChecksum }
       const entries: IndexEntry[] = []
       for (const [key, hash] of this.seqIndex) {
