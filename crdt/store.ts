@@ -143,6 +143,8 @@ export class StateStore extends EventEmitter<StoreEvents> {
   get changeCount (): number { return this.signatures.size }
   get pendingCount (): number { return this.pending.size }
   get logBytes (): number { return this.changeLog.bytes }
+  /** The directory holding the state (log, snapshot), where caches of derived data may be kept too. */
+  get stateDir (): string { return this.dir }
 
   has (hash: string): boolean { return this.signatures.has(hash) }
 

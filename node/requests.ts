@@ -5,6 +5,9 @@
  * receiving host's stamp, schema). Results are cached; the world is derived from them.
  */
 import { ImmutableString } from '@automerge/automerge'
+import { createHash } from 'node:crypto'
+import { readFile, rename, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import type * as openpgp from 'openpgp'
 import { validateEnvelope, type Envelope, type ValidRequest } from '../protocol/envelope.ts'
 import { parseKeys, fingerprintOf, keyVerifier } from '../keys/keyring.ts'
@@ -15,6 +18,25 @@ import type { Validity, VerifiedRequest } from '../crdt/world.ts'
 import type { Logger } from './log.ts'
 
 const str = (v: unknown): string => v instanceof ImmutableString ? v.toString() : String(v)
+const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex')
+
+/**
+ * Verdicts that passed, kept across restarts in the state dir so that a restarted host does not
+ * verify every stored request's OpenPGP signature again. A verdict is reused only for the very
+ * same stored request (mesh, payload, signature, via, at: `digest`) when the key that lookup()
+ * finds for its issuer now is the very text that verified it (`key`); a host publishing another
+ * key text, or none, makes the request be judged again. Failures are not kept (they are rare
+ * and some are retried anyway). A cache: missing, damaged or of another version, it is ignored.
+ */
+export const VERDICTS_FILE = 'request-verdicts.json'
+const VERDICTS_VERSION = 1
+/** New verdicts are written at most this often (each write is the whole file). */
+const VERDICTS_SAVE_MS = 5000
+interface KeptVerdict { digest: string, key: string, request: VerifiedRequest }
+
+function storedDigest (meshId: string, stored: { payload: unknown, signature: unknown, via: unknown, at: unknown }): string {
+  return sha256(JSON.stringify([meshId, str(stored.payload), str(stored.signature), str(stored.via), str(stored.at)]))
+}
 
 /** The public key in `text` when it is the key `fpr`, else undefined. */
 async function parsePublished (text: string, fpr: Fingerprint): Promise<openpgp.PublicKey | undefined> {
@@ -44,8 +66,12 @@ export class RequestBook {
   private readonly store: StateStore
   private readonly log: Logger
   private readonly validity = new Map<string, Validity>()
-  /** `host/fingerprint` → the text that host publishes and its key (undefined: unusable). */
-  private readonly keyCache = new Map<string, { text: string, key: openpgp.PublicKey | undefined }>()
+  /** `host/fingerprint` → the text that host publishes, its digest and its key (undefined: unusable). */
+  private readonly keyCache = new Map<string, { text: string, digest: string, key: openpgp.PublicKey | undefined }>()
+  /** Verdicts kept by an earlier run (loaded on first use), and what binds this run's own. */
+  private kept: Map<string, KeptVerdict> | undefined
+  private readonly bindings = new Map<string, KeptVerdict>()
+  private saveTimer: NodeJS.Timeout | undefined
   private verifying: Promise<void> | undefined
   private again = false
   /** Requests users submitted through this host's socket: accepted, and refused by error code. */
@@ -65,7 +91,7 @@ export class RequestBook {
    * before. Each published text is parsed once (failures too, so a bad key published by one host is
    * not re-parsed for every request); an entry is replaced when that host publishes another text.
    */
-  private async lookup (fpr: Fingerprint): Promise<openpgp.PublicKey | undefined> {
+  private async lookup (fpr: Fingerprint): Promise<{ digest: string, key: openpgp.PublicKey } | undefined> {
     for (const [host, rec] of Object.entries(this.store.doc.hosts ?? {})) {
       const armored = rec.keys?.[fpr]
       if (armored === undefined) continue
@@ -73,16 +99,66 @@ export class RequestBook {
       const slot = `${host}/${fpr}`
       let cached = this.keyCache.get(slot)
       if (cached?.text !== text) {
-        cached = { text, key: await parsePublished(text, fpr) }
+        cached = { text, digest: sha256(text), key: await parsePublished(text, fpr) }
         this.keyCache.set(slot, cached)
       }
-      if (cached.key !== undefined) return cached.key
+      if (cached.key !== undefined) return { digest: cached.digest, key: cached.key }
     }
     return undefined
   }
 
-  private verifier (): ReturnType<typeof keyVerifier> {
-    return keyVerifier(async fpr => await this.lookup(fpr))
+  /** A verifier, and the digest of the key text it last verified with. */
+  private verifier (): { verify: ReturnType<typeof keyVerifier>, keyUsed: () => string | undefined } {
+    let used: string | undefined
+    const verify = keyVerifier(async fpr => {
+      const found = await this.lookup(fpr)
+      used = found?.digest
+      return found?.key
+    })
+    return { verify, keyUsed: () => used }
+  }
+
+  /** The kept verdict on this stored request, if it and its issuer's key are unchanged. */
+  private async reuse (id: string, meshId: string, stored: Parameters<typeof storedDigest>[1]): Promise<Validity | undefined> {
+    const k = this.kept?.get(id)
+    if (k === undefined || k.digest !== storedDigest(meshId, stored)) return undefined
+    if ((await this.lookup(k.request.issuer as Fingerprint))?.digest !== k.key) return undefined
+    this.bindings.set(id, k)
+    return { ok: true, request: k.request }
+  }
+
+  private bind (id: string, meshId: string, stored: Parameters<typeof storedDigest>[1], key: string | undefined, v: Validity): void {
+    if (!v.ok || key === undefined) return
+    this.bindings.set(id, { digest: storedDigest(meshId, stored), key, request: v.request })
+    this.saveTimer ??= setTimeout(() => { void this.saveVerdicts() }, VERDICTS_SAVE_MS).unref()
+  }
+
+  private async loadVerdicts (): Promise<Map<string, KeptVerdict>> {
+    const path = join(this.store.stateDir, VERDICTS_FILE)
+    try {
+      const file = JSON.parse(await readFile(path, 'utf8'))
+      const body = JSON.stringify(file.verdicts)
+      if (file.v !== VERDICTS_VERSION || file.sum !== sha256(body)) throw new Error('damaged or of another version')
+      return new Map(Object.entries(file.verdicts as Record<string, KeptVerdict>))
+    } catch (err: any) {
+      if (err.code !== 'ENOENT') this.log.warn('ignoring the kept request verdicts; judging every request again', { reason: err.message })
+      return new Map()
+    }
+  }
+
+  /** Writes this run's verdicts (called on a timer after new ones; by tests and the bench). */
+  async saveVerdicts (): Promise<void> {
+    clearTimeout(this.saveTimer)
+    this.saveTimer = undefined
+    const verdicts = Object.fromEntries(this.bindings)
+    const body = JSON.stringify(verdicts)
+    const path = join(this.store.stateDir, VERDICTS_FILE)
+    try {
+      await writeFile(`${path}.tmp`, JSON.stringify({ v: VERDICTS_VERSION, sum: sha256(body), verdicts }), { mode: 0o600 })
+      await rename(`${path}.tmp`, path)
+    } catch (err: any) {
+      this.log.warn('could not keep the request verdicts', { error: err.message })
+    }
   }
 
   /** Verifies requests stored in the state that this host has not judged yet. */
@@ -94,17 +170,26 @@ export class RequestBook {
         let changed = false
         const meshId = this.store.meshId
         if (meshId === undefined) break
+        this.kept ??= await this.loadVerdicts()
         for (const [id, stored] of Object.entries(this.store.doc.requests ?? {})) {
           const known = this.validity.get(id)
           // Unknown issuers are retried: a host may publish the key later.
           if (known !== undefined && (known.ok || known.code !== ErrorCode.UnknownIssuer)) continue
+          const reused = known === undefined ? await this.reuse(id, meshId, stored) : undefined
+          if (reused !== undefined) {
+            this.validity.set(id, reused)
+            changed = true
+            continue
+          }
           const at = Date.parse(str(stored.at))
+          const { verify, keyUsed } = this.verifier()
           let v: Validity
           try {
             const r = await validateEnvelope({ payload: str(stored.payload), signature: str(stored.signature) }, {
-              meshId, now: at, seen: () => false, verify: this.verifier()
+              meshId, now: at, seen: () => false, verify
             })
             v = { ok: true, request: verified(r, str(stored.via), str(stored.at)) }
+            this.bind(id, meshId, stored, keyUsed(), v)
           } catch (err: any) {
             v = { ok: false, code: err.code ?? 'INVALID', reason: err.message }
             this.log.warn('stored request is invalid', { id: id.slice(0, 12), via: str(stored.via), reason: err.message })
@@ -141,12 +226,13 @@ export class RequestBook {
     const now = Date.now()
     const at = new Date(now).toISOString()
     let valid
+    const { verify, keyUsed } = this.verifier()
     try {
       valid = await validateEnvelope(envelope, {
         meshId,
         now,
         seen: id => this.store.doc.requests?.[id] !== undefined,
-        verify: this.verifier()
+        verify
       })
     } catch (err: any) {
       if (err?.code === ErrorCode.UnknownIssuer) {
@@ -158,7 +244,8 @@ export class RequestBook {
     const env = valid.envelope as Envelope
     const id = valid.id
     // Recorded before the change, whose listeners run verifyPending: this host checks it once.
-    this.validity.set(id, { ok: true, request: verified(valid, this.store.self, at) })
+    const verdict: Validity = { ok: true, request: verified(valid, this.store.self, at) }
+    this.validity.set(id, verdict)
     try {
       await this.store.change(`request ${valid.payload.kind} ${id}`, d => {
         d.requests ??= {}
@@ -173,6 +260,7 @@ export class RequestBook {
       if (this.store.doc.requests?.[id] === undefined) this.validity.delete(id)
       throw err
     }
+    this.bind(id, meshId, { payload: env.payload, signature: env.signature, via: this.store.self, at }, keyUsed(), verdict)
     this.log.info('accepted request', { id: id.slice(0, 12), kind: valid.payload.kind, issuer: valid.payload.issuer })
     void this.verifyPending()
     return { id, kind: valid.payload.kind, issuer: valid.payload.issuer }

@@ -1,0 +1,104 @@
+import { describe, it, expect, beforeEach, afterEach } from 'vitest'
+import { mkdtemp, mkdir, rm, readFile, writeFile } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { ImmutableString } from '@automerge/automerge'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import type { PrivateKey } from '@libp2p/interface'
+import { StateStore } from '../../crdt/store.ts'
+import { foundMesh } from '../../crdt/membership.ts'
+import { generateKey, loadPrivateKey, signDetached } from '../../keys/keyring.ts'
+import { buildPayload, sealEnvelope, requestId } from '../../protocol/envelope.ts'
+import { RequestBook, VERDICTS_FILE } from '../../node/requests.ts'
+import { silentLogger } from '../../node/log.ts'
+
+const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
+
+describe('request verdicts kept across restarts', () => {
+  let dir: string
+  let hostKey: PrivateKey
+  let store: StateStore
+  let publicKey: string
+  let id: string
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'pc-verdicts-'))
+    await mkdir(join(dir, 'state'))
+    hostKey = await generateKeyPair('Ed25519')
+    store = await StateStore.open({ dir: join(dir, 'state'), key: hostKey })
+    await foundMesh(store, { name: 'm', host: { name: 'h', addresses: [], wgPublicKey: 'k', version: 't', updated: '' } })
+    const user = await generateKey(join(dir, 'keyring'), { userIds: ['U <u@example.org>'], type: 'ed25519' })
+    publicKey = user.publicKey
+    await store.change('trust', d => { d.hosts[store.self].keys = { [user.fingerprint]: new ImmutableString(publicKey) as unknown as string } })
+    const key = await loadPrivateKey(join(dir, 'keyring'), user.fingerprint)
+    const payload = buildPayload('vm.create', { name: 'vm1', image: 'debian-12', type: 'small', nics: [], labels: {} }, { mesh: store.meshId as string, issuer: user.fingerprint, now: Date.now() })
+    const env = await sealEnvelope(payload, async d => await signDetached(key, d))
+    id = requestId(payload)
+    await store.change('request', d => {
+      d.requests ??= {}
+      d.requests[id] = { payload: new ImmutableString(env.payload) as unknown as string, signature: new ImmutableString(env.signature) as unknown as string, via: store.self, at: new Date().toISOString() }
+    })
+  })
+  afterEach(async () => {
+    await store.close()
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  /** Marks the kept verdict, so that a verdict taken from the file can be told from a fresh one. */
+  async function markKept (): Promise<void> {
+    const path = join(dir, 'state', VERDICTS_FILE)
+    const file = JSON.parse(await readFile(path, 'utf8'))
+    file.verdicts[id].request.body.name = 'from-the-file'
+    file.sum = sha256(JSON.stringify(file.verdicts))
+    await writeFile(path, JSON.stringify(file))
+  }
+  const judge = async () => { const b = new RequestBook(store, silentLogger); await b.verifyPending(); return b.get(id) }
+
+  it('reuses a verdict for the same request verified by the same key text', async () => {
+    const first = new RequestBook(store, silentLogger)
+    await first.verifyPending()
+    expect(first.get(id)?.ok).toBe(true)
+    await first.saveVerdicts()
+    await markKept()
+    const again = await judge()
+    expect(again?.ok && again.request.body).toMatchObject({ name: 'from-the-file' })
+  })
+
+  it('judges the request again when the key text its issuer has now is another one', async () => {
+    const first = new RequestBook(store, silentLogger)
+    await first.verifyPending()
+    await first.saveVerdicts()
+    await markKept()
+    const fpr = Object.keys(store.doc.hosts[store.self].keys ?? {})[0]
+    await store.change('republish', d => { d.hosts[store.self].keys![fpr] = new ImmutableString(`${publicKey}\n`) as unknown as string })
+    const again = await judge()
+    expect(again?.ok).toBe(true)
+    expect(again?.ok && again.request.body).toMatchObject({ name: 'vm1' })
+    // And when no host publishes the key any more, the request is not valid.
+    await store.change('unpublish', d => { delete d.hosts[store.self].keys![fpr] })
+    expect((await judge())?.ok).toBe(false)
+  })
+
+  it('judges the request again when what is stored under its id differs (at, via, signature…)', async () => {
+    const first = new RequestBook(store, silentLogger)
+    await first.verifyPending()
+    await first.saveVerdicts()
+    await markKept()
+    const at = new Date(Date.now() + 1000).toISOString()
+    await store.change('restamp', d => { d.requests![id].at = at })
+    const again = await judge()
+    expect(again?.ok && again.request).toMatchObject({ at, body: { name: 'vm1' } })
+  })
+
+  it('ignores a damaged file', async () => {
+    const first = new RequestBook(store, silentLogger)
+    await first.verifyPending()
+    await first.saveVerdicts()
+    await markKept()
+    const path = join(dir, 'state', VERDICTS_FILE)
+    await writeFile(path, (await readFile(path, 'utf8')).replace('from-the-file', 'tampered-too'))
+    const again = await judge()
+    expect(again?.ok && again.request.body).toMatchObject({ name: 'vm1' })
+  })
+})
