@@ -75,7 +75,7 @@ await section('dissemination', async () => {
 // 2. Durable write ———————————————————————————————————————————————————————————————
 await section('durable', async () => {
   const d = await durableWrites(quick ? 100 : 2000)
-  row('durable', 'local durable commit (StateStore.change: sign, append, fdatasync), one at a time: latency', 'picocloud', d.commitMs, 'ms', 'p99 ≤ 5 ms', d.commitMs.p99 <= 5, 2)
+  row('durable', 'local durable commit (StateStore.change: sign, append, O_DSYNC write), one at a time: latency', 'picocloud', d.commitMs, 'ms', 'p99 ≤ 5 ms', d.commitMs.p99 <= 5, 2)
   row('durable', 'local durable commits/s, one at a time', 'picocloud', one(d.commitsPerSecond), '/s', '≥ 1,000/s', d.commitsPerSecond >= 1000, 0)
   row('durable', `local durable commits/s, ${quick ? 100 : 2000} in flight (group commit)`, 'picocloud', one(d.concurrentPerSecond), '/s', '', undefined, 0)
   const etcd = await missingTool('etcd') ?? await missingTool('etcdctl')
@@ -85,7 +85,7 @@ await section('durable', async () => {
     row('durable', 'puts/s, one client, sequential', 'etcd', one(e.putsPerSecond), '/s', '', undefined, 0)
     row('durable', 'put → serializable read returns it on all 3 members', 'etcd', e.visibleAllMs, 'ms', '', undefined, 2)
   } else skip('durable (etcd)', `${etcd} (Debian etcd-server, etcd-client)`)
-  notes.push('Durable write, guarantees: a picocloud commit returns once the signed change is fdatasync\'d in the local host\'s log (durable on one host, then spread by gossip; "visible on all replicas" is the dissemination figure above); an etcd put returns once the Raft leader and a quorum (2 of 3 members) have fsync\'d the entry to their WAL (linearizable, unavailable without a majority). etcd is 3 members on loopback with a temp data dir each; the client is Node over the gRPC gateway with a keep-alive connection, to the leader.')
+  notes.push('Durable write, guarantees: a picocloud commit returns once the signed change is durable in the local host\'s log (an O_DSYNC write, as write + fdatasync in one call; durable on one host, then spread by gossip; "visible on all replicas" is the dissemination figure above); an etcd put returns once the Raft leader and a quorum (2 of 3 members) have fsync\'d the entry to their WAL (linearizable, unavailable without a majority). etcd is 3 members on loopback with a temp data dir each; the client is Node over the gRPC gateway with a keep-alive connection, to the leader. The store\'s snapshot policy runs as in a daemon (a snapshot after every 1,000 changes, inside the timed runs).')
 })
 
 // 3. Catch-up ———————————————————————————————————————————————————————————————————
