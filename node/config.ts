@@ -29,7 +29,7 @@ export interface DaemonConfig {
   listen: string[]
   /** Addresses other hosts should dial, when the listen addresses are not reachable as such (NAT). */
   announce: string[]
-  /** Seconds between liveness heartbeats over gossipsub. @default 10 */
+  /** Seconds between liveness beats to directly connected members (node/liveness.ts). @default 10 */
   heartbeatInterval: number
   /** Seconds between attempts to reconnect to members we are not connected to. @default 5 */
   reconnectInterval: number

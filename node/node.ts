@@ -11,7 +11,7 @@
 import { EventEmitter } from 'node:events'
 import { readFileSync } from 'node:fs'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
-import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import { TopicValidatorResult, type PeerId, type PrivateKey, type Message } from '@libp2p/interface'
 import { ensureDir } from './files.ts'
 import type { DaemonConfig } from './config.ts'
@@ -19,7 +19,8 @@ import type { Logger } from './log.ts'
 import { MembershipGate } from './gater.ts'
 import { createP2PNode, type P2PNode } from './p2p.ts'
 import { Penalties, type PeerPenalty } from './penalties.ts'
-import { Liveness, encodeHeartbeat, decodeHeartbeat } from './liveness.ts'
+import { Liveness, Beats } from './liveness.ts'
+import { DivergenceWatch, headsDigest } from './anti-entropy.ts'
 import { loadOrCreatePeerKey, parsePeerId } from '../keys/peer-key.ts'
 import { loadOrCreateWireguardKey, type WireguardKeyPair } from '../keys/wireguard.ts'
 import { StateStore, type Rejection } from '../crdt/store.ts'
@@ -48,8 +49,11 @@ import type { HypervisorDriver } from './drivers/hypervisor/types.ts'
 export const VERSION: string = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version
 
 const BLOCK_MS = 10 * 60_000
-// A sync with one random peer this often catches anything gossip lost (a few hundred bytes when in sync).
-const ANTI_ENTROPY_MS = 10_000
+// Divergence is found by the heads digests on beats (node/anti-entropy.ts); a sync with one random
+// peer this often is only a safety net (e.g. for a peer whose beats we do not get).
+const ANTI_ENTROPY_MS = 60_000
+// A digest that still differs this long after a beat is a real divergence, not gossip in flight.
+const DIVERGENCE_GRACE_MS = 1000
 const DIAL_TIMEOUT_MS = 10_000
 
 /** One host's view of a network (`net show`). */
@@ -99,7 +103,13 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   readonly progress = new Map<string, FetchProgress>()
   /** Image fetches other hosts announced (ephemeral, like heartbeats), by VM id. */
   private readonly remoteProgress = new Map<string, FetchProgress & { at: number }>()
-  private heartbeatSeq = 0
+  private beats?: Beats
+  private readonly divergence = new DivergenceWatch({
+    ours: () => this.headsDigest(),
+    sync: peer => { void this.syncWith(peerIdFromString(peer)).catch(() => {}) },
+    graceMs: DIVERGENCE_GRACE_MS
+  })
+  private digestCache: { heads: string, digest: Uint8Array } = { heads: '', digest: new Uint8Array(0) }
   private meshStarted = false
   private stopping = false
   /** The image side channel (node/bulk.ts), when on. */
@@ -121,7 +131,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     this.images = new ImageStore({ stateDir: config.state })
   }
 
-  /** A peer is up when we are connected to it or heard its heartbeat recently. */
+  /** A peer is up when we are connected to it or heard its beat recently (node/liveness.ts). */
   isUp (peer: string): boolean {
     if (peer === this.peerId) return true
     if (this.liveness.alive(peer)) return true
@@ -173,6 +183,17 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       void serveImage(stream, this.images, this.log.forComponent('images'), bulk)
     }, { maxInboundStreams: 8 })
 
+    this.beats = new Beats({
+      p2p,
+      liveness: this.liveness,
+      intervalMs: this.config.heartbeatInterval * 1000,
+      isMember: peer => isActiveMember(this.store.doc, peer),
+      digest: () => this.headsDigest(),
+      onBeat: (peer, digest) => this.divergence.report(peer, digest),
+      log: this.log.forComponent('liveness')
+    })
+    await this.beats.listen()
+
     p2p.addEventListener('peer:connect', evt => {
       const peer = evt.detail.toString()
       this.nextDial.delete(peer)
@@ -181,6 +202,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     })
     p2p.addEventListener('peer:disconnect', evt => {
       this.emitEvent('peer.disconnected', { peerId: evt.detail.toString() })
+      this.divergence.forget(evt.detail.toString())
       this.scheduler.kick()
     })
     p2p.addEventListener('self:peer:update', () => { void this.publishRecord() })
@@ -209,23 +231,15 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     if (this.store.inMesh) await this.startMesh()
   }
 
-  /** Topics, heartbeats and reconnection: everything that needs a mesh. */
+  /** Topics, beats and reconnection: everything that needs a mesh. */
   private async startMesh (): Promise<void> {
     if (this.meshStarted) return
     this.meshStarted = true
     const pubsub = this.libp2p.services.pubsub
     const changes = this.changesTopic()
-    const heartbeats = this.heartbeatTopic()
     pubsub.topicValidators.set(changes, async (from, msg) => await this.validateChangeMessage(from, msg))
-    pubsub.topicValidators.set(heartbeats, (_from, msg) => {
-      const author = msg.type === 'signed' ? msg.from.toString() : ''
-      return isActiveMember(this.store.doc, author) && decodeHeartbeat(msg.data) !== undefined
-        ? TopicValidatorResult.Accept
-        : TopicValidatorResult.Reject
-    })
     pubsub.addEventListener('message', evt => {
       const msg = evt.detail
-      if (msg.topic === heartbeats && msg.type === 'signed') this.liveness.heard(msg.from.toString())
       if (msg.topic === progress) {
         try {
           const p = JSON.parse(new TextDecoder().decode(msg.data))
@@ -241,11 +255,10 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       return isActiveMember(this.store.doc, author) && msg.data.length < 512 ? TopicValidatorResult.Accept : TopicValidatorResult.Reject
     })
     pubsub.subscribe(changes)
-    pubsub.subscribe(heartbeats)
     pubsub.subscribe(progress)
 
     await this.publishRecord()
-    this.every(this.config.heartbeatInterval * 1000, () => { void this.heartbeat() })
+    this.beats?.start()
     this.every(this.config.reconnectInterval * 1000, () => { void this.reconnect() })
     this.every(ANTI_ENTROPY_MS, () => { void this.antiEntropy() })
     // Liveness changes without a state change: let placement see hosts come and go (a pass
@@ -263,7 +276,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     await this.publishImages()
     await this.startNetwork()
     await this.startHypervisor()
-    void this.heartbeat()
+    this.beats?.beat()
   }
 
   private every (ms: number, fn: () => void): void {
@@ -273,7 +286,6 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   }
 
   private changesTopic (): string { return `/picocloud/${this.store.meshId}/changes/1` }
-  private heartbeatTopic (): string { return `/picocloud/${this.store.meshId}/heartbeat/1` }
   private progressTopic (): string { return `/picocloud/${this.store.meshId}/progress/1` }
 
   private async validateChangeMessage (from: PeerId, msg: Message): Promise<TopicValidatorResult> {
@@ -297,14 +309,6 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       await this.libp2p.services.pubsub.publish(this.changesTopic(), encodeSignedChange(c))
     } catch (err: any) {
       this.log.debug('could not publish change', { error: err.message })
-    }
-  }
-
-  private async heartbeat (): Promise<void> {
-    try {
-      await this.libp2p.services.pubsub.publish(this.heartbeatTopic(), encodeHeartbeat({ v: 1, time: Date.now(), seq: this.heartbeatSeq++ }))
-    } catch (err: any) {
-      this.log.debug('heartbeat not sent', { error: err.message })
     }
   }
 
@@ -401,6 +405,14 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
         this.log.debug('could not reach member', { peer, error: err.message })
       }
     }))
+  }
+
+  /** The digest of our heads that beats carry, recomputed only when the heads move. */
+  private headsDigest (): Uint8Array {
+    const heads = this.store.heads()
+    const key = heads.join()
+    if (key !== this.digestCache.heads) this.digestCache = { heads: key, digest: headsDigest(heads) }
+    return this.digestCache.digest
   }
 
   private async antiEntropy (): Promise<void> {
@@ -951,6 +963,8 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     if (this.stopping) return
     this.stopping = true
     for (const t of this.timers) clearInterval(t)
+    this.beats?.stop()
+    this.divergence.stop()
     this.scheduler.stop()
     this.reconciler?.stop()
     this.network?.stop()

@@ -35,6 +35,8 @@ export async function createP2PNode (init: P2PInit): Promise<P2PNode> {
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     connectionGater: init.gater,
+    // Dead connections are found by the beats of node/liveness.ts, which cost no stream per ping.
+    connectionMonitor: { enabled: false },
     nodeInfo: { name: 'picocloud', version: init.version },
     services: {
       identify: identify(),
