@@ -24,7 +24,7 @@ import { DivergenceWatch, headsDigest } from './anti-entropy.ts'
 import { loadOrCreatePeerKey, parsePeerId } from '../keys/peer-key.ts'
 import { loadOrCreateWireguardKey, type WireguardKeyPair } from '../keys/wireguard.ts'
 import { StateStore, type Rejection } from '../crdt/store.ts'
-import { SYNC_PROTOCOL, syncInitiator, syncResponder, type SyncStats } from '../crdt/sync.ts'
+import { SYNC_PROTOCOL, SyncError, syncInitiator, syncResponder, type SyncStats } from '../crdt/sync.ts'
 import { encodeSignedChange, decodeSignedChange, type SignedChange } from '../crdt/signed-changes.ts'
 import { foundMesh, admit, expel, publishHostRecord, setMeshPolicy } from '../crdt/membership.ts'
 import { isActiveMember } from '../crdt/schema.ts'
@@ -520,7 +520,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     this.store.acceptGenesis = true
     try {
       await this.libp2p.dial(ma, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
-      await this.syncWith(peer, true)
+      await this.joinSync(peer)
     } catch (err: any) {
       throw new PicocloudError(ErrorCode.JoinFailed,
         `could not join through ${peer.toString()}: ${err.message}. Check that the address is reachable and that an operator of that host ran \`picocloud admit ${this.peerId}\``, 502)
@@ -540,6 +540,24 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     this.emitEvent('mesh.joined', { mesh: this.store.meshId, via: peer.toString() })
     await this.startMesh()
     return this.status()
+  }
+
+  /**
+   * The first sync of a join. A stream reset while the member is busy with the new connection
+   * (its own sync towards us, which we refuse until we are in the mesh) is retried; a refusal
+   * (not in a mesh, another mesh) is final.
+   */
+  private async joinSync (peer: PeerId): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.syncWith(peer, true)
+        return
+      } catch (err: any) {
+        if (attempt >= 3 || err instanceof SyncError || this.libp2p.getConnections(peer).length === 0) throw err
+        this.log.debug('join sync failed; trying again', { peer: peer.toString(), attempt, error: err.message })
+        await new Promise(resolve => setTimeout(resolve, 200 * attempt))
+      }
+    }
   }
 
   status (): StatusView {
