@@ -15,6 +15,7 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { actorForPeer } from '../keys/peer-key.ts'
 import { ChangeLog } from './change-log.ts'
 import { checkChange, checkGenesis, type Path } from './permissions.ts'
+import { causalView } from './causal-view.ts'
 import type { MeshDoc } from './schema.ts'
 import {
   signChangeHash, verifyChange, encodeSignedChange, decodeSignedChange, InvalidChangeError,
@@ -245,9 +246,11 @@ export class StateStore extends EventEmitter<StoreEvents> {
     }
     // Judge the change in its own causal context: what it did relative to its dependencies (not
     // the merge with concurrent changes, where a losing write would be invisible), and what its
-    // author could write there. When the change was made on exactly our heads, the cheap path
-    // gives the same answer.
-    const onOurHeads = sameSet(v.deps, headsBefore)
+    // author could write there. When the change's causal past is exactly our document, the cheap
+    // path gives the same answer: its deps are all in our document (offer() checked) and include
+    // every one of our heads. (Automerge lists the author's own previous change among the deps
+    // even when a later head covers it, so deps are often a strict superset of our heads.)
+    const onOurHeads = coversHeads(v.deps, headsBefore)
     const paths: Path[] = (onOurHeads
       ? A.diff(applied, headsBefore, A.getHeads(applied))
       : A.diff(applied, v.deps, [v.hash])).map(p => p.path)
@@ -257,8 +260,9 @@ export class StateStore extends EventEmitter<StoreEvents> {
         ? checkGenesis(v.author, applied, paths)
         : { ok: false, reason: this.inMesh ? 'a second mesh genesis (this host is in another mesh)' : 'genesis from a host we are not joining' }
     } else {
-      const before = onOurHeads ? this.docState : A.view(this.docState, v.deps)
-      const own = onOurHeads ? applied : A.view(applied, [v.hash])
+      const requestIds = paths.filter(p => p[0] === 'requests' && p.length > 1).map(p => String(p[1]))
+      const before = onOurHeads ? this.docState : causalView(this.docState, v.deps, requestIds)
+      const own = onOurHeads ? applied : causalView(applied, [v.hash], requestIds)
       verdict = checkChange(v.author, before, own, paths)
     }
     if (!verdict.ok) {
@@ -396,4 +400,9 @@ function sameSet (a: string[], b: string[]): boolean {
   if (a.length !== b.length) return false
   const s = new Set(a)
   return b.every(x => s.has(x))
+}
+
+/** Every one of `heads` is among `deps`. */
+function coversHeads (deps: string[], heads: string[]): boolean {
+  return heads.every(h => deps.includes(h))
 }
