@@ -108,7 +108,8 @@ export class RecordOpener {
   /** Copies up to `want` − pending bytes from chunk[at…] into the pending buffer. */
   private take (chunk: Buffer, at: number, want: number): number {
     const n = Math.min(want - this.pendingBytes, chunk.length - at)
-    if (n > 0) { this.pending.push(chunk.subarray(at, at + n)); this.pendingBytes += n }
+    // A copy: the caller may reuse its buffer for the next bytes.
+    if (n > 0) { this.pending.push(Buffer.from(chunk.subarray(at, at + n))); this.pendingBytes += n }
     return at + Math.max(n, 0)
   }
 
@@ -266,8 +267,34 @@ export interface BulkReceive {
 /** Receives one granted transfer; resolves when the server's end record has verified. */
 export async function bulkReceive (r: BulkReceive): Promise<void> {
   const opener = new RecordOpener(Buffer.from(r.offer.key, 'base64'))
-  const sock = connect({ host: r.host, port: r.offer.port, noDelay: true })
-  const abort = (): void => { sock.destroy(new Error('aborted')) }
+  let any = false
+  let failed: Error | undefined
+  let writing: Promise<void> = Promise.resolve()
+  let waiting = 0
+  const fail = (err: Error): void => { failed ??= err; sock.destroy() }
+  // Reads land in one reused buffer (no allocation per read); the socket pauses while more than a
+  // few records wait to be written.
+  const sock = connect({
+    host: r.host,
+    port: r.offer.port,
+    noDelay: true,
+    onread: {
+      buffer: Buffer.allocUnsafe(RECORD_BYTES),
+      callback: (n: number, buf: Uint8Array): boolean => {
+        any = true
+        let plains: Buffer[]
+        try { plains = opener.push(Buffer.from(buf.buffer, buf.byteOffset, n)) } catch (err: any) { fail(err); return false }
+        for (const plain of plains) {
+          waiting++
+          writing = writing.then(async () => { if (failed === undefined) await r.write(plain) }).catch(fail).finally(() => {
+            if (--waiting === 2) sock.resume()
+          })
+        }
+        return waiting <= 4
+      }
+    }
+  })
+  const abort = (): void => { fail(new Error('aborted')) }
   r.signal?.addEventListener('abort', abort)
   try {
     await new Promise<void>((resolve, reject) => {
@@ -275,14 +302,14 @@ export async function bulkReceive (r: BulkReceive): Promise<void> {
       sock.once('connect', () => { clearTimeout(t); resolve() })
       sock.once('error', err => { clearTimeout(t); reject(err) })
     })
-    sock.setTimeout(r.idleTimeoutMs ?? 30_000, () => sock.destroy(new Error('the side connection went quiet')))
+    sock.setTimeout(r.idleTimeoutMs ?? 30_000, () => { fail(new Error('the side connection went quiet')) })
     sock.write(Buffer.concat([BULK_MAGIC, Buffer.from(r.offer.token, 'base64')]))
-    let any = false
-    for await (const chunk of sock) {
-      any = true
-      for (const plain of opener.push(chunk as Buffer)) await r.write(plain)
-      if (opener.ended) break
-    }
+    await new Promise<void>(resolve => {
+      sock.once('close', () => resolve())
+      sock.once('end', () => resolve())
+    })
+    await writing
+    if (failed !== undefined) throw failed
     if (!opener.ended) throw new Error(any ? 'the side connection closed before the end of the transfer' : 'the server refused the side connection')
   } finally {
     r.signal?.removeEventListener('abort', abort)
