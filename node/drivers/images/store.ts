@@ -237,7 +237,11 @@ export class ImageStore {
     let writing: Promise<void> = Promise.resolve()
     let queued = 0
     let failed: Error | undefined
-    const drain = async (): Promise<void> => { await writing; if (failed !== undefined) throw failed }
+    // Written bytes go to disk along the way (one datasync at a time, beside the writes), so the
+    // fsync before the rename only has the tail left to flush.
+    let unsynced = 0
+    let syncing: Promise<void> | undefined
+    const drain = async (): Promise<void> => { await writing; await syncing; if (failed !== undefined) throw failed }
     const store = this
     const closeFile = async (): Promise<void> => {
       if (fh === undefined) return
@@ -264,6 +268,11 @@ export class ImageStore {
           try {
             const { bytesWritten } = await f.write(chunk)
             if (bytesWritten !== chunk.length) throw new PicocloudError(ErrorCode.Internal, `short write to ${file}`, 500)
+            unsynced += chunk.length
+            if (unsynced >= 32 * 1024 * 1024 && syncing === undefined) {
+              unsynced = 0
+              syncing = f.datasync().catch((err: Error) => { failed ??= err }).finally(() => { syncing = undefined })
+            }
           } catch (err: any) { failed = err } finally { queued -= chunk.length }
         })
         if (queued > 8 * 1024 * 1024) await drain()
