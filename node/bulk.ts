@@ -16,7 +16,7 @@
  * Record i is sealed with nonce 0⁴ ‖ u64 BE i under the grant's own key: nonces never repeat.
  */
 import { createCipheriv, createDecipheriv, randomBytes, timingSafeEqual, type DecipherGCM } from 'node:crypto'
-import { createReadStream } from 'node:fs'
+import { open } from 'node:fs/promises'
 import { createServer, connect, type Server, type Socket } from 'node:net'
 import type { Logger } from './log.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
@@ -242,11 +242,22 @@ export class BulkServer {
       }
       if (sock.destroyed) throw new Error('connection closed')
     }
-    if (g.offset < g.size) {
-      for await (const chunk of createReadStream(g.path, { start: g.offset, end: g.size - 1, highWaterMark: RECORD_BYTES })) {
-        await write(sealRecord(g.key, counter++, chunk as Buffer))
+    // Two reused buffers: the next record is read from disk while this one is sealed and sent.
+    const fh = await open(g.path, 'r')
+    try {
+      const bufs = [Buffer.allocUnsafe(RECORD_BYTES), Buffer.allocUnsafe(RECORD_BYTES)]
+      let pos = g.offset
+      const readAt = (i: number): Promise<{ bytesRead: number, buffer: Buffer }> | undefined =>
+        pos < g.size ? fh.read(bufs[i], 0, Math.min(RECORD_BYTES, g.size - pos), pos) : undefined
+      let next = readAt(0)
+      for (let i = 1; next !== undefined; i ^= 1) {
+        const { bytesRead, buffer } = await next
+        if (bytesRead === 0) throw new Error('the image file is shorter than its size')
+        pos += bytesRead
+        next = readAt(i)
+        await write(sealRecord(g.key, counter++, buffer.subarray(0, bytesRead)))
       }
-    }
+    } finally { await fh.close() }
     await write(sealRecord(g.key, counter++, new Uint8Array()))
     sock.end()
   }
