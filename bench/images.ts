@@ -17,8 +17,8 @@ export interface TransferResult {
   picocloudMiBs: number
   /** The fetch alone, as B's daemon timed it: request to the peer → verified, fsynced, in the store. */
   fetchMiBs: number
-  /** How the bytes came ("side channel" or "libp2p"). */
-  via: string
+  /** How the bytes came: side-channel or libp2p. */
+  over: string
   catMiBs: number
   ratio: number
   fetchRatio: number
@@ -67,11 +67,11 @@ export async function imageTransfer (mib: number): Promise<TransferResult> {
     await b.as(keyring, 'vm', 'create', 'pull', '--image', 'big', '--cpus', '1', '--mem', '64', '--on', 'img-b', '--no-wait')
     await waitFor(async () => (await stat(join(b.state, 'images', 'sha256', sha)).catch(() => undefined))?.size === mib * 2 ** 20, { timeoutMs: 600_000, intervalMs: 20, what: 'the image on B' })
     const ms = performance.now() - t0
-    const fetched = await waitFor(async () => /msg="fetched image" .*via="([^"]+)" ms=(\d+)/.exec(b.log) ?? undefined, { what: 'B to log the fetch' })
+    const fetched = await waitFor(async () => /msg="fetched image" .*over=(\S+) ms=(\d+)/.exec(b.log) ?? undefined, { what: 'B to log the fetch' })
     const picocloudMiBs = mib / (ms / 1000)
     const fetchMiBs = mib / (Number(fetched[2]) / 1000)
     const catMiBs = mib / (catMs / 1000)
-    return { mib, picocloudMiBs, fetchMiBs, via: fetched[1], catMiBs, ratio: picocloudMiBs / catMiBs, fetchRatio: fetchMiBs / catMiBs }
+    return { mib, picocloudMiBs, fetchMiBs, over: fetched[1], catMiBs, ratio: picocloudMiBs / catMiBs, fetchRatio: fetchMiBs / catMiBs }
   } finally {
     await mesh.stopAll()
     await rm(file, { force: true })

@@ -194,8 +194,8 @@ await section('images', async () => {
   const mib = quick ? 16 : 256
   const rs = []
   for (let i = 0; i < (quick ? 1 : 3); i++) rs.push(await imageTransfer(mib))
-  const via = [...new Set(rs.map(r => r.via))].join(', ')
-  row('images', `image fetched by a peer (${via}), ${mib} MiB, loopback: the fetch as B timed it`, 'picocloud', summarize(rs.map(r => r.fetchMiBs)), 'MiB/s', '', undefined, 0)
+  const over = [...new Set(rs.map(r => r.over))].join(', ')
+  row('images', `image fetched by a peer (over ${over}), ${mib} MiB, loopback: the fetch as B timed it`, 'picocloud', summarize(rs.map(r => r.fetchMiBs)), 'MiB/s', '', undefined, 0)
   row('images', `… end to end: signed vm.create → image in B's store (placement included)`, 'picocloud', summarize(rs.map(r => r.picocloudMiBs)), 'MiB/s', '', undefined, 0)
   row('images', `cat of the same file into a TCP socket on loopback`, 'Linux', summarize(rs.map(r => r.catMiBs)), 'MiB/s', '', undefined, 0)
   row('images', 'image transfer ÷ cat through TCP (same run)', 'picocloud', summarize(rs.map(r => r.fetchRatio)), '×', '≥ 0.5', summarize(rs.map(r => r.fetchRatio)).p50 >= 0.5, 2)

@@ -121,17 +121,17 @@ export async function fetchImage (p2p: P2PNode, store: ImageStore, sha256: strin
         if (Date.now() - last > 250) { last = Date.now(); onProgress({ sha256, received, total: head.size, peer }) }
       }
       let done = false
-      let via = 'libp2p'
+      let over = 'libp2p'
       if (head.bulk !== undefined) {
         const host = hostOf(conn.remoteAddr)
         try {
           if (!isBulkOffer(head.bulk) || host === undefined) throw new Error('no usable side channel offer')
           await bulkReceive({ host, offer: head.bulk, write: take })
           done = true
-          via = 'side channel'
+          over = 'side-channel'
         } catch (err: any) {
           // Whatever verified so far is kept: the rest comes over the libp2p stream.
-          log.info('image side channel failed; going on over libp2p', { peer, received, error: err.message })
+          log.info('image side channel failed; going on over libp2p', { peer, bytes: received, error: err.message })
           await lp.write(enc({ offset: received }))
         }
         if (done) await lp.write(enc({ done: true })).catch(() => {})
@@ -146,7 +146,7 @@ export async function fetchImage (p2p: P2PNode, store: ImageStore, sha256: strin
       if (received !== head.size) throw new Error(`transfer ended after ${received} of ${head.size} bytes`)
       try {
         const info = await partial.finalize()
-        log.info('fetched image', { sha256: sha256.slice(0, 12), bytes: info.size, from: peer, via, ms: Date.now() - t0 })
+        log.info('fetched image', { sha256: sha256.slice(0, 12), bytes: info.size, from: peer, over, ms: Date.now() - t0 })
         return info
       } catch (err: any) {
         // Bad bytes: throw away everything from this peer and try another.
