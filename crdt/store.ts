@@ -235,12 +235,15 @@ export class StateStore extends EventEmitter<StoreEvents> {
 
   private async applyVerified (v: VerifiedChange, from: string | undefined, result: ReceiveResult): Promise<void> {
     const headsBefore = A.getHeads(this.docState)
-    // The change is applied to a copy first, and the copy becomes the document once the change
-    // is judged and persisted. The copy keeps our actor id (a fork would get a random one).
+    // Applied in place (a copy first would cost a copy of the whole document per change); the
+    // previous document object stays readable as the state before the change, and a rejected
+    // change is rolled back from it (rare: only misbehaving peers pay for that copy).
+    const previous = this.docState
     let applied: A.Doc<MeshDoc>
     try {
-      [applied] = A.applyChanges(A.clone(this.docState, { actor: this.actor }), [v.change])
+      [applied] = A.applyChanges(previous, [v.change])
     } catch (err: any) {
+      this.rollBack(previous, headsBefore)
       this.reject(result, v, from, `change does not apply: ${err.message}`, true)
       return
     }
@@ -261,12 +264,12 @@ export class StateStore extends EventEmitter<StoreEvents> {
         : { ok: false, reason: this.inMesh ? 'a second mesh genesis (this host is in another mesh)' : 'genesis from a host we are not joining' }
     } else {
       const requestIds = paths.filter(p => p[0] === 'requests' && p.length > 1).map(p => String(p[1]))
-      const before = onOurHeads ? this.docState : causalView(this.docState, v.deps, requestIds)
+      const before = onOurHeads ? previous : causalView(previous, v.deps, requestIds)
       const own = onOurHeads ? applied : causalView(applied, [v.hash], requestIds)
       verdict = checkChange(v.author, before, own, paths)
     }
     if (!verdict.ok) {
-      A.free(applied)
+      this.rollBack(applied, headsBefore)
       this.reject(result, v, from, verdict.reason ?? 'not permitted', true)
       return
     }
@@ -280,6 +283,11 @@ export class StateStore extends EventEmitter<StoreEvents> {
     this.docState = applied
     this.index(v)
     result.applied.push(v)
+  }
+
+  /** The document as it was at `heads`, on a fresh copy that keeps our actor id. */
+  private rollBack (doc: A.Doc<MeshDoc>, heads: A.Heads): void {
+    this.docState = A.clone(A.view(doc, heads), { actor: this.actor })
   }
 
   private reject (result: ReceiveResult, v: VerifiedChange, from: string | undefined, reason: string, misbehaviour: boolean): void {

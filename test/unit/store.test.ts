@@ -63,7 +63,15 @@ describe('replicated state with authenticated changes', () => {
       expect(r.rejected[0].reason).toMatch(/writes only its own record/)
       expect(s.heads()).toEqual(before)
       expect(s.doc.hosts[a.self].name).toBe('a')
+      expect(s.has(A.decodeChange(forged!.change).hash!)).toBe(false)
     }
+    // The rejected change left no trace: both keep writing and accepting valid changes.
+    await publishHostRecord(c, record('c2'))
+    expect((await a.receive(c.changesSince(a.heads()), c.self)).applied.length).toBeGreaterThan(0)
+    expect((await a.change('after', d => { d.hosts[a.self].name = 'a2' }))).toBeDefined()
+    expect(a.doc.hosts[a.self].name).toBe('a2')
+    expect(a.doc.hosts[c.self].name).toBe('c2')
+    expect(A.getHeads(A.load(A.save(a.doc)))).toEqual(a.heads())
   })
 
   it('rejects a bad signature, a non-member author and equivocation', async () => {
