@@ -72,9 +72,12 @@ export class RecordOpener {
 
   constructor (key: Buffer) { this.key = key }
 
-  /** Feeds bytes; returns the plaintexts of the records they completed. Throws on bad bytes. */
-  push (chunk: Buffer): Buffer[] {
-    const done: Buffer[] = []
+  /**
+   * Feeds bytes; returns the plaintexts of the records they completed, each as the pieces it was
+   * decrypted in (no copy into one buffer). Throws on bad bytes.
+   */
+  push (chunk: Buffer): Buffer[][] {
+    const done: Buffer[][] = []
     let at = 0
     while (at < chunk.length) {
       if (this.ended) throw new Error('bytes after the end of the transfer')
@@ -98,9 +101,10 @@ export class RecordOpener {
       b.decipher.setAuthTag(this.drain(TAG_BYTES))
       try { b.decipher.final() } catch { throw new Error('record failed authentication (corrupted or forged bytes)') }
       this.body = undefined
-      const plain = b.out.length === 1 ? b.out[0] : Buffer.concat(b.out)
-      if (plain.length === 0) this.ended = true
-      else done.push(plain)
+      const pieces = b.out.filter(p => p.length > 0)
+      if (pieces.length === 0) this.ended = true
+      // Bytes that came in dribs and drabs: one buffer is cheaper to hash and write.
+      else done.push(pieces.length > 64 ? [Buffer.concat(pieces)] : pieces)
     }
     return done
   }
@@ -266,8 +270,8 @@ export class BulkServer {
 export interface BulkReceive {
   host: string
   offer: BulkOffer
-  /** Takes each verified piece, in order; its promise holds back the next. */
-  write: (chunk: Buffer) => Promise<void>
+  /** Takes each verified record (as pieces), in order; its promise holds back the next. */
+  write: (pieces: Buffer[]) => Promise<void>
   signal?: AbortSignal
   /** @default 3 s: a firewalled port (packets dropped) must not hold the fetch up long. */
   connectTimeoutMs?: number
@@ -293,7 +297,7 @@ export async function bulkReceive (r: BulkReceive): Promise<void> {
       buffer: Buffer.allocUnsafe(RECORD_BYTES),
       callback: (n: number, buf: Uint8Array): boolean => {
         any = true
-        let plains: Buffer[]
+        let plains: Buffer[][]
         try { plains = opener.push(Buffer.from(buf.buffer, buf.byteOffset, n)) } catch (err: any) { fail(err); return false }
         for (const plain of plains) {
           waiting++

@@ -114,10 +114,11 @@ export async function fetchImage (p2p: P2PNode, store: ImageStore, sha256: strin
       if (typeof head.size !== 'number') throw new Error(head.error === 'NOT_FOUND' ? 'does not have it' : String(head.error))
       let received = partial.offset
       let last = 0
-      const take = async (chunk: Uint8Array): Promise<void> => {
-        if (received + chunk.length > head.size) throw new Error('sent more bytes than the image has')
-        await partial.write(chunk)
-        received += chunk.length
+      const take = async (chunks: Uint8Array | Uint8Array[]): Promise<void> => {
+        const length = Array.isArray(chunks) ? chunks.reduce((n, c) => n + c.length, 0) : chunks.length
+        if (received + length > head.size) throw new Error('sent more bytes than the image has')
+        await partial.write(chunks)
+        received += length
         if (Date.now() - last > 250) { last = Date.now(); onProgress({ sha256, received, total: head.size, peer }) }
       }
       let done = false

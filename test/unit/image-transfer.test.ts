@@ -121,9 +121,9 @@ describe('image transfer between peers', () => {
     store.partial = async h => {
       const part = await open(h)
       const write = part.write
-      part.write = async chunk => {
+      part.write = async chunks => {
         if (++records === 3) throw new Error('connection reset by peer')
-        await write(chunk)
+        await write(chunks)
       }
       return part
     }
@@ -169,7 +169,7 @@ describe('bulk side channel', () => {
 
   const receive = async (offer: BulkOffer): Promise<Buffer> => {
     const got: Buffer[] = []
-    await bulkReceive({ host: '127.0.0.1', offer, write: async c => { got.push(c) } })
+    await bulkReceive({ host: '127.0.0.1', offer, write: async c => { got.push(...c) } })
     return Buffer.concat(got)
   }
 
@@ -205,7 +205,7 @@ describe('bulk side channel', () => {
     for (const step of [1, 7, 4096, wire.length]) {
       const o = new RecordOpener(key)
       const out: Buffer[] = []
-      for (let i = 0; i < wire.length; i += step) out.push(...o.push(wire.subarray(i, i + step)))
+      for (let i = 0; i < wire.length; i += step) for (const record of o.push(wire.subarray(i, i + step))) out.push(...record)
       expect(Buffer.concat(out)).toEqual(Buffer.concat(plain))
       expect(o.ended).toBe(true)
     }

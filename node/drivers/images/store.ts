@@ -50,8 +50,11 @@ export interface PartialImage {
   sha256: string
   /** Bytes already received: resume the transfer from here. */
   readonly offset: number
-  /** Appends the next bytes (at `offset`); the chunk must not change afterwards (written later). */
-  write: (chunk: Uint8Array) => Promise<void>
+  /**
+   * Appends the next bytes (at `offset`), one chunk or several in a row; they must not change
+   * afterwards (they are written later).
+   */
+  write: (chunk: Uint8Array | Uint8Array[]) => Promise<void>
   /** Verifies the hash of everything received and moves it into the store. */
   finalize: (options?: { format?: DiskFormat, name?: string }) => Promise<ImageInfo>
   /** Closes the file; the bytes stay for a later resume. */
@@ -252,28 +255,30 @@ export class ImageStore {
     return {
       sha256: hash,
       get offset () { return offset },
-      async write (chunk) {
+      async write (chunkOrChunks) {
         if (fh === undefined) throw new PicocloudError(ErrorCode.Internal, 'partial image is closed', 500)
         if (failed !== undefined) throw failed
-        if (offset + chunk.length > store.maxBytes) throw new PicocloudError(ErrorCode.BadImage, `image is larger than the limit of ${store.maxBytes} bytes`, 413)
+        const chunks = Array.isArray(chunkOrChunks) ? chunkOrChunks : [chunkOrChunks]
+        const length = chunks.reduce((n, c) => n + c.length, 0)
+        if (offset + length > store.maxBytes) throw new PicocloudError(ErrorCode.BadImage, `image is larger than the limit of ${store.maxBytes} bytes`, 413)
         await catchUp()
-        h.update(chunk)
-        offset += chunk.length
+        for (const c of chunks) h.update(c)
+        offset += length
         hashed = offset
-        store.stats.downloadedBytes += chunk.length
+        store.stats.downloadedBytes += length
         const f = fh
-        queued += chunk.length
+        queued += length
         writing = writing.then(async () => {
           if (failed !== undefined) return
           try {
-            const { bytesWritten } = await f.write(chunk)
-            if (bytesWritten !== chunk.length) throw new PicocloudError(ErrorCode.Internal, `short write to ${file}`, 500)
-            unsynced += chunk.length
+            const { bytesWritten } = await f.writev(chunks)
+            if (bytesWritten !== length) throw new PicocloudError(ErrorCode.Internal, `short write to ${file}`, 500)
+            unsynced += length
             if (unsynced >= 32 * 1024 * 1024 && syncing === undefined) {
               unsynced = 0
               syncing = f.datasync().catch((err: Error) => { failed ??= err }).finally(() => { syncing = undefined })
             }
-          } catch (err: any) { failed = err } finally { queued -= chunk.length }
+          } catch (err: any) { failed = err } finally { queued -= length }
         })
         if (queued > 8 * 1024 * 1024) await drain()
       },
