@@ -33,7 +33,9 @@ export async function createP2PNode (init: P2PInit): Promise<P2PNode> {
     addresses: { listen: init.listen, announce: init.announce },
     transports: [tcp()],
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
+    // No yamux keep-alive pings: the beats of node/liveness.ts already cross every connection
+    // (the pings alone were about 8 kbit/s per host in an idle 30-host mesh).
+    streamMuxers: [yamux({ enableKeepAlive: false })],
     connectionGater: init.gater,
     // Dead connections are found by the beats of node/liveness.ts, which cost no stream per ping.
     connectionMonitor: { enabled: false },
