@@ -6,7 +6,7 @@
  */
 import { ImmutableString } from '@automerge/automerge'
 import { deriveWorld, allClaims, hostViews, placementRequests, type World } from '../crdt/world.ts'
-import { resolveClaims, type Claim } from '../crdt/placement.ts'
+import { assign, resolveClaims, type Claim } from '../crdt/placement.ts'
 import type { StateStore } from '../crdt/store.ts'
 import type { RequestBook } from './requests.ts'
 import type { Logger } from './log.ts'
@@ -106,7 +106,10 @@ export class Scheduler {
         continue
       }
       if (gone || vm.host !== null) continue
-      if (plan.get(vm.id) === self && now < vm.expires) { claimNow.push(vm.id); continue }
+      if (plan.get(vm.id) === self && now < vm.expires) {
+        claimNow.push(vm.id)
+        continue
+      }
       // Nobody can take it, or nobody took it in time: the receiving host makes that final.
       if (vm.via === self && vm.claimants.length === 0 && mine?.rejections?.[vm.id] === undefined) {
         const outcome = world.requests.get(vm.id)
@@ -116,6 +119,15 @@ export class Scheduler {
           reject.push({ id: vm.id, reason: 'expired before any host could take it (eligible hosts were down)' })
         }
       }
+    }
+    if (claimNow.length > 0) {
+      // Where the new VMs would go if every member were up. A host that is first even then has
+      // nobody to wait for: no claim can outrank its own, so it places at once instead of
+      // settling. (Only a host with a different view of eligibility could claim too; the usual
+      // resolution of concurrent claims applies then.) Settling is for a better-ranked host
+      // that seems down from here but may be up.
+      const unopposed = new Map(assign(preqs, hostViews(doc, () => true)).map(a => [a.requestId, a.host]))
+      for (const id of claimNow) if (unopposed.get(id) === self) confirm.push(id)
     }
     if (claimNow.length + confirm.length + withdraw.length + reject.length === 0) {
       this.armTimer(world, myClaims)
