@@ -68,7 +68,8 @@ export class TestDaemon {
     const [cmd, argv] = this.options.netns === undefined ? [NODE, args] : ['ip', ['netns', 'exec', this.options.netns, NODE, ...args]]
     const p = spawn(cmd, argv, {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, PICOCLOUD_CONFIG: join(this.state, 'none.toml'), ...this.extraEnv }
+      // As bin/picocloud runs the daemon.
+      env: { MALLOC_ARENA_MAX: '2', ...process.env, PICOCLOUD_CONFIG: join(this.state, 'none.toml'), ...this.extraEnv }
     })
     // PICOCLOUD_CONFIG names an empty file in the state dir, so no host config leaks in.
     this.proc = p
