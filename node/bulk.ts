@@ -14,13 +14,15 @@
  *            the record with n = 0 ends the transfer (so a cut connection never looks finished)
  *
  * Record i is sealed with nonce 0⁴ ‖ u64 BE i under the grant's own key: nonces never repeat.
+ * The client side runs in a worker thread (node/bulk-worker.ts, through bulkFetch).
  */
 import { createCipheriv, createDecipheriv, randomBytes, timingSafeEqual, type DecipherGCM } from 'node:crypto'
 import { open } from 'node:fs/promises'
 import { createServer, connect, type Server, type Socket } from 'node:net'
+import { Worker } from 'node:worker_threads'
 import type { Logger } from './log.ts'
+import type { ImageInfo } from './drivers/images/store.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
-import { DEFAULT_IMAGE_LISTEN, parseListenAddress } from './config.ts'
 
 export const BULK_MAGIC = Buffer.from('pcb1')
 /** Plaintext bytes per record: large, so per-record costs (cipher set-up, tags) vanish. */
@@ -332,6 +334,31 @@ export async function bulkReceive (r: BulkReceive): Promise<void> {
   }
 }
 
+/** One transfer for node/bulk-worker.ts: the rest of image `sha256` into the store at `stateDir`. */
+export interface BulkFetchJob { stateDir: string, maxBytes: number, sha256: string, size: number, host: string, offer: BulkOffer }
+
+export type BulkFetchResult =
+  /** Whole, verified and in the store. */
+  | { kind: 'done', info: ImageInfo, written: number }
+  /** The side transfer broke off: `received` bytes are in the partial download, verified so far. */
+  | { kind: 'failed', error: string, received: number, written: number }
+  /** Whole but wrong: the partial download is gone. */
+  | { kind: 'corrupt', error: string, written: number }
+
+/** Runs a BulkFetchJob in a worker thread; `onProgress` hears the bytes received so far. */
+export async function bulkFetch (job: BulkFetchJob, onProgress: (received: number) => void): Promise<BulkFetchResult> {
+  const worker = new Worker(new URL('./bulk-worker.ts', import.meta.url), { workerData: job })
+  try {
+    return await new Promise<BulkFetchResult>((resolve, reject) => {
+      worker.on('message', (m: BulkFetchResult | { received: number }) => { if ('kind' in m) resolve(m); else onProgress(m.received) })
+      worker.once('error', reject)
+      worker.once('exit', code => { reject(new Error(`the image worker exited (${code})`)) })
+    })
+  } finally {
+    void worker.terminate()
+  }
+}
+
 /**
  * Starts the side channel on `listen` ("ADDRESS:PORT"; port 0: any free port). Undefined: off.
  * A port that cannot be bound stops the daemon when the operator chose it; when it is only the
@@ -339,6 +366,8 @@ export async function bulkReceive (r: BulkReceive): Promise<void> {
  */
 export async function startBulkServer (listen: string | undefined, log: Logger): Promise<BulkServer | undefined> {
   if (listen === undefined) return undefined
+  // Imported here: node/bulk-worker.ts loads this module and should start fast.
+  const { DEFAULT_IMAGE_LISTEN, parseListenAddress } = await import('./config.ts')
   const server = new BulkServer({ ...parseListenAddress('image_listen', listen), log })
   try {
     log.info('serving image side channel', { listen, port: await server.start() })

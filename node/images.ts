@@ -17,7 +17,7 @@ import { createReadStream } from 'node:fs'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Stream } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
-import { bulkReceive, isBulkOffer, type BulkServer } from './bulk.ts'
+import { bulkFetch, isBulkOffer, type BulkServer, type BulkFetchResult } from './bulk.ts'
 import type { ImageStore, ImageInfo } from './drivers/images/store.ts'
 import type { StateStore } from '../crdt/store.ts'
 import type { P2PNode } from './p2p.ts'
@@ -103,7 +103,7 @@ export async function fetchImage (p2p: P2PNode, store: ImageStore, sha256: strin
   if (peers.length === 0) throw new PicocloudError(ErrorCode.ImageNotFound, `no host of the mesh holds image ${sha256.slice(0, 12)}; add it with \`picocloud image add\` on a host`, 404)
   const problems: string[] = []
   for (const peer of peers) {
-    const partial = await store.partial(sha256)
+    let partial = await store.partial(sha256)
     const t0 = Date.now()
     try {
       const conn = await p2p.dial(peerIdFromString(peer), { signal: AbortSignal.timeout(10_000) })
@@ -121,23 +121,39 @@ export async function fetchImage (p2p: P2PNode, store: ImageStore, sha256: strin
         received += length
         if (Date.now() - last > 250) { last = Date.now(); onProgress({ sha256, received, total: head.size, peer }) }
       }
-      let done = false
-      let over = 'libp2p'
       if (head.bulk !== undefined) {
         const host = hostOf(conn.remoteAddr)
-        try {
-          if (!isBulkOffer(head.bulk) || host === undefined) throw new Error('no usable side channel offer')
-          await bulkReceive({ host, offer: head.bulk, write: take })
-          done = true
-          over = 'side-channel'
-        } catch (err: any) {
-          // Whatever verified so far is kept: the rest comes over the libp2p stream.
-          log.info('image side channel failed; going on over libp2p', { peer, bytes: received, error: err.message })
-          await lp.write(enc({ offset: received }))
+        let error = 'no usable side channel offer'
+        if (isBulkOffer(head.bulk) && host !== undefined) {
+          // The worker (node/bulk-worker.ts) takes the partial download over, and finishes it.
+          await partial.close()
+          const job = { stateDir: store.stateDir, maxBytes: store.maxBytes, sha256, size: head.size, host, offer: head.bulk }
+          const r = await bulkFetch(job, n => { onProgress({ sha256, received: n, total: head.size, peer }) })
+            .catch((err: Error): BulkFetchResult => ({ kind: 'failed', error: err.message, received: -1, written: 0 }))
+          store.stats.downloadedBytes += r.written
+          if (r.kind !== 'failed') {
+            await lp.write(enc({ done: true })).catch(() => {})
+            await stream.close().catch(() => {})
+          }
+          if (r.kind === 'done') {
+            onProgress({ sha256, received: head.size, total: head.size, peer })
+            log.info('fetched image', { sha256: sha256.slice(0, 12), bytes: r.info.size, from: peer, over: 'side-channel', ms: Date.now() - t0 })
+            return r.info
+          }
+          if (r.kind === 'corrupt') {
+            problems.push(`${peer}: ${r.error}`)
+            log.warn('peer served a corrupted image', { peer, sha256: sha256.slice(0, 12), error: r.error })
+            continue
+          }
+          error = r.error
+          partial = await store.partial(sha256)
+          received = partial.offset
         }
-        if (done) await lp.write(enc({ done: true })).catch(() => {})
+        // Whatever verified so far is kept: the rest comes over the libp2p stream.
+        log.info('image side channel failed; going on over libp2p', { peer, bytes: received, error })
+        await lp.write(enc({ offset: received }))
       }
-      while (!done) {
+      for (;;) {
         const chunk = (await lp.read({ signal: AbortSignal.timeout(30_000) })).subarray()
         if (chunk.length === 0) break
         await take(chunk)
@@ -147,7 +163,7 @@ export async function fetchImage (p2p: P2PNode, store: ImageStore, sha256: strin
       if (received !== head.size) throw new Error(`transfer ended after ${received} of ${head.size} bytes`)
       try {
         const info = await partial.finalize()
-        log.info('fetched image', { sha256: sha256.slice(0, 12), bytes: info.size, from: peer, over, ms: Date.now() - t0 })
+        log.info('fetched image', { sha256: sha256.slice(0, 12), bytes: info.size, from: peer, over: 'libp2p', ms: Date.now() - t0 })
         return info
       } catch (err: any) {
         // Bad bytes: throw away everything from this peer and try another.

@@ -112,26 +112,36 @@ describe('image transfer between peers', () => {
     const p = await store.partial(hash)
     await p.write(data.subarray(0, RECORD_BYTES * 1.5))
     await p.close()
+    // The side connection goes through a proxy that resets it a little after two more records.
+    const cutAfter = 2 * (4 + RECORD_BYTES + 16) + 1000
+    const proxy = createServer(client => {
+      const upstream = connect({ host: '127.0.0.1', port: a.bulk!.port })
+      let n = 0
+      client.on('data', d => upstream.write(d))
+      upstream.on('data', d => {
+        n += d.length
+        if (n < cutAfter) client.write(d)
+        else { client.write(d.subarray(0, d.length - (n - cutAfter))); client.resetAndDestroy(); upstream.destroy() }
+      })
+      client.on('error', () => {}); upstream.on('error', () => {})
+    })
+    await new Promise<void>(resolve => proxy.listen(0, '127.0.0.1', resolve))
     const grant = a.bulk!.grant.bind(a.bulk)
     let offered = -1
-    a.bulk!.grant = g => { offered = g.offset; return grant(g) }
-    // The side transfer breaks after two more records (as a reset connection would).
-    let records = 0
-    const open = store.partial.bind(store)
-    store.partial = async h => {
-      const part = await open(h)
-      const write = part.write
-      part.write = async chunks => {
-        if (++records === 3) throw new Error('connection reset by peer')
-        await write(chunks)
-      }
-      return part
+    a.bulk!.grant = g => {
+      offered = g.offset
+      const r = grant(g)
+      return { ...r, offer: { ...r.offer, port: (proxy.address() as { port: number }).port } }
     }
-    expect(await fetchImage(client, store, hash, [a.id], log)).toMatchObject({ sha256: hash })
+    try {
+      expect(await fetchImage(client, store, hash, [a.id], log)).toMatchObject({ sha256: hash })
+    } finally { proxy.close() }
     expect(offered).toBe(RECORD_BYTES * 1.5)
     expect(await readFile(store.path(hash))).toEqual(data)
     expect(lines.join('\n')).toMatch(/side channel failed; going on over libp2p/)
-    expect(lines.join('\n')).toMatch(new RegExp(`bytes=${RECORD_BYTES * 3.5}`))
+    // Whole records only (a reset may drop what the kernel still held): 1.5, 2.5 or 3.5 MiB.
+    const kept = Number(/going on over libp2p.* bytes=(\d+)/.exec(lines.join('\n'))?.[1])
+    expect([1.5, 2.5, 3.5].map(r => r * RECORD_BYTES)).toContain(kept)
   })
 
   it('rejects a peer serving corrupted bytes (over the side channel) and takes the image from another', async () => {

@@ -121,11 +121,13 @@ async function readHead (path: string): Promise<Buffer> {
 
 export class ImageStore {
   readonly root: string
-  private readonly maxBytes: number
+  readonly maxBytes: number
+  readonly stateDir: string
   /** Bytes written into resumable downloads (fetched from peers) since start: a metric. */
   readonly stats = { downloadedBytes: 0 }
 
   constructor (init: ImageStoreInit) {
+    this.stateDir = init.stateDir
     this.root = join(init.stateDir, 'images')
     this.maxBytes = init.maxBytes ?? 64 * 1024 ** 3
   }
