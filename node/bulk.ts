@@ -145,17 +145,82 @@ export interface BulkServerInit {
   ttlMs?: number
 }
 
-/** Serves granted byte ranges of files over the side channel. */
+/** A grant as it travels to the listener's thread. */
+export interface GrantMessage { id: string, peer: string, path: string, offset: number, size: number, key: Uint8Array, expires: number }
+
+/**
+ * Serves granted byte ranges of files over the side channel. The listener runs in a worker
+ * thread (node/bulk-server-worker.ts), for the same reason as the client's: sealing allocates a
+ * fresh buffer per record, and collections on the daemon's main heap cost more than the sealing.
+ */
 export class BulkServer {
   private readonly init: BulkServerInit
-  private readonly grants = new Map<string, Grant>()
-  private readonly sockets = new Set<Socket>()
-  private server?: Server
+  private worker?: Worker
   private boundPort = 0
 
   constructor (init: BulkServerInit) { this.init = init }
 
   get port (): number { return this.boundPort }
+
+  async start (): Promise<number> {
+    const worker = new Worker(new URL('./bulk-server-worker.ts', import.meta.url), { workerData: { host: this.init.host, port: this.init.port } })
+    worker.on('message', (m: { log?: { level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields: Record<string, string> } }) => {
+      if (m.log !== undefined) this.init.log[m.log.level](m.log.msg, m.log.fields)
+    })
+    worker.on('error', err => { this.init.log.error('image side channel stopped', { error: err.message }) })
+    const started = await new Promise<{ port?: number, error?: { code?: string, message: string } }>(resolve => {
+      const onMessage = (m: { port?: number, error?: { code?: string, message: string } }): void => {
+        if (m.port === undefined && m.error === undefined) return
+        worker.off('message', onMessage)
+        resolve(m)
+      }
+      worker.on('message', onMessage)
+      worker.once('exit', code => { resolve({ error: { message: `the image side channel's thread exited (${code})` } }) })
+    })
+    if (started.error !== undefined) {
+      await worker.terminate()
+      throw Object.assign(new Error(started.error.message), { code: started.error.code })
+    }
+    this.worker = worker
+    this.boundPort = started.port as number
+    return this.boundPort
+  }
+
+  async stop (): Promise<void> {
+    const w = this.worker
+    this.worker = undefined
+    await w?.terminate()
+  }
+
+  /**
+   * A one-time permission for `peer` to read `path` from `offset` to `size`. `revoke` ends it
+   * (and any transfer under way): call it when the libp2p stream that carried the offer ends.
+   */
+  grant (g: { peer: string, path: string, offset: number, size: number }): { offer: BulkOffer, revoke: () => void } {
+    const token = randomBytes(TOKEN_BYTES)
+    const key = randomBytes(32)
+    const id = token.toString('hex')
+    // Posted before the offer leaves: it is there before any connection can show the token.
+    const msg: GrantMessage = { ...g, id, key, expires: Date.now() + (this.init.ttlMs ?? 10_000) }
+    this.worker?.postMessage({ grant: msg })
+    return {
+      offer: { port: this.boundPort, token: token.toString('base64'), key: key.toString('base64') },
+      revoke: () => { this.worker?.postMessage({ revoke: id }) }
+    }
+  }
+}
+
+/** The side channel's listener itself (in node/bulk-server-worker.ts's thread). */
+export class BulkListener {
+  private readonly init: Omit<BulkServerInit, 'ttlMs'>
+  private readonly grants = new Map<string, Grant>()
+  /** Redeemed grants with a transfer under way, by id: `revoke` still reaches them. */
+  private readonly active = new Map<string, Grant>()
+  private readonly sockets = new Set<Socket>()
+  private server?: Server
+  private boundPort = 0
+
+  constructor (init: Omit<BulkServerInit, 'ttlMs'>) { this.init = init }
 
   async start (): Promise<number> {
     const server = createServer({ noDelay: true }, sock => { this.accept(sock) })
@@ -170,25 +235,21 @@ export class BulkServer {
 
   async stop (): Promise<void> {
     this.grants.clear()
+    this.active.clear()
     for (const s of this.sockets) s.destroy()
     await new Promise<void>(resolve => { if (this.server === undefined) resolve(); else this.server.close(() => { resolve() }) })
     this.server = undefined
   }
 
-  /**
-   * A one-time permission for `peer` to read `path` from `offset` to `size`. `revoke` ends it
-   * (and any transfer under way): call it when the libp2p stream that carried the offer ends.
-   */
-  grant (g: { peer: string, path: string, offset: number, size: number }): { offer: BulkOffer, revoke: () => void } {
-    const token = randomBytes(TOKEN_BYTES)
-    const key = randomBytes(32)
-    const id = token.toString('hex')
-    const grant: Grant = { ...g, key, expires: Date.now() + (this.init.ttlMs ?? 10_000) }
-    this.grants.set(id, grant)
-    return {
-      offer: { port: this.boundPort, token: token.toString('base64'), key: key.toString('base64') },
-      revoke: () => { this.grants.delete(id); grant.socket?.destroy() }
-    }
+  add (g: GrantMessage): void {
+    this.grants.set(g.id, { peer: g.peer, path: g.path, offset: g.offset, size: g.size, key: Buffer.from(g.key), expires: g.expires })
+  }
+
+  /** Ends a grant, and its transfer if one is under way. */
+  revoke (id: string): void {
+    this.grants.delete(id)
+    this.active.get(id)?.socket?.destroy()
+    this.active.delete(id)
   }
 
   private accept (sock: Socket): void {
@@ -205,13 +266,15 @@ export class BulkServer {
       sock.off('data', onData)
       sock.pause()
       const hello = Buffer.concat(chunks)
-      const grant = this.redeem(hello.subarray(0, HELLO_BYTES))
-      if (grant === undefined || got > HELLO_BYTES) {
+      const [id, grant] = this.redeem(hello.subarray(0, HELLO_BYTES)) ?? []
+      if (id === undefined || grant === undefined || got > HELLO_BYTES) {
         this.init.log.warn('refused a bulk image connection: no valid token', { from: sock.remoteAddress })
         sock.destroy()
         return
       }
       grant.socket = sock
+      this.active.set(id, grant)
+      sock.once('close', () => this.active.delete(id))
       sock.setTimeout(30_000, () => sock.destroy(new Error('client stopped reading')))
       this.send(sock, grant).catch((err: Error) => {
         this.init.log.debug('bulk image transfer ended early', { peer: grant.peer, error: err.message })
@@ -222,13 +285,13 @@ export class BulkServer {
   }
 
   /** The grant the hello's token names, taken out (single use) if it is still valid. */
-  private redeem (hello: Buffer): Grant | undefined {
+  private redeem (hello: Buffer): [string, Grant] | undefined {
     if (!timingSafeEqual(hello.subarray(0, BULK_MAGIC.length), BULK_MAGIC)) return undefined
     const id = hello.subarray(BULK_MAGIC.length).toString('hex')
     const g = this.grants.get(id)
     if (g === undefined) return undefined
     this.grants.delete(id)
-    return g.expires >= Date.now() ? g : undefined
+    return g.expires >= Date.now() ? [id, g] : undefined
   }
 
   private async send (sock: Socket, g: Grant): Promise<void> {
