@@ -13,7 +13,7 @@ import { join } from 'node:path'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import * as A from '@automerge/automerge'
-import { ImmutableString } from '@automerge/automerge'
+import { scalars } from '../crdt/schema.ts'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey, Stream } from '@libp2p/interface'
 import { duplexPair } from 'it-pair/duplex'
@@ -239,7 +239,7 @@ async function buildGrowth (dir: string, hosts: number, vms: number, requests: n
   const key = await loadPrivateKey(keyring, fingerprint)
   for (const s of stores) {
     await publishHostRecord(s, hostRecord(s.self))
-    await s.change('trust', d => { d.hosts[s.self].keys = { [fingerprint]: new ImmutableString(publicKey) as unknown as string } })
+    await s.change('trust', d => { d.hosts[s.self].keys = { [fingerprint]: scalars(publicKey) } })
   }
   const tSign = performance.now()
   const envelopes: Array<{ id: string, payload: string, signature: string }> = []
@@ -262,7 +262,7 @@ async function buildGrowth (dir: string, hosts: number, vms: number, requests: n
     const sc = await via.change(`request ${e.id}`, d => {
       d.requests ??= {}
       // As node/requests.ts stores them: immutable strings (a plain string is a text CRDT, one op per character).
-      d.requests[e.id] = { payload: new ImmutableString(e.payload) as unknown as string, signature: new ImmutableString(e.signature) as unknown as string, via: via.self, at: new Date(now).toISOString() }
+      d.requests[e.id] = scalars({ payload: e.payload, signature: e.signature, via: via.self, at: new Date(now).toISOString() })
     }) as SignedChange
     requestChangeBytes += encodeSignedChange(sc).length
     const vm = vmIds[i % vms]
@@ -270,11 +270,11 @@ async function buildGrowth (dir: string, hosts: number, vms: number, requests: n
     const report = async (status: 'starting' | 'running' | 'stopped'): Promise<void> => {
       await host.change(`vm ${status}`, d => {
         d.hosts[host.self].vms ??= {}
-        d.hosts[host.self].vms![vm] = { status, since: new Date().toISOString() }
+        d.hosts[host.self].vms![vm] = scalars({ status, since: new Date().toISOString() })
       })
     }
     if (i < vms) {
-      await host.change('claim', d => { d.hosts[host.self].claims ??= {}; d.hosts[host.self].claims![vm] = { at: new Date().toISOString() } })
+      await host.change('claim', d => { d.hosts[host.self].claims ??= {}; d.hosts[host.self].claims![vm] = scalars({ at: new Date().toISOString() }) })
       await report('starting'); await report('running')
     } else {
       await report(i % 2 === 0 ? 'stopped' : 'running')

@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
-import { DEFAULT_POLICY, isActiveMember, mayAdmit, mayExpel, type HostRecord } from './schema.ts'
+import { DEFAULT_POLICY, asString, isActiveMember, mayAdmit, mayExpel, scalars, type HostRecord } from './schema.ts'
 import type { StateStore } from './store.ts'
 
 export async function foundMesh (store: StateStore, opts: { name: string, host: HostRecord, now?: Date }): Promise<string> {
@@ -14,8 +14,9 @@ export async function foundMesh (store: StateStore, opts: { name: string, host: 
   const at = (opts.now ?? new Date()).toISOString()
   await store.change(`init mesh ${opts.name}`, d => {
     d.mesh = { id, name: opts.name, founder: store.self, created: at, policy: { ...DEFAULT_POLICY, expellers: [] } }
-    d.members = { [store.self]: { name: opts.host.name, admittedBy: store.self, admittedAt: at } }
-    d.hosts = { [store.self]: { ...opts.host, addresses: [...opts.host.addresses] } }
+    // The mesh info stays text (see scalars()); members and the record's stamp are scalars.
+    d.members = { [store.self]: scalars({ name: opts.host.name, admittedBy: store.self, admittedAt: at }) }
+    d.hosts = { [store.self]: { ...opts.host, addresses: [...opts.host.addresses], updated: scalars(opts.host.updated) } }
     d.requests = {}
   })
   return id
@@ -34,7 +35,7 @@ export async function admit (store: StateStore, peer: string, name: string | und
   }
   const at = now.toISOString()
   await store.change(`admit ${peer}`, d => {
-    d.members[peer] = { name: name ?? existing?.name ?? '', admittedBy: store.self, admittedAt: at }
+    d.members[peer] = scalars({ name: name ?? (existing === undefined ? '' : asString(existing.name)), admittedBy: store.self, admittedAt: at })
   })
   return { changed: true }
 }
@@ -51,7 +52,7 @@ export async function expel (store: StateStore, peer: string, reason: string, no
   if (m.expelled !== undefined) return { changed: false }
   const at = now.toISOString()
   await store.change(`expel ${peer}`, d => {
-    d.members[peer].expelled = { by: store.self, at, reason }
+    d.members[peer].expelled = scalars({ by: store.self, at, reason })
   })
   return { changed: true }
 }
@@ -88,14 +89,15 @@ export async function publishHostRecord (store: StateStore, record: Omit<HostRec
   const changed = await store.change('update host record', d => {
     const rec = d.hosts[store.self]
     if (rec === undefined) {
-      d.hosts[store.self] = { ...record, addresses: [...record.addresses], updated }
+      d.hosts[store.self] = { ...record, addresses: [...record.addresses], updated: scalars(updated) }
       return
     }
     if (rec.name !== record.name) rec.name = record.name
     if (rec.wgPublicKey !== record.wgPublicKey) rec.wgPublicKey = record.wgPublicKey
     if (rec.version !== record.version) rec.version = record.version
     if (JSON.stringify([...rec.addresses]) !== JSON.stringify(record.addresses)) rec.addresses = [...record.addresses]
-    rec.updated = updated
+    // Rewritten at every update: a scalar, not a new text of 24 ops each time.
+    rec.updated = scalars(updated)
   })
   return changed !== undefined
 }

@@ -10,6 +10,8 @@
  *                    that received them from a user
  */
 
+import { ImmutableString } from '@automerge/automerge'
+
 /** A libp2p peer id string (12D3KooW…), branded so it is not confused with other ids. */
 export type PeerIdString = string & { readonly __peerId: true }
 
@@ -122,6 +124,54 @@ export interface MeshDoc {
   members: Record<string, Member>
   hosts: Record<string, HostRecord>
   requests?: Record<string, StoredRequest>
+}
+
+/**
+ * A string field of the document as a plain string. A JS string assigned into an Automerge 3
+ * document becomes text (one op per character): older daemons wrote every field so, newer ones
+ * write short fields as ImmutableString (one op). Both read here; an ImmutableString compared
+ * with `===`, sorted or used as a key would silently misbehave.
+ */
+export function asString (v: unknown): string {
+  return v instanceof ImmutableString ? v.toString() : String(v)
+}
+
+/** `asString` of a field that may be absent. */
+export function optString (v: unknown): string | undefined {
+  return v === undefined || v === null ? undefined : asString(v)
+}
+
+/**
+ * A plain value (objects, arrays, strings, numbers…) to assign into the document with every
+ * string as an ImmutableString: one op per field instead of one per character. The mesh info
+ * (`mesh/`) is not written so: older daemons' permission checks compare its founder and policy
+ * with `===`, and would refuse changes from a mesh founded by a newer one.
+ */
+export function scalars<T> (v: T): T {
+  if (typeof v === 'string') return new ImmutableString(v) as unknown as T
+  if (v instanceof ImmutableString) return new ImmutableString(v.toString()) as unknown as T
+  if (Array.isArray(v)) return v.map(x => scalars(x)) as unknown as T
+  if (v !== null && typeof v === 'object') {
+    const out: Record<string, unknown> = {}
+    for (const [k, x] of Object.entries(v)) if (x !== undefined) out[k] = scalars(x)
+    return out as T
+  }
+  return v
+}
+
+/** A host's VM report read from the document, with plain strings whichever way it was written. */
+export function readHostVm (v: HostVm): HostVm {
+  const out: HostVm = { status: asString(v.status) as VmStatus, since: asString(v.since) }
+  if (v.reason !== undefined && v.reason !== null) out.reason = asString(v.reason)
+  if (v.operatorStop !== undefined && v.operatorStop !== null) out.operatorStop = { at: asString(v.operatorStop.at), reason: asString(v.operatorStop.reason) }
+  return out
+}
+
+/** A member entry read from the document, with plain strings. */
+export function readMember (m: Member): Member {
+  const out: Member = { name: asString(m.name), admittedBy: asString(m.admittedBy), admittedAt: asString(m.admittedAt) }
+  if (m.expelled !== undefined && m.expelled !== null) out.expelled = { by: asString(m.expelled.by), at: asString(m.expelled.at), reason: asString(m.expelled.reason) }
+  return out
 }
 
 export const DEFAULT_POLICY: MeshPolicy = { admit: 'any-member', expellers: [] }

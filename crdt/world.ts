@@ -13,11 +13,10 @@
  * const world = deriveWorld(store.doc, id => validity.get(id))
  * world.vms.get(vmId)?.host
  */
-import { ImmutableString } from '@automerge/automerge'
 import { assign, resolveClaims, type HostView, type PlacementRequest, type HostDecision, type Claim } from './placement.ts'
 import { validatePolicy, emptyPolicy, type TrustPolicy } from '../keys/trust-policy.ts'
 import { vmResources, type RequestBodies, type RequestKind, type VmCreateBody, type NetCreateBody, type NicSpec } from '../protocol/requests.ts'
-import { isActiveMember, type MeshDoc, type HostVm } from './schema.ts'
+import { asString as str, isActiveMember, readHostVm, type MeshDoc, type HostVm } from './schema.ts'
 
 /** A request this host verified (signature, mesh, time window against the receiving host's stamp, schema). */
 export interface VerifiedRequest {
@@ -108,8 +107,6 @@ export interface World {
   /** Per VM still unplaced and not rejected: every host's decision (for `request show`). */
   decisions: Map<string, HostDecision[]>
 }
-
-const str = (v: unknown): string => v instanceof ImmutableString ? v.toString() : String(v)
 
 /** Hosts as placement sees them: published resources and policy; usage is counted by `assign`. */
 export function hostViews (doc: Partial<MeshDoc>, up?: (peer: string) => boolean): HostView[] {
@@ -344,7 +341,8 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string) => Va
     const a = actual.get(vm.id)
     vm.host = a?.host ?? null
     if (vm.host !== null) {
-      vm.report = doc.hosts?.[vm.host]?.vms?.[vm.id]
+      const report = doc.hosts?.[vm.host]?.vms?.[vm.id]
+      vm.report = report === undefined ? undefined : readHostVm(report)
       if (out !== undefined) out.status = vm.report !== undefined && vm.report.status !== 'claimed' ? 'placed' : 'accepted'
       continue
     }

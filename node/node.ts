@@ -27,7 +27,7 @@ import { StateStore, type Rejection } from '../crdt/store.ts'
 import { SYNC_PROTOCOL, SyncError, syncInitiator, syncResponder, type SyncStats } from '../crdt/sync.ts'
 import { encodeSignedChange, decodeSignedChange, type SignedChange } from '../crdt/signed-changes.ts'
 import { foundMesh, admit, expel, publishHostRecord, setMeshPolicy } from '../crdt/membership.ts'
-import { isActiveMember } from '../crdt/schema.ts'
+import { asString, isActiveMember, readMember, scalars } from '../crdt/schema.ts'
 import { vmName } from './drivers/hypervisor/types.ts'
 import { assignOverlayAddresses, VXLAN_OVERHEAD_IPV6 } from './net/addressing.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
@@ -381,7 +381,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     }
     const me = this.store.doc.members?.[this.peerId]
     if (me?.expelled !== undefined) {
-      this.log.error('this host was expelled from the mesh', { by: me.expelled.by, reason: me.expelled.reason })
+      this.log.error('this host was expelled from the mesh', { by: asString(me.expelled.by), reason: asString(me.expelled.reason) })
     }
   }
 
@@ -494,7 +494,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   /** A peer id, or the unique name of a member. */
   resolvePeer (text: string): string {
     const doc = this.store.doc
-    const byName = Object.entries(doc.members ?? {}).filter(([p, m]) => m.name === text || doc.hosts?.[p]?.name === text)
+    const byName = Object.entries(doc.members ?? {}).filter(([p, m]) => asString(m.name) === text || doc.hosts?.[p]?.name === text)
     if (byName.length === 1) return byName[0][0]
     if (byName.length > 1) throw new PicocloudError(ErrorCode.BadPeerKey, `${byName.length} hosts are named ${JSON.stringify(text)}; use the peer id`)
     return parsePeerId(text).toString()
@@ -581,10 +581,10 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
             members: Object.values(doc.members).filter(m => m.expelled === undefined).length,
             policy: { admit: doc.mesh.policy.admit, expellers: [doc.mesh.founder, ...doc.mesh.policy.expellers] }
           },
-      expelled: me?.expelled === undefined ? null : { ...me.expelled },
+      expelled: me?.expelled === undefined ? null : { ...readMember(me).expelled as NonNullable<typeof me.expelled> },
       peers: conns.map(c => ({
         peerId: c.remotePeer.toString(),
-        name: doc.hosts?.[c.remotePeer.toString()]?.name ?? doc.members?.[c.remotePeer.toString()]?.name ?? '',
+        name: asString(doc.hosts?.[c.remotePeer.toString()]?.name ?? doc.members?.[c.remotePeer.toString()]?.name ?? ''),
         address: c.remoteAddr.toString(),
         direction: c.direction
       })),
@@ -603,7 +603,8 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     const doc = this.store.doc
     if (doc.members === undefined) return []
     const connected = new Set(this.p2p?.getConnections().map(c => c.remotePeer.toString()) ?? [])
-    return Object.entries(doc.members).filter(([, m]) => m.expelled === undefined).map(([peerId, m]) => {
+    return Object.entries(doc.members).filter(([, m]) => m.expelled === undefined).map(([peerId, stored]) => {
+      const m = readMember(stored)
       const rec = doc.hosts?.[peerId]
       const self = peerId === this.peerId
       const seen = self || connected.has(peerId) ? Date.now() : this.liveness.lastSeen(peerId)
@@ -971,7 +972,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     await this.store.change(`operator stops ${vm.id}`, d => {
       const rec = d.hosts[this.peerId]
       rec.vms ??= {}
-      rec.vms[vm.id] = { status: 'stopped', since: at, reason: `stopped by the host operator: ${reason || 'no reason given'}`, operatorStop: { at, reason } }
+      rec.vms[vm.id] = scalars({ status: 'stopped', since: at, reason: `stopped by the host operator: ${reason || 'no reason given'}`, operatorStop: { at, reason } })
     })
     this.log.info('operator stopped VM', { vm: vm.id, reason })
     return vmView(this.store.doc, findVm(this.scheduler.world(), vm.id))

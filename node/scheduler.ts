@@ -4,10 +4,10 @@
  * better-ranked claimant, withdraw claims a better-ranked host won, and record the final rejection
  * of requests this host received that nobody can take. All of it in one signed change per pass.
  */
-import { ImmutableString } from '@automerge/automerge'
 import { deriveWorld, allClaims, hostViews, placementRequests, type World } from '../crdt/world.ts'
 import { assign, resolveClaims, type Claim } from '../crdt/placement.ts'
 import type { StateStore } from '../crdt/store.ts'
+import { asString, scalars } from '../crdt/schema.ts'
 import type { RequestBook } from './requests.ts'
 import type { Logger } from './log.ts'
 
@@ -99,10 +99,11 @@ export class Scheduler {
       if (claim !== undefined) {
         // A destroyed VM keeps its claim until the reconciler has really destroyed it here.
         const report = mine?.vms?.[vm.id]
-        if (gone && (vm.desired !== 'destroyed' || report === undefined || report.status === 'destroyed' || report.status === 'placed')) { withdraw.push(vm.id); continue }
+        const status = report === undefined ? undefined : asString(report.status)
+        if (gone && (vm.desired !== 'destroyed' || status === undefined || status === 'destroyed' || status === 'placed')) { withdraw.push(vm.id); continue }
         if (gone) continue
         if (vm.host !== self && vm.host !== null) { withdraw.push(vm.id); continue }
-        if (vm.host === self && mine?.vms?.[vm.id] === undefined && now - Date.parse(claim.at) >= this.settleMs) confirm.push(vm.id)
+        if (vm.host === self && mine?.vms?.[vm.id] === undefined && now - Date.parse(asString(claim.at)) >= this.settleMs) confirm.push(vm.id)
         continue
       }
       if (gone || vm.host !== null) continue
@@ -139,16 +140,14 @@ export class Scheduler {
       rec.claims ??= {}
       rec.vms ??= {}
       rec.rejections ??= {}
-      for (const id of claimNow) rec.claims[id] = { at }
-      for (const id of confirm) rec.vms[id] = { status: 'placed', since: at }
+      for (const id of claimNow) rec.claims[id] = scalars({ at })
+      for (const id of confirm) rec.vms[id] = scalars({ status: 'placed', since: at })
       for (const id of withdraw) {
         delete rec.claims[id]
         delete rec.vms[id]
       }
       for (const r of reject) {
-        rec.rejections[r.id] = r.reasons === undefined
-          ? { at, reason: r.reason }
-          : { at, reason: r.reason, reasons: new ImmutableString(r.reasons) as unknown as string }
+        rec.rejections[r.id] = scalars(r.reasons === undefined ? { at, reason: r.reason } : { at, reason: r.reason, reasons: r.reasons })
       }
     })
     if (claimNow.length > 0) this.init.log.info('claimed VMs', { vms: claimNow.map(s => s.slice(0, 12)).join(',') })
@@ -162,7 +161,7 @@ export class Scheduler {
     for (const [id, c] of Object.entries(myClaims)) {
       const vm = world.vms.get(id)
       if (vm?.host === this.init.store.self && this.init.store.doc.hosts?.[this.init.store.self]?.vms?.[id] === undefined) {
-        next = Math.min(next, Date.parse(c.at) + this.settleMs)
+        next = Math.min(next, Date.parse(asString(c.at)) + this.settleMs)
       }
     }
     if (next === Infinity) return

@@ -3,12 +3,12 @@
  * much. Changed only through the local socket; published in the host's record (with the trusted
  * public keys, so every host can verify those keys' requests and compute placement).
  */
-import { ImmutableString } from '@automerge/automerge'
 import { addEntry, removeEntry, validatePolicy, emptyPolicy, findEntry, type TrustPolicy, type TrustEntry } from '../keys/trust-policy.ts'
 import { parseKeys, fingerprintOf } from '../keys/keyring.ts'
 import { normalizeFingerprint } from '../keys/fingerprint.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
 import type { StateStore } from '../crdt/store.ts'
+import { asString as str, scalars } from '../crdt/schema.ts'
 import type { TrustBody } from '../protocol/api.ts'
 
 /** What `trust add` sends (validated at the socket by protocol/api.ts): an armored public key, or a fingerprint the mesh already knows, plus quotas. */
@@ -25,7 +25,6 @@ function currentPolicy (store: StateStore): TrustPolicy {
   return p === undefined ? emptyPolicy() : validatePolicy(JSON.parse(JSON.stringify(p)))
 }
 
-const str = (v: unknown): string => v instanceof ImmutableString ? v.toString() : String(v)
 
 export function publishedKey (store: StateStore, fpr: string): string | undefined {
   for (const rec of Object.values(store.doc.hosts ?? {})) {
@@ -60,9 +59,10 @@ export async function trustAdd (store: StateStore, input: TrustAddInput): Promis
   const next = addEntry(currentPolicy(store), { fingerprint: fpr, ...quotas })
   await store.change(`trust ${fpr}`, d => {
     const rec = d.hosts[store.self]
-    rec.policy = JSON.parse(JSON.stringify(next))
+    // Scalars: read back only through JSON (toJSON), by this daemon and older ones alike.
+    rec.policy = scalars(JSON.parse(JSON.stringify(next)))
     rec.keys ??= {}
-    if (armored !== undefined && rec.keys[fpr] === undefined) rec.keys[fpr] = new ImmutableString(armored) as unknown as string
+    if (armored !== undefined && rec.keys[fpr] === undefined) rec.keys[fpr] = scalars(armored)
   })
   return findEntry(next, fpr) as TrustEntry
 }
@@ -73,7 +73,7 @@ export async function trustRemove (store: StateStore, fingerprint: string): Prom
   if (findEntry(cur, fpr) === undefined) throw new PicocloudError(ErrorCode.NotFound, `${fpr} is not in this host's trust policy (see \`picocloud trust list\`)`, 404)
   const next = removeEntry(cur, fpr)
   // The public key stays published: requests it signed earlier must stay verifiable.
-  await store.change(`distrust ${fpr}`, d => { d.hosts[store.self].policy = JSON.parse(JSON.stringify(next)) })
+  await store.change(`distrust ${fpr}`, d => { d.hosts[store.self].policy = scalars(JSON.parse(JSON.stringify(next))) })
   return { fingerprint: fpr }
 }
 

@@ -3,7 +3,7 @@
  * names resolved. Field names are what `--json` prints.
  */
 import type { World, VmEntry, RequestOutcome } from '../crdt/world.ts'
-import type { MeshDoc } from '../crdt/schema.ts'
+import { optString, type MeshDoc } from '../crdt/schema.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
 
 export interface VmView {
@@ -33,7 +33,7 @@ export interface RequestView extends RequestOutcome {
 }
 
 const hostName = (doc: Partial<MeshDoc>, peer: string | null): string | null =>
-  peer === null ? null : doc.hosts?.[peer]?.name ?? doc.members?.[peer]?.name ?? null
+  peer === null ? null : optString(doc.hosts?.[peer]?.name ?? doc.members?.[peer]?.name) ?? null
 
 export function vmStatus (vm: VmEntry): { status: string, reason?: string } {
   if (vm.rejected !== undefined) return { status: 'rejected', reason: vm.rejected.reasons.map(r => r.detail).join('; ') }

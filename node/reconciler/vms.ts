@@ -10,7 +10,7 @@ import { vmName, tapName, vmMac, type HypervisorDriver, type VmSpec, type VmObse
 import type { ImageStore } from '../drivers/images/store.ts'
 import type { StateStore } from '../../crdt/store.ts'
 import type { World, VmEntry } from '../../crdt/world.ts'
-import type { HostVm } from '../../crdt/schema.ts'
+import { optString, readHostVm, scalars, type HostVm } from '../../crdt/schema.ts'
 import { assignVnis, bridgeName } from '../net/addressing.ts'
 import { planVms, type VmTarget, type VmReport } from './vm-plan.ts'
 import type { Logger } from '../log.ts'
@@ -230,7 +230,7 @@ export class VmReconciler {
   private async report (reports: Map<string, VmReport>, current: Record<string, HostVm>): Promise<void> {
     const changed = [...reports].filter(([id, r]) => {
       const cur = current[id]
-      return cur === undefined || cur.status !== r.status || (cur.reason ?? undefined) !== r.reason
+      return cur === undefined || optString(cur.status) !== r.status || optString(cur.reason) !== r.reason
     })
     if (changed.length === 0) return
     const { store } = this.init
@@ -239,11 +239,11 @@ export class VmReconciler {
       const rec = d.hosts[store.self]
       rec.vms ??= {}
       for (const [id, r] of changed) {
-        const prev = rec.vms[id]
+        const prev = rec.vms[id] === undefined ? undefined : readHostVm(rec.vms[id])
         const next: HostVm = { status: r.status, since: at }
         if (r.reason !== undefined) next.reason = r.reason
-        if (prev?.operatorStop !== undefined && r.status !== 'destroyed') next.operatorStop = { ...prev.operatorStop }
-        rec.vms[id] = next
+        if (prev?.operatorStop !== undefined && r.status !== 'destroyed') next.operatorStop = prev.operatorStop
+        rec.vms[id] = scalars(next)
       }
     })
   }
