@@ -71,12 +71,13 @@ export async function durableWrites (n: number): Promise<DurableResult> {
     const t0 = performance.now()
     for (let i = 0; i < n; i++) {
       const t = performance.now()
-      await s.change('report', d => { d.hosts[self].updated = new Date(Date.now() + i).toISOString() })
+      // The host record's timestamp, written as the daemon writes it (crdt/membership.ts: a scalar).
+      await s.change('report', d => { d.hosts[self].updated = scalars(new Date(Date.now() + i).toISOString()) })
       lat.push(performance.now() - t)
     }
     const commitsPerSecond = n / ((performance.now() - t0) / 1000)
     const t1 = performance.now()
-    await Promise.all(Array.from({ length: n }, async (_, i) => await s.change('report', d => { d.hosts[self].updated = `c${i}` })))
+    await Promise.all(Array.from({ length: n }, async (_, i) => await s.change('report', d => { d.hosts[self].updated = scalars(`c${i}`) })))
     const concurrentPerSecond = n / ((performance.now() - t1) / 1000)
     await s.close()
     return { commitMs: summarize(lat), commitsPerSecond, concurrentPerSecond }
