@@ -56,7 +56,12 @@ export async function createP2PNode (init: P2PInit): Promise<P2PNode> {
         Dlo: 3,
         Dhi: 6,
         Dlazy: 4,
-        doPX: false
+        doPX: false,
+        // No penalty for many peers behind one IP address: every peer is an admitted member
+        // already (the gater), and hosts of a community network often share a NAT address. With
+        // the default (-5 × surplus² above 10 peers per IP) an 11th host on one address pushed
+        // every peer below the graylist threshold: their gossip was ignored and ours not sent.
+        scoreParams: { IPColocationFactorWeight: 0 }
       })
     }
   })
