@@ -13,6 +13,7 @@
 import { open, rename, unlink } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { crc32 } from 'node:zlib'
+import { syncDir } from '../node/files.ts'
 
 export const SNAPSHOT_FILE = 'state.snapshot'
 /** Bump the last byte when the layout changes: an older snapshot is then ignored, never misread. */
@@ -144,6 +145,8 @@ export async function readSnapshotFile (dir: string): Promise<Buffer | undefined
  * snapshot or the new one (and maybe a stale temp file, which the next write truncates).
  */
 export async function writeSnapshotFile (dir: string, bytes: Uint8Array): Promise<void> {
+  // Not writeFileAtomic (node/files.ts): its temp names are random, and a snapshot killed midway
+  // would leave a 5 MiB file behind each time; this one's single temp file is simply overwritten.
   const path = join(dir, SNAPSHOT_FILE)
   const tmp = `${path}.tmp`
   const fh = await open(tmp, 'w', 0o600)
@@ -160,13 +163,4 @@ export async function writeSnapshotFile (dir: string, bytes: Uint8Array): Promis
 export async function removeSnapshotFile (dir: string): Promise<void> {
   await unlink(join(dir, SNAPSHOT_FILE)).catch((err: any) => { if (err.code !== 'ENOENT') throw err })
   await syncDir(dir)
-}
-
-async function syncDir (dir: string): Promise<void> {
-  const d = await open(dir, 'r')
-  try {
-    await d.sync()
-  } finally {
-    await d.close()
-  }
 }
