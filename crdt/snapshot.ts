@@ -10,10 +10,10 @@
  * u32 crc32 of everything before it. An index entry is hash (32) | signature (64) |
  * u32 actor number (into header.actors) | u32 seq.
  */
-import { open, rename, unlink } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { open, unlink } from 'node:fs/promises'
+import { join } from 'node:path'
 import { crc32 } from 'node:zlib'
-import { syncDir } from '../node/files.ts'
+import { syncDir, writeFileAtomic } from '../node/files.ts'
 
 export const SNAPSHOT_FILE = 'state.snapshot'
 /** Bump the last byte when the layout changes: an older snapshot is then ignored, never misread. */
@@ -145,19 +145,9 @@ export async function readSnapshotFile (dir: string): Promise<Buffer | undefined
  * snapshot or the new one (and maybe a stale temp file, which the next write truncates).
  */
 export async function writeSnapshotFile (dir: string, bytes: Uint8Array): Promise<void> {
-  // Not writeFileAtomic (node/files.ts): its temp names are random, and a snapshot killed midway
-  // would leave a 5 MiB file behind each time; this one's single temp file is simply overwritten.
   const path = join(dir, SNAPSHOT_FILE)
-  const tmp = `${path}.tmp`
-  const fh = await open(tmp, 'w', 0o600)
-  try {
-    await fh.write(bytes, 0, bytes.length, 0)
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-  await rename(tmp, path)
-  await syncDir(dirname(path))
+  // One fixed temp file: a snapshot killed midway leaves 5 MiB behind, overwritten next time.
+  await writeFileAtomic(path, bytes, 0o600, `${path}.tmp`)
 }
 
 export async function removeSnapshotFile (dir: string): Promise<void> {

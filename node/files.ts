@@ -6,9 +6,14 @@ import { open, rename, mkdir, chmod, stat } from 'node:fs/promises'
 import { dirname, join, basename } from 'node:path'
 import { randomBytes } from 'node:crypto'
 
-export async function writeFileAtomic (path: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`)
-  const fh = await open(tmp, 'wx', mode)
+/**
+ * `tmp` names a fixed temporary file (overwritten if a killed write left it), for big files written
+ * again and again where random names would pile up after crashes; by default a fresh random name.
+ */
+export async function writeFileAtomic (path: string, data: string | Uint8Array, mode = 0o600, tmp?: string): Promise<void> {
+  const fixed = tmp !== undefined
+  tmp ??= join(dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`)
+  const fh = await open(tmp, fixed ? 'w' : 'wx', mode)
   try {
     await fh.writeFile(data)
     await fh.sync()
