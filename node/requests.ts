@@ -5,7 +5,8 @@
  * receiving host's stamp, schema). Results are cached; the world is derived from them.
  */
 import { createHash } from 'node:crypto'
-import { readFile, rename, writeFile } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
+import { writeFileAtomic } from './files.ts'
 import { join } from 'node:path'
 import type * as openpgp from 'openpgp'
 import { validateEnvelope, type Envelope, type ValidRequest } from '../protocol/envelope.ts'
@@ -153,8 +154,7 @@ export class RequestBook {
     const body = JSON.stringify(verdicts)
     const path = join(this.store.stateDir, VERDICTS_FILE)
     try {
-      await writeFile(`${path}.tmp`, JSON.stringify({ v: VERDICTS_VERSION, sum: sha256(body), verdicts }), { mode: 0o600 })
-      await rename(`${path}.tmp`, path)
+      await writeFileAtomic(path, JSON.stringify({ v: VERDICTS_VERSION, sum: sha256(body), verdicts }))
     } catch (err: any) {
       this.log.warn('could not keep the request verdicts', { error: err.message })
     }
