@@ -150,7 +150,8 @@ export async function fetchImage (p2p: P2PNode, store: ImageStore, sha256: strin
           received = partial.offset
         }
         // Whatever verified so far is kept: the rest comes over the libp2p stream.
-        log.info('image side channel failed; going on over libp2p', { peer, bytes: received, error })
+        // Where it tried, so that an operator can check that TCP port on that host (image_listen).
+        log.info('image side channel failed; going on over libp2p', { peer, address: `${host ?? '?'}:${String(isBulkOffer(head.bulk) ? head.bulk.port : '?')}`, bytes: received, error })
         await lp.write(enc({ offset: received }))
       }
       for (;;) {
