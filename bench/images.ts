@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process'
 import { createServer } from 'node:net'
 import { randomBytes } from 'node:crypto'
 import { open, rm, stat, writeFile } from 'node:fs/promises'
+import { closeSync, openSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { TestMesh } from '../test/helpers/daemon.ts'
 import { waitFor } from '../test/helpers/wait.ts'
@@ -19,22 +20,35 @@ export interface TransferResult {
   fetchMiBs: number
   /** How the bytes came: side-channel or libp2p. */
   over: string
+  /** cat through a socket into a file on the other end (`nc -l PORT > FILE`): the baseline. */
   catMiBs: number
+  /** cat through a socket whose reader drops the bytes: no file at the end. */
+  catDiscardMiBs: number
   ratio: number
   fetchRatio: number
+  /** The fetch ÷ the cat whose bytes are dropped. */
+  fetchDiscardRatio: number
 }
 
-async function catThroughTcp (file: string): Promise<number> {
+/**
+ * `cat FILE > /dev/tcp/127.0.0.1/PORT` into a TCP server on loopback; the ms from its connection to
+ * the last byte. With `dest`, the server writes what it reads to that file, read by read, as
+ * `nc -l PORT > DEST` does: a copy of the file through a socket. Without, it drops the bytes.
+ */
+async function catThroughTcp (file: string, dest?: string): Promise<number> {
   const server = createServer()
-  let received = 0
   const done = new Promise<number>(resolve => {
     server.on('connection', sock => {
       const t0 = performance.now()
-      sock.on('data', d => { received += d.length })
-      sock.on('end', () => resolve(performance.now() - t0))
+      const fd = dest === undefined ? undefined : openSync(dest, 'w')
+      sock.on('data', d => { if (fd !== undefined) writeSync(fd, d) })
+      sock.on('end', () => {
+        if (fd !== undefined) closeSync(fd)
+        resolve(performance.now() - t0)
+      })
     })
   })
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', () => { resolve() }))
   const port = (server.address() as { port: number }).port
   // bash's /dev/tcp: cat writes straight into the socket.
   const q = spawn('bash', ['-c', `cat "$1" > /dev/tcp/127.0.0.1/${port}`, 'bash', file], { stdio: 'ignore' })
@@ -42,7 +56,15 @@ async function catThroughTcp (file: string): Promise<number> {
   const ms = await done
   await closed
   server.close()
+  if (dest !== undefined) await rm(dest, { force: true })
   return ms
+}
+
+/** The median of three runs: one 256 MiB copy takes a fraction of a second, and varies. */
+async function medianCat (file: string, dest?: string): Promise<number> {
+  const ms: number[] = []
+  for (let i = 0; i < 3; i++) ms.push(await catThroughTcp(file, dest))
+  return ms.sort((a, b) => a - b)[1]
 }
 
 export async function imageTransfer (mib: number): Promise<TransferResult> {
@@ -52,7 +74,8 @@ export async function imageTransfer (mib: number): Promise<TransferResult> {
     const fh = await open(file, 'w')
     for (let i = 0; i < mib; i++) await fh.write(randomBytes(1024 * 1024))
     await fh.close()
-    const catMs = await catThroughTcp(file)
+    const catMs = await medianCat(file, join(mesh.dir, 'copy.raw'))
+    const catDiscardMs = await medianCat(file)
     const config = 'vcpus = 4\nmem_mib = 4096\ndisk_gib = 100\nheartbeat_interval = 1\nreconnect_interval = 1\n'
     const [a, b] = await mesh.form(['img-a', 'img-b'], config)
     const keyring = join(mesh.dir, 'kr')
@@ -71,7 +94,11 @@ export async function imageTransfer (mib: number): Promise<TransferResult> {
     const picocloudMiBs = mib / (ms / 1000)
     const fetchMiBs = mib / (Number(fetched[2]) / 1000)
     const catMiBs = mib / (catMs / 1000)
-    return { mib, picocloudMiBs, fetchMiBs, over: fetched[1], catMiBs, ratio: picocloudMiBs / catMiBs, fetchRatio: fetchMiBs / catMiBs }
+    const catDiscardMiBs = mib / (catDiscardMs / 1000)
+    return {
+      mib, picocloudMiBs, fetchMiBs, over: fetched[1], catMiBs, catDiscardMiBs,
+      ratio: picocloudMiBs / catMiBs, fetchRatio: fetchMiBs / catMiBs, fetchDiscardRatio: fetchMiBs / catDiscardMiBs
+    }
   } finally {
     await mesh.stopAll()
     await rm(file, { force: true })

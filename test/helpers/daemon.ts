@@ -14,6 +14,8 @@ import { waitFor } from './wait.ts'
 export const ROOT = resolve(import.meta.dirname, '../..')
 const NODE = process.execPath
 const MAIN = join(ROOT, 'node/cli/main.ts')
+/** Compiled code cached across test daemons, as bin/picocloud caches it per user. */
+const COMPILE_CACHE = join(tmpdir(), 'picocloud-test-compile-cache')
 
 export interface CliResult { code: number, stdout: string, stderr: string }
 
@@ -69,7 +71,7 @@ export class TestDaemon {
     const p = spawn(cmd, argv, {
       stdio: ['ignore', 'pipe', 'pipe'],
       // As bin/picocloud runs the daemon.
-      env: { MALLOC_ARENA_MAX: '2', ...process.env, PICOCLOUD_CONFIG: join(this.state, 'none.toml'), ...this.extraEnv }
+      env: { MALLOC_ARENA_MAX: '2', NODE_COMPILE_CACHE: COMPILE_CACHE, ...process.env, PICOCLOUD_CONFIG: join(this.state, 'none.toml'), ...this.extraEnv }
     })
     // PICOCLOUD_CONFIG names an empty file in the state dir, so no host config leaks in.
     this.proc = p
