@@ -4,9 +4,10 @@
  * thread because every record allocates a fresh plaintext buffer, and on the main thread's large
  * heap the garbage collections that triggers cost more than the transfer itself (~3× the CPU).
  *
- * workerData: BulkFetchJob. Messages: {received} now and then, then one BulkFetchResult.
+ * It is started before the offer comes; the first message is the BulkFetchJob. It answers
+ * {received} now and then, then one BulkFetchResult.
  */
-import { parentPort, workerData } from 'node:worker_threads'
+import { parentPort } from 'node:worker_threads'
 import { ImageStore } from './drivers/images/store.ts'
 import { bulkReceive, type BulkFetchJob, type BulkFetchResult } from './bulk.ts'
 
@@ -38,4 +39,6 @@ async function run (job: BulkFetchJob): Promise<BulkFetchResult> {
   }
 }
 
-parentPort?.postMessage(await run(workerData as BulkFetchJob))
+parentPort?.once('message', (job: BulkFetchJob) => {
+  void run(job).then(r => { parentPort?.postMessage(r) })
+})

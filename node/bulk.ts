@@ -14,12 +14,13 @@
  *            the record with n = 0 ends the transfer (so a cut connection never looks finished)
  *
  * Record i is sealed with nonce 0⁴ ‖ u64 BE i under the grant's own key: nonces never repeat.
- * The client side runs in a worker thread (node/bulk-worker.ts, through bulkFetch).
+ * The client side runs in a worker thread (node/bulk-worker.ts, through BulkFetcher).
  */
 import { createCipheriv, createDecipheriv, randomBytes, timingSafeEqual, type DecipherGCM } from 'node:crypto'
 import { open } from 'node:fs/promises'
+import { fork, type ChildProcess } from 'node:child_process'
 import { createServer, connect, type Server, type Socket } from 'node:net'
-import { Worker } from 'node:worker_threads'
+import { MessageChannel, Worker } from 'node:worker_threads'
 import type { Logger } from './log.ts'
 import type { ImageInfo } from './drivers/images/store.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
@@ -134,7 +135,6 @@ interface Grant {
   size: number
   key: Buffer
   expires: number
-  socket?: Socket
 }
 
 export interface BulkServerInit {
@@ -143,67 +143,46 @@ export interface BulkServerInit {
   log: Logger
   /** How long an unused token stays valid. @default 10 s */
   ttlMs?: number
+  /** How long the sender process outlives its last transfer. @default 30 s */
+  senderIdleMs?: number
+  /** Whether transfers go through a sender process (node/bulk-sender.ts). @default true */
+  senderProcess?: boolean
 }
 
-/** A grant as the listener keeps it. */
-export interface GrantMessage { id: string, peer: string, path: string, offset: number, size: number, key: Uint8Array, expires: number }
+/** What the daemon tells its sender process. A `send` comes with the client's socket. */
+export type SenderCommand =
+  | { kind: 'send', id: string, path: string, offset: number, size: number, key: string }
+  | { kind: 'revoke', id: string }
+
+/** What the sender process tells the daemon: a transfer is over (`error` when it broke off). */
+export interface SenderReport { kind: 'ended', id: string, error?: string }
 
 /**
- * Serves granted byte ranges of files over the side channel. The listener runs on the daemon's
- * main thread: a worker thread (a second V8 isolate) would cost every host ~10-15 MB of idle RSS
- * to save ~0.15 s of CPU per 256 MiB served.
+ * Serves granted byte ranges of files over the side channel.
+ *
+ * The listener and the tokens live on the daemon's main thread; the bytes are read, sealed and sent
+ * by a child process (node/bulk-sender.ts) that is started with the first grant and exits once idle.
+ * Sealing allocates a fresh buffer per record, and on the daemon's heap the garbage collections
+ * that triggers cost more CPU than the encryption itself; a worker thread instead would cost every
+ * host ~15–25 MB of idle RSS. Without the process (it could not start), the main thread sends.
  */
 export class BulkServer {
   private readonly init: BulkServerInit
-  private listener?: BulkListener
+  private readonly grants = new Map<string, Grant>()
+  /** Transfers under way, by grant id, with the socket when the main thread sends it. */
+  private readonly active = new Map<string, { peer: string, socket?: Socket }>()
+  private readonly sockets = new Set<Socket>()
+  private server?: Server
   private boundPort = 0
+  private sender?: ChildProcess
+  private senderIdle?: ReturnType<typeof setTimeout>
 
   constructor (init: BulkServerInit) { this.init = init }
 
   get port (): number { return this.boundPort }
 
-  async start (): Promise<number> {
-    const listener = new BulkListener({ host: this.init.host, port: this.init.port, log: this.init.log })
-    this.boundPort = await listener.start()
-    this.listener = listener
-    return this.boundPort
-  }
-
-  async stop (): Promise<void> {
-    const l = this.listener
-    this.listener = undefined
-    await l?.stop()
-  }
-
-  /**
-   * A one-time permission for `peer` to read `path` from `offset` to `size`. `revoke` ends it
-   * (and any transfer under way): call it when the libp2p stream that carried the offer ends.
-   */
-  grant (g: { peer: string, path: string, offset: number, size: number }): { offer: BulkOffer, revoke: () => void } {
-    const token = randomBytes(TOKEN_BYTES)
-    const key = randomBytes(32)
-    const id = token.toString('hex')
-    // Posted before the offer leaves: it is there before any connection can show the token.
-    const msg: GrantMessage = { ...g, id, key, expires: Date.now() + (this.init.ttlMs ?? 10_000) }
-    this.listener?.add(msg)
-    return {
-      offer: { port: this.boundPort, token: token.toString('base64'), key: key.toString('base64') },
-      revoke: () => { this.listener?.revoke(id) }
-    }
-  }
-}
-
-/** The side channel's listener itself. */
-export class BulkListener {
-  private readonly init: Omit<BulkServerInit, 'ttlMs'>
-  private readonly grants = new Map<string, Grant>()
-  /** Redeemed grants with a transfer under way, by id: `revoke` still reaches them. */
-  private readonly active = new Map<string, Grant>()
-  private readonly sockets = new Set<Socket>()
-  private server?: Server
-  private boundPort = 0
-
-  constructor (init: Omit<BulkServerInit, 'ttlMs'>) { this.init = init }
+  /** The sender process's pid while it runs. */
+  get senderPid (): number | undefined { return this.sender?.pid }
 
   async start (): Promise<number> {
     const server = createServer({ noDelay: true }, sock => { this.accept(sock) })
@@ -220,19 +199,37 @@ export class BulkListener {
     this.grants.clear()
     this.active.clear()
     for (const s of this.sockets) s.destroy()
+    this.stopSender()
     await new Promise<void>(resolve => { if (this.server === undefined) resolve(); else this.server.close(() => { resolve() }) })
     this.server = undefined
   }
 
-  add (g: GrantMessage): void {
-    this.grants.set(g.id, { peer: g.peer, path: g.path, offset: g.offset, size: g.size, key: Buffer.from(g.key), expires: g.expires })
+  /**
+   * A one-time permission for `peer` to read `path` from `offset` to `size`. `revoke` ends it
+   * (and any transfer under way): call it when the libp2p stream that carried the offer ends.
+   */
+  grant (g: { peer: string, path: string, offset: number, size: number }): { offer: BulkOffer, revoke: () => void } {
+    const token = randomBytes(TOKEN_BYTES)
+    const key = randomBytes(32)
+    const id = token.toString('hex')
+    this.grants.set(id, { ...g, key, expires: Date.now() + (this.init.ttlMs ?? 10_000) })
+    // Started now, so that it boots while the client gets ready to connect.
+    this.ensureSender()
+    return {
+      offer: { port: this.boundPort, token: token.toString('base64'), key: key.toString('base64') },
+      revoke: () => { this.revoke(id) }
+    }
   }
 
   /** Ends a grant, and its transfer if one is under way. */
-  revoke (id: string): void {
+  private revoke (id: string): void {
     this.grants.delete(id)
-    this.active.get(id)?.socket?.destroy()
-    this.active.delete(id)
+    const t = this.active.get(id)
+    if (t !== undefined) {
+      t.socket?.destroy()
+      this.command({ kind: 'revoke', id })
+    }
+    this.ended(id)
   }
 
   private accept (sock: Socket): void {
@@ -255,16 +252,34 @@ export class BulkListener {
         sock.destroy()
         return
       }
-      grant.socket = sock
-      this.active.set(id, grant)
-      sock.once('close', () => this.active.delete(id))
-      sock.setTimeout(30_000, () => sock.destroy(new Error('client stopped reading')))
-      this.send(sock, grant).catch((err: Error) => {
-        this.init.log.debug('bulk image transfer ended early', { peer: grant.peer, error: err.message })
-        sock.destroy()
-      })
+      sock.setTimeout(0)
+      this.dispatch(id, grant, sock)
     }
     sock.on('data', onData)
+  }
+
+  /** Hands the redeemed transfer to the sender process, or sends it from here without one. */
+  private dispatch (id: string, g: Grant, sock: Socket): void {
+    const sender = this.ensureSender()
+    if (sender !== undefined) {
+      this.active.set(id, { peer: g.peer })
+      const cmd: SenderCommand = { kind: 'send', id, path: g.path, offset: g.offset, size: g.size, key: g.key.toString('base64') }
+      // The socket moves to the child: closed here once sent.
+      sender.send(cmd, sock, err => {
+        if (err === null) return
+        this.init.log.debug('could not hand an image transfer to the sender process', { error: err.message })
+        sock.destroy()
+        this.ended(id)
+      })
+      return
+    }
+    this.active.set(id, { peer: g.peer, socket: sock })
+    sock.once('close', () => { this.ended(id) })
+    sock.setTimeout(30_000, () => sock.destroy(new Error('client stopped reading')))
+    sendRecords(sock, g).catch((err: Error) => {
+      this.init.log.debug('bulk image transfer ended early', { peer: g.peer, error: err.message })
+      sock.destroy()
+    })
   }
 
   /** The grant the hello's token names, taken out (single use) if it is still valid. */
@@ -277,42 +292,96 @@ export class BulkListener {
     return g.expires >= Date.now() ? [id, g] : undefined
   }
 
-  private async send (sock: Socket, g: Grant): Promise<void> {
-    let counter = 0
-    const write = async (bufs: Buffer[]): Promise<void> => {
-      sock.cork()
-      let ok = true
-      for (const b of bufs) ok = sock.write(b)
-      sock.uncork()
-      if (!ok && !sock.destroyed) {
-        await new Promise<void>((resolve, reject) => {
-          const done = (err?: Error): void => { sock.off('drain', done); sock.off('close', closed); if (err) reject(err); else resolve() }
-          const closed = (): void => done(new Error('connection closed'))
-          sock.once('drain', done)
-          sock.once('close', closed)
-        })
-      }
-      if (sock.destroyed) throw new Error('connection closed')
-    }
-    // Two reused buffers: the next record is read from disk while this one is sealed and sent.
-    const fh = await open(g.path, 'r')
+  /** The running sender process, started if need be; undefined when off or it cannot run. */
+  private ensureSender (): ChildProcess | undefined {
+    if (this.init.senderProcess === false) return undefined
+    clearTimeout(this.senderIdle)
+    this.senderIdle = undefined
+    if (this.sender !== undefined && this.sender.connected) return this.sender
     try {
-      const bufs = [Buffer.allocUnsafe(RECORD_BYTES), Buffer.allocUnsafe(RECORD_BYTES)]
-      let pos = g.offset
-      const readAt = (i: number): Promise<{ bytesRead: number, buffer: Buffer }> | undefined =>
-        pos < g.size ? fh.read(bufs[i], 0, Math.min(RECORD_BYTES, g.size - pos), pos) : undefined
-      let next = readAt(0)
-      for (let i = 1; next !== undefined; i ^= 1) {
-        const { bytesRead, buffer } = await next
-        if (bytesRead === 0) throw new Error('the image file is shorter than its size')
-        pos += bytesRead
-        next = readAt(i)
-        await write(sealRecord(g.key, counter++, buffer.subarray(0, bytesRead)))
-      }
-    } finally { await fh.close() }
-    await write(sealRecord(g.key, counter++, new Uint8Array()))
-    sock.end()
+      const child = fork(new URL('./bulk-sender.ts', import.meta.url), [], {
+        stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+        // Its own flags: not the daemon's small young generation, which suits an idle daemon.
+        execArgv: ['--disable-warning=ExperimentalWarning']
+      })
+      child.on('message', (m: SenderReport) => {
+        if (m.kind !== 'ended') return
+        if (m.error !== undefined) this.init.log.debug('bulk image transfer ended early', { peer: this.active.get(m.id)?.peer, error: m.error })
+        this.ended(m.id)
+      })
+      child.on('error', err => { this.init.log.warn('image sender process failed', { error: err.message }) })
+      child.once('exit', () => {
+        if (this.sender === child) this.sender = undefined
+        // Its transfers died with it: the clients go on over libp2p.
+        for (const [id, t] of this.active) if (t.socket === undefined) this.active.delete(id)
+      })
+      this.sender = child
+      return child
+    } catch (err: any) {
+      this.init.log.warn('cannot start the image sender process; sending from the daemon', { error: err.message })
+      return undefined
+    }
   }
+
+  private command (c: SenderCommand): void {
+    if (this.sender?.connected === true) this.sender.send(c)
+  }
+
+  /** A transfer is over; with nothing left to send, the sender process goes after a while. */
+  private ended (id: string): void {
+    this.active.delete(id)
+    if (this.active.size > 0 || this.grants.size > 0 || this.sender === undefined || this.senderIdle !== undefined) return
+    this.senderIdle = setTimeout(() => { this.senderIdle = undefined; if (this.active.size === 0 && this.grants.size === 0) this.stopSender() }, this.init.senderIdleMs ?? 30_000)
+    this.senderIdle.unref()
+  }
+
+  private stopSender (): void {
+    clearTimeout(this.senderIdle)
+    this.senderIdle = undefined
+    this.sender?.kill()
+    this.sender = undefined
+  }
+}
+
+/**
+ * Sends the granted range of a file as sealed records, then the end record, and ends the socket.
+ * Rejects when the socket closes first.
+ */
+export async function sendRecords (sock: Socket, g: { path: string, offset: number, size: number, key: Buffer }): Promise<void> {
+  let counter = 0
+  const write = async (bufs: Buffer[]): Promise<void> => {
+    sock.cork()
+    let ok = true
+    for (const b of bufs) ok = sock.write(b)
+    sock.uncork()
+    if (!ok && !sock.destroyed) {
+      await new Promise<void>((resolve, reject) => {
+        const done = (err?: Error): void => { sock.off('drain', done); sock.off('close', closed); if (err) reject(err); else resolve() }
+        const closed = (): void => done(new Error('connection closed'))
+        sock.once('drain', done)
+        sock.once('close', closed)
+      })
+    }
+    if (sock.destroyed) throw new Error('connection closed')
+  }
+  // Two reused buffers: the next record is read from disk while this one is sealed and sent.
+  const fh = await open(g.path, 'r')
+  try {
+    const bufs = [Buffer.allocUnsafe(RECORD_BYTES), Buffer.allocUnsafe(RECORD_BYTES)]
+    let pos = g.offset
+    const readAt = (i: number): Promise<{ bytesRead: number, buffer: Buffer }> | undefined =>
+      pos < g.size ? fh.read(bufs[i], 0, Math.min(RECORD_BYTES, g.size - pos), pos) : undefined
+    let next = readAt(0)
+    for (let i = 1; next !== undefined; i ^= 1) {
+      const { bytesRead, buffer } = await next
+      if (bytesRead === 0) throw new Error('the image file is shorter than its size')
+      pos += bytesRead
+      next = readAt(i)
+      await write(sealRecord(g.key, counter++, buffer.subarray(0, bytesRead)))
+    }
+  } finally { await fh.close() }
+  await write(sealRecord(g.key, counter++, new Uint8Array()))
+  sock.end()
 }
 
 export interface BulkReceive {
@@ -391,18 +460,37 @@ export type BulkFetchResult =
   /** Whole but wrong: the partial download is gone. */
   | { kind: 'corrupt', error: string, written: number }
 
-/** Runs a BulkFetchJob in a worker thread; `onProgress` hears the bytes received so far. */
-export async function bulkFetch (job: BulkFetchJob, onProgress: (received: number) => void): Promise<BulkFetchResult> {
-  const worker = new Worker(new URL('./bulk-worker.ts', import.meta.url), { workerData: job })
-  try {
-    return await new Promise<BulkFetchResult>((resolve, reject) => {
-      worker.on('message', (m: BulkFetchResult | { received: number }) => { if ('kind' in m) resolve(m); else onProgress(m.received) })
-      worker.once('error', reject)
-      worker.once('exit', code => { reject(new Error(`the image worker exited (${code})`)) })
+/**
+ * A worker thread (node/bulk-worker.ts) for one transfer, started before the offer comes: it boots
+ * (tens of ms) while the request travels. `run` gives it the job; `cancel` ends it unused.
+ */
+export class BulkFetcher {
+  private readonly worker = new Worker(new URL('./bulk-worker.ts', import.meta.url))
+  private readonly exited: Promise<never>
+
+  constructor () {
+    this.exited = new Promise<never>((_resolve, reject) => {
+      this.worker.once('error', reject)
+      this.worker.once('exit', code => { reject(new Error(`the image worker exited (${code})`)) })
     })
-  } finally {
-    void worker.terminate()
+    // Until `run` listens: a failed start is its business, not an unhandled rejection.
+    this.exited.catch(() => {})
   }
+
+  /** Runs the job; `onProgress` hears the bytes received so far. */
+  async run (job: BulkFetchJob, onProgress: (received: number) => void): Promise<BulkFetchResult> {
+    try {
+      const done = new Promise<BulkFetchResult>(resolve => {
+        this.worker.on('message', (m: BulkFetchResult | { received: number }) => { if ('kind' in m) resolve(m); else onProgress(m.received) })
+      })
+      this.worker.postMessage(job)
+      return await Promise.race([done, this.exited])
+    } finally {
+      this.cancel()
+    }
+  }
+
+  cancel (): void { void this.worker.terminate() }
 }
 
 /**

@@ -17,7 +17,7 @@ import { createReadStream } from 'node:fs'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Stream } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
-import { bulkFetch, isBulkOffer, type BulkServer, type BulkFetchResult } from './bulk.ts'
+import { BulkFetcher, isBulkOffer, type BulkServer, type BulkFetchResult } from './bulk.ts'
 import type { ImageStore, ImageInfo } from './drivers/images/store.ts'
 import type { StateStore } from '../crdt/store.ts'
 import type { P2PNode } from './p2p.ts'
@@ -105,6 +105,8 @@ export async function fetchImage (p2p: P2PNode, store: ImageStore, sha256: strin
   for (const peer of peers) {
     let partial = await store.partial(sha256)
     const t0 = Date.now()
+    // Boots while the offer is asked for; unused when the peer offers no side channel.
+    const fetcher = new BulkFetcher()
     try {
       const conn = await p2p.dial(peerIdFromString(peer), { signal: AbortSignal.timeout(10_000) })
       const stream = await conn.newStream(IMAGE_PROTOCOL, { signal: AbortSignal.timeout(10_000) })
@@ -128,7 +130,7 @@ export async function fetchImage (p2p: P2PNode, store: ImageStore, sha256: strin
           // The worker (node/bulk-worker.ts) takes the partial download over, and finishes it.
           await partial.close()
           const job = { stateDir: store.stateDir, maxBytes: store.maxBytes, sha256, size: head.size, host, offer: head.bulk }
-          const r = await bulkFetch(job, n => { onProgress({ sha256, received: n, total: head.size, peer }) })
+          const r = await fetcher.run(job, n => { onProgress({ sha256, received: n, total: head.size, peer }) })
             .catch((err: Error): BulkFetchResult => ({ kind: 'failed', error: err.message, received: -1, written: 0 }))
           store.stats.downloadedBytes += r.written
           if (r.kind !== 'failed') {
@@ -177,6 +179,8 @@ export async function fetchImage (p2p: P2PNode, store: ImageStore, sha256: strin
       await partial.close().catch(() => {})
       problems.push(`${peer}: ${err.message}`)
       log.warn('image fetch from peer failed; will try another', { peer, error: err.message })
+    } finally {
+      fetcher.cancel()
     }
   }
   throw new PicocloudError(ErrorCode.ImageHashMismatch, `could not fetch image ${sha256.slice(0, 12)} from any host: ${problems.join('; ')}`, 502)

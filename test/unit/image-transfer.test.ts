@@ -18,6 +18,9 @@ import { IMAGE_PROTOCOL, serveImage, fetchImage } from '../../node/images.ts'
 import { BulkServer, bulkReceive, sealRecord, RecordOpener, startBulkServer, RECORD_BYTES, BULK_MAGIC, type BulkOffer } from '../../node/bulk.ts'
 import { createLogger, silentLogger } from '../../node/log.ts'
 import type { P2PNode } from '../../node/p2p.ts'
+import { waitFor } from '../helpers/wait.ts'
+
+const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true } catch { return false } }
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex')
 
@@ -205,6 +208,39 @@ describe('bulk side channel', () => {
     expect(bytes).toBe(0)
     // A valid token that was never used before still works.
     expect(await receive(server.grant({ peer: 'p', path: file, offset: 0, size: data.length }).offer)).toEqual(data)
+  })
+
+  it('sends from a child process that exits once idle; a revoke cuts a transfer under way; without the process the daemon sends', async () => {
+    const big = join(dir, 'big')
+    await writeFile(big, randomBytes(32 * RECORD_BYTES))
+    const s = new BulkServer({ host: '127.0.0.1', port: 0, log: silentLogger, senderIdleMs: 200 })
+    await s.start()
+    try {
+      const { offer } = s.grant({ peer: 'p', path: file, offset: 0, size: data.length })
+      const pid = s.senderPid as number
+      expect(pid).toBeGreaterThan(0)
+      expect(await receive(offer)).toEqual(data)
+      // Idle: the process is gone, not just forgotten.
+      await waitFor(() => s.senderPid === undefined && !alive(pid), { what: 'the sender process to exit' })
+
+      // The client reads one record and stalls; the revoke ends the transfer from the server side.
+      const g = s.grant({ peer: 'p', path: big, offset: 0, size: 32 * RECORD_BYTES })
+      let release = (): void => {}
+      const stalled = new Promise<void>(resolve => { release = resolve })
+      let records = 0
+      const cut = bulkReceive({ host: '127.0.0.1', offer: g.offer, write: async () => { if (++records === 1) { g.revoke(); await stalled } } })
+      await waitFor(() => records >= 1, { what: 'the first record' })
+      release()
+      await expect(cut).rejects.toThrow(/closed before the end/)
+    } finally { await s.stop() }
+
+    const inline = new BulkServer({ host: '127.0.0.1', port: 0, log: silentLogger, senderProcess: false })
+    await inline.start()
+    try {
+      const { offer } = inline.grant({ peer: 'p', path: file, offset: 5, size: data.length })
+      expect(inline.senderPid).toBeUndefined()
+      expect(await receive(offer)).toEqual(data.subarray(5))
+    } finally { await inline.stop() }
   })
 
   it('records open only with their key, in order, whole; any flipped bit fails', () => {
