@@ -28,6 +28,7 @@ import { SYNC_PROTOCOL, SyncError, syncInitiator, syncResponder, type SyncStats 
 import { encodeSignedChange, decodeSignedChange, type SignedChange } from '../crdt/signed-changes.ts'
 import { foundMesh, admit, expel, publishHostRecord, setMeshPolicy } from '../crdt/membership.ts'
 import { asString, isActiveMember, readMember, scalars } from '../crdt/schema.ts'
+import { openProgress, sealProgress, type ImageProgress } from '../protocol/progress.ts'
 import { vmName } from './drivers/hypervisor/types.ts'
 import { assignOverlayAddresses, VXLAN_OVERHEAD_IPV6 } from './net/addressing.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
@@ -102,7 +103,8 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   /** Image fetches under way here, by VM id (also shown in `vm show`). */
   readonly progress = new Map<string, FetchProgress>()
   /** Image fetches other hosts announced (ephemeral, like heartbeats), by VM id. */
-  private readonly remoteProgress = new Map<string, FetchProgress & { at: number }>()
+  /** Fetch progress other hosts reported, by VM, with the host that reported it. */
+  private readonly remoteProgress = new Map<string, FetchProgress & { host: string, at: number }>()
   private beats?: Beats
   private readonly divergence = new DivergenceWatch({
     ours: () => this.headsDigest(),
@@ -135,7 +137,20 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   isUp (peer: string): boolean {
     if (peer === this.peerId) return true
     if (this.liveness.alive(peer)) return true
-    return (this.p2p?.getConnections().some(c => c.remotePeer.toString() === peer)) ?? false
+    return this.connectedPeers().has(peer)
+  }
+
+  private connectedCache?: Set<string>
+  /**
+   * The peers we have a connection to, gathered once per turn of the event loop: a placement pass
+   * asks for every host, and libp2p builds its list of connections anew for each call.
+   */
+  private connectedPeers (): Set<string> {
+    if (this.connectedCache === undefined) {
+      this.connectedCache = new Set(this.p2p?.getConnections().map(c => c.remotePeer.toString()))
+      queueMicrotask(() => { this.connectedCache = undefined })
+    }
+    return this.connectedCache
   }
 
   /** Loads (or creates, on first start) the host's identity and state. */
@@ -241,18 +256,20 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     pubsub.addEventListener('message', evt => {
       const msg = evt.detail
       if (msg.topic === progress) {
+        // Accepted by the topic validator below: well formed, signed by `host`, a member.
         try {
-          const p = JSON.parse(new TextDecoder().decode(msg.data))
-          if (typeof p.vm === 'string' && typeof p.received === 'number' && typeof p.total === 'number') {
-            this.remoteProgress.set(p.vm, { sha256: String(p.sha256), received: p.received, total: p.total, peer: String(p.peer), at: Date.now() })
-          }
+          const m = JSON.parse(new TextDecoder().decode(msg.data))
+          const p = JSON.parse(m.body) as ImageProgress
+          this.remoteProgress.set(p.vm, { sha256: p.sha256, received: p.received, total: p.total, peer: p.peer, host: String(m.host), at: Date.now() })
         } catch {}
       }
     })
     const progress = this.progressTopic()
-    pubsub.topicValidators.set(progress, (_from, msg) => {
-      const author = msg.type === 'signed' ? msg.from.toString() : ''
-      return isActiveMember(this.store.doc, author) && msg.data.length < 512 ? TopicValidatorResult.Accept : TopicValidatorResult.Reject
+    pubsub.topicValidators.set(progress, async (_from, msg) => {
+      const r = await openProgress(msg.data)
+      if (r === undefined) return TopicValidatorResult.Reject
+      // From a host expelled a moment ago, forwarded in good faith: dropped, nobody penalised.
+      return isActiveMember(this.store.doc, r.host) ? TopicValidatorResult.Accept : TopicValidatorResult.Ignore
     })
     pubsub.subscribe(changes)
     pubsub.subscribe(progress)
@@ -663,7 +680,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       await fetchImage(this.libp2p, this.images, sha256, holders(this.store, sha256, connected), this.log.forComponent('images'), p => {
         this.progress.set(vmId, p)
         this.emitEvent('image.progress', { vm: vmId, ...p })
-        void this.libp2p.services.pubsub.publish(this.progressTopic(), new TextEncoder().encode(JSON.stringify({ vm: vmId, ...p }))).catch(() => {})
+        void sealProgress(this.key, this.peerId, { vm: vmId, ...p }).then(async data => await this.libp2p.services.pubsub.publish(this.progressTopic(), data)).catch(() => {})
       })
     } finally {
       this.progress.delete(vmId)
@@ -793,7 +810,8 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     const vm = findVm(world, ref, owner)
     const history = vm.requests.map(id => world.requests.get(id)).filter(r => r !== undefined).map(r => requestView(this.store.doc, r))
     const remote = this.remoteProgress.get(vm.id)
-    const progress = this.progress.get(vm.id) ?? (remote !== undefined && Date.now() - remote.at < 5000 && vm.report?.status === 'fetching-image' ? remote : undefined)
+    const fresh = remote !== undefined && remote.host === vm.host && Date.now() - remote.at < 5000 && vm.report?.status === 'fetching-image'
+    const progress = this.progress.get(vm.id) ?? (fresh ? { sha256: remote.sha256, received: remote.received, total: remote.total, peer: remote.peer } : undefined)
     return { ...vmView(this.store.doc, vm), history, ...(progress === undefined ? {} : { progress }) }
   }
 
