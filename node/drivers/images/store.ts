@@ -282,7 +282,9 @@ export class ImageStore {
             }
           } catch (err: any) { failed = err } finally { queued -= length }
         })
-        if (queued > 8 * 1024 * 1024) await drain()
+        // Back-pressure on the writes only: the datasync runs beside them, and waiting for it
+        // here would stall the transfer whenever the disk is busy flushing.
+        if (queued > 8 * 1024 * 1024) { await writing; if (failed !== undefined) throw failed }
       },
       async finalize (options = {}) {
         await closeFile()
