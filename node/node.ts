@@ -302,8 +302,11 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     this.timers.push(t)
   }
 
-  private changesTopic (): string { return `/picocloud/${this.store.meshId}/changes/1` }
-  private progressTopic (): string { return `/picocloud/${this.store.meshId}/progress/1` }
+  // Version 2: messages without gossipsub signatures (node/p2p.ts), progress reports signed by
+  // their host. A host of version 1 shares no topic with this one, so neither penalises the other's
+  // messages as invalid; in a mesh of mixed versions, changes cross between them by sync.
+  private changesTopic (): string { return `/picocloud/${this.store.meshId}/changes/2` }
+  private progressTopic (): string { return `/picocloud/${this.store.meshId}/progress/2` }
 
   private async validateChangeMessage (from: PeerId, msg: Message): Promise<TopicValidatorResult> {
     let signed: SignedChange
