@@ -15,7 +15,7 @@ import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { ImageStore } from '../../node/drivers/images/store.ts'
 import { IMAGE_PROTOCOL, serveImage, fetchImage } from '../../node/images.ts'
-import { BulkServer, bulkReceive, sealRecord, RecordOpener, startBulkServer, RECORD_BYTES, BULK_MAGIC, type BulkOffer } from '../../node/bulk.ts'
+import { BulkServer, bulkReceive, sealRecord, RecordOpener, startBulkServer, RECORD_BYTES, MAX_RECORD_BYTES, BULK_MAGIC, type BulkOffer } from '../../node/bulk.ts'
 import { createLogger, silentLogger } from '../../node/log.ts'
 import type { P2PNode } from '../../node/p2p.ts'
 import { waitFor } from '../helpers/wait.ts'
@@ -212,7 +212,8 @@ describe('bulk side channel', () => {
 
   it('sends from a child process that exits once idle; a revoke cuts a transfer under way; without the process the daemon sends', async () => {
     const big = join(dir, 'big')
-    await writeFile(big, randomBytes(32 * RECORD_BYTES))
+    // Far more than the socket buffers on both ends hold: the stalled transfer cannot finish.
+    await writeFile(big, randomBytes(64 * 2 ** 20))
     const s = new BulkServer({ host: '127.0.0.1', port: 0, log: silentLogger, senderIdleMs: 200 })
     await s.start()
     try {
@@ -224,7 +225,7 @@ describe('bulk side channel', () => {
       await waitFor(() => s.senderPid === undefined && !alive(pid), { what: 'the sender process to exit' })
 
       // The client reads one record and stalls; the revoke ends the transfer from the server side.
-      const g = s.grant({ peer: 'p', path: big, offset: 0, size: 32 * RECORD_BYTES })
+      const g = s.grant({ peer: 'p', path: big, offset: 0, size: 64 * 2 ** 20 })
       let release = (): void => {}
       const stalled = new Promise<void>(resolve => { release = resolve })
       let records = 0
@@ -245,7 +246,8 @@ describe('bulk side channel', () => {
 
   it('records open only with their key, in order, whole; any flipped bit fails', () => {
     const key = randomBytes(32)
-    const plain = [randomBytes(100), randomBytes(RECORD_BYTES), new Uint8Array()]
+    // The largest record a receiver accepts (earlier senders sent 1 MiB records), among others.
+    const plain = [randomBytes(100), randomBytes(MAX_RECORD_BYTES), randomBytes(RECORD_BYTES), new Uint8Array()]
     const wire = Buffer.concat(plain.flatMap((p, i) => sealRecord(key, i, p)))
     // Arbitrary chunking, down to single bytes.
     for (const step of [1, 7, 4096, wire.length]) {
@@ -260,6 +262,9 @@ describe('bulk side channel', () => {
       expect(() => new RecordOpener(key).push(bad), `bit flipped at ${at}`).toThrow()
     }
     expect(() => new RecordOpener(randomBytes(32)).push(wire)).toThrow(/authentication/)
+    // A record announcing more than a receiver accepts is refused before any of it is read.
+    const huge = Buffer.alloc(4); huge.writeUInt32BE(MAX_RECORD_BYTES + 1)
+    expect(() => new RecordOpener(key).push(huge)).toThrow(/larger than/)
     // Records swapped: the nonces no longer match.
     const swapped = Buffer.concat([...sealRecord(key, 1, plain[0]), ...sealRecord(key, 0, plain[1])])
     expect(() => new RecordOpener(key).push(swapped)).toThrow(/authentication/)
