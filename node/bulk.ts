@@ -20,7 +20,7 @@ import { createCipheriv, createDecipheriv, randomBytes, timingSafeEqual, type De
 import { open } from 'node:fs/promises'
 import { fork, type ChildProcess } from 'node:child_process'
 import { createServer, connect, type Server, type Socket } from 'node:net'
-import { MessageChannel, Worker } from 'node:worker_threads'
+import { Worker } from 'node:worker_threads'
 import type { Logger } from './log.ts'
 import type { ImageInfo } from './drivers/images/store.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'

@@ -28,7 +28,7 @@ import { SYNC_PROTOCOL, SyncError, syncInitiator, syncResponder, type SyncStats 
 import { encodeSignedChange, decodeSignedChange, type SignedChange } from '../crdt/signed-changes.ts'
 import { foundMesh, admit, expel, publishHostRecord, setMeshPolicy } from '../crdt/membership.ts'
 import { asString, isActiveMember, readMember, scalars } from '../crdt/schema.ts'
-import { openProgress, sealProgress, type ImageProgress } from '../protocol/progress.ts'
+import { openProgress, readProgress, sealProgress } from '../protocol/progress.ts'
 import { vmName } from './drivers/hypervisor/types.ts'
 import { assignOverlayAddresses, VXLAN_OVERHEAD_IPV6 } from './net/addressing.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
@@ -102,7 +102,6 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   private networkBackend?: () => string | undefined
   /** Image fetches under way here, by VM id (also shown in `vm show`). */
   readonly progress = new Map<string, FetchProgress>()
-  /** Image fetches other hosts announced (ephemeral, like heartbeats), by VM id. */
   /** Fetch progress other hosts reported, by VM, with the host that reported it. */
   private readonly remoteProgress = new Map<string, FetchProgress & { host: string, at: number }>()
   private beats?: Beats
@@ -257,11 +256,11 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       const msg = evt.detail
       if (msg.topic === progress) {
         // Accepted by the topic validator below: well formed, signed by `host`, a member.
-        try {
-          const m = JSON.parse(new TextDecoder().decode(msg.data))
-          const p = JSON.parse(m.body) as ImageProgress
-          this.remoteProgress.set(p.vm, { sha256: p.sha256, received: p.received, total: p.total, peer: p.peer, host: String(m.host), at: Date.now() })
-        } catch {}
+        const r = readProgress(msg.data)
+        if (r !== undefined) {
+          const { progress: p, host } = r
+          this.remoteProgress.set(p.vm, { sha256: p.sha256, received: p.received, total: p.total, peer: p.peer, host, at: Date.now() })
+        }
       }
     })
     const progress = this.progressTopic()

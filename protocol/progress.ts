@@ -29,17 +29,30 @@ function isProgress (v: any): v is ImageProgress {
     typeof v.peer === 'string'
 }
 
-/** The report and the host that signed it; undefined for anything malformed or badly signed. */
-export async function openProgress (data: Uint8Array): Promise<{ host: string, progress: ImageProgress } | undefined> {
+/**
+ * The report and the host it names, without checking the signature: only for a message that
+ * openProgress has accepted already (gossipsub's topic validator). Undefined when malformed.
+ */
+export function readProgress (data: Uint8Array): { host: string, progress: ImageProgress, body: string, sig: string } | undefined {
   if (data.length > MAX_PROGRESS_BYTES) return undefined
   try {
     const m = JSON.parse(dec.decode(data))
     if (typeof m?.body !== 'string' || typeof m.host !== 'string' || typeof m.sig !== 'string') return undefined
-    const key = peerIdFromString(m.host).publicKey
-    if (key === undefined) return undefined
-    if (!await key.verify(enc.encode(m.body), Buffer.from(m.sig, 'base64'))) return undefined
     const progress = JSON.parse(m.body)
-    return isProgress(progress) ? { host: m.host, progress } : undefined
+    return isProgress(progress) ? { host: m.host, progress, body: m.body, sig: m.sig } : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** The report and the host that signed it; undefined for anything malformed or badly signed. */
+export async function openProgress (data: Uint8Array): Promise<{ host: string, progress: ImageProgress } | undefined> {
+  const r = readProgress(data)
+  if (r === undefined) return undefined
+  try {
+    const key = peerIdFromString(r.host).publicKey
+    if (key === undefined || !await key.verify(enc.encode(r.body), Buffer.from(r.sig, 'base64'))) return undefined
+    return { host: r.host, progress: r.progress }
   } catch {
     return undefined
   }

@@ -63,16 +63,16 @@ export async function netnsUnavailableReason (commands: string[] = []): Promise<
     if (!await sh(`command -v ${c} >/dev/null`)) return `command ${c} not found (see .ci/install-system-packages)`
   }
   const probe = `pct-probe-${randomBytes(3).toString('hex')}`
-  if (!await sh(`ip netns add ${probe}`)) return 'cannot create network namespaces'
+  if (!await sh(`ip netns add ${probe}`)) return 'cannot create network namespaces (`ip netns add` failed: a container without CAP_SYS_ADMIN?)'
   await sh(`ip netns del ${probe}`)
   return undefined
 }
 
 /** Why WireGuard cannot run here (neither kernel module nor wireguard-go with /dev/net/tun). */
 export async function wireguardUnavailableReason (): Promise<string | undefined> {
-  if (!await sh('command -v wg >/dev/null')) return 'wg (wireguard-tools) not found'
+  if (!await sh('command -v wg >/dev/null')) return 'wg not found (Debian package wireguard-tools; CI installs it: .ci/install-system-packages)'
   if (await sh('test -d /sys/module/wireguard || modprobe -n wireguard 2>/dev/null')) return undefined
-  if (!await sh('command -v wireguard-go >/dev/null')) return 'no kernel WireGuard and no wireguard-go'
+  if (!await sh('command -v wireguard-go >/dev/null')) return 'no kernel WireGuard and no wireguard-go (Debian package wireguard-go; CI installs it: .ci/install-system-packages)'
   if (!await sh('test -c /dev/net/tun')) return 'no /dev/net/tun for wireguard-go'
   return undefined
 }

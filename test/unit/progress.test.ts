@@ -5,7 +5,7 @@
 import { describe, it, expect } from 'vitest'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { sealProgress, openProgress, MAX_PROGRESS_BYTES, type ImageProgress } from '../../protocol/progress.ts'
+import { sealProgress, openProgress, readProgress, MAX_PROGRESS_BYTES, type ImageProgress } from '../../protocol/progress.ts'
 
 const report: ImageProgress = { vm: 'vm-1', sha256: 'a'.repeat(64), received: 1024, total: 4096, peer: '12D3KooWpeer' }
 const enc = new TextEncoder()
@@ -16,6 +16,9 @@ describe('image progress reports', () => {
     const key = await generateKeyPair('Ed25519')
     const host = peerIdFromPrivateKey(key).toString()
     expect(await openProgress(await sealProgress(key, host, report))).toEqual({ host, progress: report })
+    // What the message listener reads once the validator has accepted the message.
+    expect(readProgress(await sealProgress(key, host, report))).toMatchObject({ host, progress: report })
+    expect(readProgress(enc.encode('{"body": 1}'))).toBeUndefined()
   })
 
   it('refuse a report in another host\'s name, an altered one, and malformed or oversized ones', async () => {
