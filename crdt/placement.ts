@@ -13,9 +13,16 @@
  * ordered by peer id, UTF-16 code-unit order. Adding or removing a host only moves the requests
  * that host wins or loses, and nobody has to agree on anything beforehand.
  *
+ * A placed VM is never displaced by a later request. `created` is chosen by the signer, so it only
+ * orders requests that compete for the same room at the same stage: VMs already placed (settled
+ * claims, `fixed` assignments) are served first and keep their room; new requests, however
+ * backdated, get only what the placed ones leave free.
+ *
  * @example
  * const { decisions, ranking } = placeOne(request, hosts)
  * const outcome = assign(requests, hosts) // [{ requestId, host, decisions }] in processing order
+ * const ideal = assign(requests, hosts, { fixed: new Map([[placedId, itsHost]]) })
+ * const actual = resolveClaims(requests, hosts, [{ requestId, peerId, settled: true }, …])
  */
 import { createHash } from 'node:crypto'
 import { admits, NO_USAGE, type TrustPolicy, type Usage, type DenyReason } from '../keys/trust-policy.ts'
@@ -34,7 +41,10 @@ export interface PlacementRequest {
   /** The vm.create request id. */
   id: string
   issuer: string
-  /** Milliseconds since the epoch (the payload's `created`): processing order for `assign`. */
+  /**
+   * Milliseconds since the epoch (the payload's `created`, chosen by the signer): processing order
+   * among requests of the same stage only, never ahead of a placed VM.
+   */
   created: number
   needs: VmNeeds
 }
@@ -163,47 +173,104 @@ function addUsage (t: Tally, issuer: string, n: Resources): void {
   t.byIssuer.set(issuer, { vms: u.vms + 1, vcpus: u.vcpus + n.vcpus, memMiB: u.memMiB + n.memMiB, diskGiB: u.diskGiB + n.diskGiB })
 }
 
-function assignInOrder (requests: readonly PlacementRequest[], hosts: readonly HostView[],
-  allowed: (requestId: string) => ReadonlySet<string> | undefined): Assignment[] {
+/** Which hosts may take a request: undefined means any. */
+type Allowed = ReadonlySet<string> | undefined
+
+/** Who may take a request in each stage of `assignStaged`. */
+interface Candidates {
+  /** Hosts where the VM is already placed: tried first, before any unplaced request. */
+  settled: ReadonlySet<string>
+  /** Hosts that may take it otherwise (with the unplaced requests, in processing order). */
+  others: Allowed
+}
+
+const NONE: ReadonlySet<string> = new Set()
+
+/**
+ * Serve requests in two stages over one set of running tallies. Stage 1: every request with a
+ * settled host, in processing order, to its best-ranked eligible settled host, so that placed VMs
+ * are counted before anything else. Stage 2: the rest — including a placed VM none of whose
+ * hosts is eligible any more — in processing order, against what stage 1 left. Stage 1 does not
+ * look at stage-2 requests at all, which is what makes backdating useless.
+ */
+function assignStaged (requests: readonly PlacementRequest[], hosts: readonly HostView[],
+  candidates: (requestId: string) => Candidates): Assignment[] {
   const sorted = sortedHosts(hosts)
   const tallies = new Map(sorted.map(h => [h.peerId, freshTally(h)]))
-  const out: Assignment[] = []
-  for (const req of processingOrder(requests)) {
+  const serve = (req: PlacementRequest, allowed: Allowed): Assignment => {
     const { decisions, ranking } = placeWith(req, sorted, tallies)
-    const candidates = allowed(req.id)
-    const host = ranking.find(p => candidates === undefined || candidates.has(p)) ?? null
+    const host = ranking.find(p => allowed === undefined || allowed.has(p)) ?? null
     if (host !== null) addUsage(tallies.get(host) as Tally, req.issuer, req.needs)
-    out.push({ requestId: req.id, host, decisions })
+    return { requestId: req.id, host, decisions }
   }
-  return out
+  const order = processingOrder(requests)
+  const placed = new Map<string, Assignment>()
+  for (const req of order) {
+    const { settled } = candidates(req.id)
+    if (settled.size === 0) continue
+    const a = serve(req, settled)
+    if (a.host !== null) placed.set(req.id, a)
+  }
+  // `map` runs in order, so stage 2 is served in processing order too.
+  return order.map(req => placed.get(req.id) ?? serve(req, candidates(req.id).others))
+}
+
+export interface AssignOptions {
+  /**
+   * VMs already placed: request id → the host running it. Each is counted on that host before
+   * any other request (if that host is still eligible for it; if not, it is placed like the
+   * others), so new requests are decided against the room the placed VMs leave.
+   * @default nothing fixed
+   */
+  fixed?: ReadonlyMap<string, string>
 }
 
 /**
  * Assign concurrent requests, served in `processingOrder`, each to the best-ranked host still
  * eligible once the earlier ones are counted against capacity and quotas. Every host computing
  * this over the same state gets the same result, so 20 simultaneous requests cannot over-commit.
+ * `fixed` requests (placed VMs) are served first, on their own host; see `AssignOptions`.
+ * The same as `resolveClaims` with a settled claim for each fixed pair and every host claiming
+ * every request.
  */
-export function assign (requests: readonly PlacementRequest[], hosts: readonly HostView[]): Assignment[] {
-  return assignInOrder(requests, hosts, () => undefined)
+export function assign (requests: readonly PlacementRequest[], hosts: readonly HostView[],
+  options: AssignOptions = {}): Assignment[] {
+  const fixed = options.fixed ?? new Map<string, string>()
+  return assignStaged(requests, hosts, id => {
+    const host = fixed.get(id)
+    return { settled: host === undefined ? NONE : new Set([host]), others: undefined }
+  })
 }
 
 /** A host's claim (in its own record) that it will run a request's VM. */
-export interface Claim { requestId: string, peerId: string }
+export interface Claim {
+  requestId: string
+  peerId: string
+  /**
+   * The claimant reports the VM beyond a bare claim (placed, starting, running, stopped…): it is
+   * placed there, and no later request may take its room. @default false
+   */
+  settled?: boolean
+}
 
 /**
- * Settle claims made concurrently (or on both sides of a partition): requests are served in
- * `processingOrder`; each goes to its best-ranked claimant that is still eligible; other claimants
- * withdraw (and stop the VM if they started it). A request nobody claimed gets `host: null` here —
- * it is not rejected, merely not yet claimed.
+ * Settle claims made concurrently (or on both sides of a partition). First every request with a
+ * settled claim, in `processingOrder`, goes to its best-ranked settled claimant that is still
+ * eligible; then the others, in `processingOrder`, each to its best-ranked claimant still
+ * eligible in what is left. A request whose settled claimants are all ineligible (host down,
+ * trust revoked) joins the others. The claimants that lose withdraw (and stop the VM if they
+ * started it). A request nobody claimed gets `host: null` here — it is not rejected, merely not
+ * yet claimed. Duplicate claims are harmless; one of them settled makes the pair settled.
  */
 export function resolveClaims (requests: readonly PlacementRequest[], hosts: readonly HostView[], claims: readonly Claim[]): Assignment[] {
-  const byRequest = new Map<string, Set<string>>()
+  const byRequest = new Map<string, { settled: Set<string>, others: Set<string> }>()
   for (const c of claims) {
     let s = byRequest.get(c.requestId)
-    if (s === undefined) byRequest.set(c.requestId, s = new Set())
-    s.add(c.peerId)
+    if (s === undefined) byRequest.set(c.requestId, s = { settled: new Set(), others: new Set() })
+    s.others.add(c.peerId)
+    if (c.settled === true) s.settled.add(c.peerId)
   }
-  return assignInOrder(requests, hosts, id => byRequest.get(id) ?? new Set())
+  return assignStaged(requests, hosts, id => byRequest.get(id) ?? { settled: NONE, others: NONE })
 }
 
 /**

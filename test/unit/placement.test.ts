@@ -3,7 +3,7 @@ import fc from 'fast-check'
 import { createHash } from 'node:crypto'
 import {
   assign, placeOne, rank, rendezvousScore, resolveClaims, processingOrder, placementRequest, usageByIssuer,
-  type HostView, type PlacementRequest, type Assignment, type Resources
+  type HostView, type PlacementRequest, type Assignment, type Resources, type Claim
 } from '../../crdt/placement.ts'
 import { addEntry, emptyPolicy, findEntry, type TrustPolicy, type Usage } from '../../keys/trust-policy.ts'
 import { validateBody } from '../../protocol/requests.ts'
@@ -296,6 +296,146 @@ describe('resolveClaims (property)', () => {
     const out = resolveClaims([r], hosts, [{ requestId: r.id, peerId: order[2] }, { requestId: r.id, peerId: order[1] }])
     expect(out[0].host).toBe(order[1])
     expect(resolveClaims([r], hosts, [])[0].host).toBeNull()
+  })
+})
+
+describe('placed VMs are never displaced (review issue 12, point 10)', () => {
+  const MINUTE = 60_000
+  const T = Date.parse('2026-01-01T12:00:00.000Z')
+  const [H, G] = [PEERS[0], PEERS[1]]
+  const host = (peerId: string, over: Partial<HostView> = {}): HostView => ({
+    peerId,
+    labels: {},
+    arch: ['x86_64'],
+    capacity: { vcpus: 4, memMiB: 8192, diskGiB: 100 },
+    used: { vcpus: 0, memMiB: 0, diskGiB: 0 },
+    policy: addEntry(addEntry(emptyPolicy(), { fingerprint: KEYS[0] }), { fingerprint: KEYS[1] }),
+    usageByIssuer: {},
+    ...over
+  })
+  const vm = (name: string, created: number, issuer: string, vcpus = 4): PlacementRequest => ({
+    id: createHash('sha256').update(name).digest('hex'), issuer, created, needs: { vcpus, memMiB: 1024, diskGiB: 10, arch: 'x86_64', networks: [] }
+  })
+  // The victim has run on H since T; the attacker signs at T + 5 min but writes T − 50 min.
+  const victim = vm('victim', T, KEYS[0])
+  const attacker = vm('attacker', T - 50 * MINUTE, KEYS[1])
+  const hostOf = (out: Assignment[], r: PlacementRequest): string | null => out.find(a => a.requestId === r.id)?.host ?? null
+  const reasonOn = (out: Assignment[], r: PlacementRequest, peer: string): string | undefined =>
+    out.find(a => a.requestId === r.id)?.decisions.find(d => d.peerId === peer)?.reason
+
+  it('a backdated request does not take a full host from the VM settled there', () => {
+    // Only H exists, with room for one: the attacker gets nothing, even if H also claimed it.
+    const claims: Claim[] = [{ requestId: victim.id, peerId: H, settled: true }, { requestId: attacker.id, peerId: H }]
+    const out = resolveClaims([attacker, victim], [host(H)], claims)
+    expect(hostOf(out, victim)).toBe(H)
+    expect(hostOf(out, attacker)).toBeNull()
+    expect(reasonOn(out, attacker, H)).toBe('capacity-vcpus')
+    // With a second host, the attacker goes there.
+    const two = resolveClaims([attacker, victim], [host(H), host(G)], [...claims, { requestId: attacker.id, peerId: G }])
+    expect(hostOf(two, victim)).toBe(H)
+    expect(hostOf(two, attacker)).toBe(G)
+    // Without the settled marker (two bare claims) `created` still decides: that is the old bug.
+    expect(hostOf(resolveClaims([attacker, victim], [host(H)], claims.map(c => ({ ...c, settled: false }))), attacker)).toBe(H)
+  })
+
+  it('a backdated request does not take a per-key quota from the VM settled there', () => {
+    // Same key for both, maxVms 1 on H, plenty of room: the quota is what they compete for.
+    const policy = addEntry(emptyPolicy(), { fingerprint: KEYS[0], maxVms: 1 })
+    const big = { capacity: { vcpus: 64, memMiB: 65536, diskGiB: 1000 }, policy }
+    const mine = vm('victim', T, KEYS[0], 1)
+    const late = vm('attacker', T - 50 * MINUTE, KEYS[0], 1)
+    const claims: Claim[] = [{ requestId: mine.id, peerId: H, settled: true }, { requestId: late.id, peerId: H }]
+    const out = resolveClaims([late, mine], [host(H, big)], claims)
+    expect(hostOf(out, mine)).toBe(H)
+    expect(hostOf(out, late)).toBeNull()
+    expect(reasonOn(out, late, H)).toBe('quota-vms')
+    const two = resolveClaims([late, mine], [host(H, big), host(G, big)], [...claims, { requestId: late.id, peerId: G }])
+    expect([hostOf(two, mine), hostOf(two, late)]).toEqual([H, G])
+  })
+
+  it('assign counts fixed (placed) VMs first, so decisions for new requests see the room left', () => {
+    const fixed = new Map([[victim.id, H]])
+    const out = assign([attacker, victim], [host(H)], { fixed })
+    expect(hostOf(out, victim)).toBe(H)
+    expect(hostOf(out, attacker)).toBeNull()
+    expect(reasonOn(out, attacker, H)).toBe('capacity-vcpus')
+    expect(hostOf(assign([attacker, victim], [host(H), host(G)], { fixed }), attacker)).toBe(G)
+    // Nothing fixed: the old behaviour, processing order alone.
+    expect(hostOf(assign([attacker, victim], [host(H)]), attacker)).toBe(H)
+    expect(assign([attacker, victim], [host(H)], {})).toEqual(assign([attacker, victim], [host(H)]))
+    // A fixed host that can no longer take the VM (down) does not pin it: it is placed like the others.
+    expect(hostOf(assign([victim], [host(H, { up: false }), host(G)], { fixed }), victim)).toBe(G)
+  })
+
+  it('between two settled claimants the better-ranked eligible one wins; a better unsettled claim does not', () => {
+    const r = vm('partitioned', T, KEYS[0], 1)
+    const order = rank(r.id, PEERS.slice(0, 4))
+    const hosts = PEERS.slice(0, 4).map(p => host(p))
+    const settled = (p: string): Claim => ({ requestId: r.id, peerId: p, settled: true })
+    expect(resolveClaims([r], hosts, [settled(order[3]), settled(order[1])])[0].host).toBe(order[1])
+    expect(resolveClaims([r], hosts, [settled(order[3]), { requestId: r.id, peerId: order[0] }])[0].host).toBe(order[3])
+    // The better settled one went down: the other settled one keeps the VM.
+    const down = hosts.map(h => h.peerId === order[1] ? { ...h, up: false } : h)
+    expect(resolveClaims([r], down, [settled(order[3]), settled(order[1])])[0].host).toBe(order[3])
+    // Every settled claimant is down: an unsettled claimant may take over, after the placed VMs.
+    const allDown = hosts.map(h => h.peerId === order[3] ? { ...h, up: false } : h)
+    expect(resolveClaims([r], allDown, [settled(order[3]), { requestId: r.id, peerId: order[2] }])[0].host).toBe(order[2])
+  })
+
+  /** Requests and hosts, claims on any (request, host) pair, some of them settled. */
+  const scenarioArb = fc.tuple(requestsArb, hostsArb).chain(([rs, hs]) => fc.tuple(
+    fc.constant(rs), fc.constant(hs),
+    fc.subarray(rs.flatMap(r => hs.map(h => ({ requestId: r.id, peerId: h.peerId }))))
+      .chain(cs => fc.tuple(...cs.map(c => fc.boolean().map((settled): Claim => ({ ...c, settled }))))),
+    fc.integer({ min: 0, max: rs.length }),
+    fc.nat()))
+
+  const settledHosts = (claims: readonly Claim[], id: string): Set<string> =>
+    new Set(claims.filter(c => c.requestId === id && c.settled === true).map(c => c.peerId))
+
+  it('property: new unsettled requests, whatever their created time, never move a settled VM', () => {
+    fc.assert(fc.property(scenarioArb, fc.array(fc.integer({ min: 0, max: 100 * MINUTE })), ([requests, hosts, claims, split], backdate) => {
+      // The first `split` requests exist already; the others arrive late, backdated by any amount,
+      // with bare claims only (a new request cannot have been placed yet).
+      const old = requests.slice(0, split)
+      const late = requests.slice(split).map((r, i) => ({ ...r, created: r.created - (backdate[i] ?? 0) }))
+      const lateIds = new Set(late.map(r => r.id))
+      const oldClaims = claims.filter(c => !lateIds.has(c.requestId))
+      const allClaims = claims.map(c => lateIds.has(c.requestId) ? { ...c, settled: false } : c)
+      const before = new Map(resolveClaims(old, hosts, oldClaims).map(a => [a.requestId, a]))
+      const after = resolveClaims([...late, ...old], hosts, allClaims)
+      checkNoOvercommit([...late, ...old], hosts, after)
+      const afterById = new Map(after.map(a => [a.requestId, a]))
+      for (const r of old) {
+        const settled = settledHosts(oldClaims, r.id)
+        const b = before.get(r.id)!
+        if (b.host !== null && settled.has(b.host)) expect(afterById.get(r.id)).toEqual(b)
+        // Alone on its settled hosts, it keeps the best of them that is eligible on its own.
+        const shared = old.some(o => o.id !== r.id && [...settledHosts(oldClaims, o.id)].some(p => settled.has(p)))
+        const best = placeOne(r, hosts).ranking.find(p => settled.has(p))
+        if (!shared && best !== undefined) expect(afterById.get(r.id)?.host).toBe(best)
+      }
+    }), { numRuns: 300 })
+  })
+
+  it('property: deterministic whatever the order of hosts, requests and claims; assign({ fixed }) agrees', () => {
+    fc.assert(fc.property(scenarioArb, ([requests, hosts, claims, , seed]) => {
+      const out = resolveClaims(requests, hosts, claims)
+      expect(resolveClaims(shuffle(requests, seed), shuffle(hosts, seed + 1), shuffle(claims, seed + 2))).toEqual(out)
+      for (const a of out) {
+        if (a.host !== null) expect(claims.map(c => [c.requestId, c.peerId])).toContainEqual([a.requestId, a.host])
+      }
+      checkNoOvercommit(requests, hosts, out)
+      // One settled host per request, every host claiming every request: the same as assign with those fixed.
+      const fixed = new Map<string, string>()
+      for (const c of [...claims].sort((x, y) => x.peerId < y.peerId ? -1 : x.peerId > y.peerId ? 1 : 0)) if (c.settled === true && !fixed.has(c.requestId)) fixed.set(c.requestId, c.peerId)
+      const everyone: Claim[] = requests.flatMap(r => hosts.map(h => ({ requestId: r.id, peerId: h.peerId, settled: fixed.get(r.id) === h.peerId })))
+      const ideal = assign(requests, hosts, { fixed })
+      expect(resolveClaims(requests, hosts, everyone)).toEqual(ideal)
+      const shuffledFixed = new Map(shuffle([...fixed], seed))
+      expect(assign(shuffle(requests, seed), shuffle(hosts, seed + 1), { fixed: shuffledFixed })).toEqual(ideal)
+      checkNoOvercommit(requests, hosts, ideal)
+    }), { numRuns: 300 })
   })
 })
 
