@@ -6,7 +6,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { ApiClient } from '../api/client.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { HostView, IdView, StatusView } from '../../protocol/api.ts'
-import { table, ago, short } from './output.ts'
+import { table, ago, short, line } from './output.ts'
 
 export interface Io {
   out: (s: string) => void
@@ -38,22 +38,22 @@ function print (io: Io, g: Globals, value: unknown, human: () => string): void {
 
 const statusText = (s: StatusView): string => {
   const lines = [
-    `host      ${s.name}  ${s.peerId}`,
-    `version   ${s.version}, up ${s.uptimeSeconds}s`,
-    `mesh      ${s.mesh === null ? 'none (run `picocloud init` or `picocloud join <address>`)' : `${s.mesh.name} (${s.mesh.id}), ${s.mesh.members} members, founder ${short(s.mesh.founder)}`}`,
-    `state     ${s.state.changes} changes, ${s.state.pending} pending, ${s.state.logBytes} bytes, heads ${s.state.heads.map(h => h.slice(0, 12)).join(' ') || '-'}`,
-    `listen    ${s.addresses.join(' ') || '-'}`
+    line`host      ${s.name}  ${s.peerId}`,
+    line`version   ${s.version}, up ${s.uptimeSeconds}s`,
+    line`mesh      ${s.mesh === null ? 'none (run `picocloud init` or `picocloud join <address>`)' : `${s.mesh.name} (${s.mesh.id}), ${s.mesh.members} members, founder ${short(s.mesh.founder)}`}`,
+    line`state     ${s.state.changes} changes, ${s.state.pending} pending, ${s.state.logBytes} bytes, heads ${s.state.heads.map(h => h.slice(0, 12)).join(' ') || '-'}`,
+    line`listen    ${s.addresses.join(' ') || '-'}`
   ]
-  if (s.expelled !== null) lines.push(`EXPELLED  by ${s.expelled.by} at ${s.expelled.at}: ${s.expelled.reason || 'no reason given'}`)
+  if (s.expelled !== null) lines.push(line`EXPELLED  by ${s.expelled.by} at ${s.expelled.at}: ${s.expelled.reason || 'no reason given'}`)
   lines.push('', `peers connected: ${s.peers.length}`)
   if (s.peers.length > 0) lines.push(table(['PEER', 'NAME', 'ADDRESS', 'DIR'], s.peers.map(p => [p.peerId, p.name, p.address, p.direction])))
   const n = s.network
   if (n !== undefined) {
     lines.push('', n.mode === 'none'
-      ? `network   none: ${n.reason ?? 'no data plane'}`
-      : `network   ${n.interface} port ${n.listenPort}${n.backend !== undefined ? ` (${n.backend})` : ''}, overlay ${n.overlayAddress ?? '-'}, MTU ${n.mtu ?? '-'}, endpoints ${n.endpoints.join(' ') || '-'}`)
-    if (n.lastPass !== null) lines.push(`          last pass ${n.lastPass.at}: ${n.lastPass.error ?? `${n.lastPass.steps} steps`}; networks here: ${n.networks.map(x => `${x.name} (VNI ${x.vni}, ${x.fdb} peers)`).join(', ') || 'none'}`)
-    for (const p of n.problems) lines.push(`          problem: ${p}`)
+      ? line`network   none: ${n.reason ?? 'no data plane'}`
+      : line`network   ${n.interface} port ${n.listenPort}${n.backend !== undefined ? ` (${n.backend})` : ''}, overlay ${n.overlayAddress ?? '-'}, MTU ${n.mtu ?? '-'}, endpoints ${n.endpoints.join(' ') || '-'}`)
+    if (n.lastPass !== null) lines.push(line`          last pass ${n.lastPass.at}: ${n.lastPass.error ?? `${n.lastPass.steps} steps`}; networks here: ${n.networks.map(x => `${x.name} (VNI ${x.vni}, ${x.fdb} peers)`).join(', ') || 'none'}`)
+    for (const p of n.problems) lines.push(line`          problem: ${p}`)
     if (n.peers.length > 0) lines.push(table(['WG PEER', 'NAME', 'ENDPOINT', 'LAST HANDSHAKE', 'RX', 'TX'], n.peers.map(p => [short(p.peerId), p.name, p.endpoint ?? '-', p.latestHandshake ?? 'never', String(p.rxBytes), String(p.txBytes)])))
   }
   if (s.penalties.length > 0) {
@@ -100,7 +100,7 @@ export const commands: Command[] = [
     optionHelp: { name: 'name of the mesh (default: <host name>-mesh)' },
     run: async ({ values, g, io, api }) => {
       const s = await api.call<StatusView>('POST', '/v1/init', { name: values.name })
-      print(io, g, s, () => `mesh ${s.mesh?.name ?? ''} (${s.mesh?.id ?? ''}) founded by this host.\nNext: on a new host run \`picocloud id\`, then here \`picocloud admit <its peer key>\`.`)
+      print(io, g, s, () => line`mesh ${s.mesh?.name ?? ''} (${s.mesh?.id ?? ''}) founded by this host.` + '\nNext: on a new host run `picocloud id`, then here `picocloud admit <its peer key>`.')
     }
   },
   {
@@ -141,7 +141,7 @@ export const commands: Command[] = [
     positionals: [1, 1],
     run: async ({ positionals, g, io, api }) => {
       const s = await api.call<StatusView>('POST', '/v1/join', { address: positionals[0] })
-      print(io, g, s, () => `joined mesh ${s.mesh?.name ?? ''} (${s.mesh?.id ?? ''}) with ${s.mesh?.members ?? 0} members.`)
+      print(io, g, s, () => line`joined mesh ${s.mesh?.name ?? ''} (${s.mesh?.id ?? ''}) with ${s.mesh?.members ?? 0} members.`)
     }
   },
   {
@@ -173,7 +173,7 @@ export const commands: Command[] = [
         ? await api.call<StatusView>('GET', '/v1/status')
         : await api.call<StatusView>('POST', '/v1/mesh/policy', body)
       if (s.mesh === null) throw new PicocloudError(ErrorCode.NotInMesh, 'this host is not in a mesh yet')
-      print(io, g, s.mesh.policy, () => `admit:     ${s.mesh?.policy.admit ?? ''}\nexpellers: ${s.mesh?.policy.expellers.join(' ') ?? ''} (the first is the founder)`)
+      print(io, g, s.mesh.policy, () => line`admit:     ${s.mesh?.policy.admit ?? ''}` + '\n' + line`expellers: ${s.mesh?.policy.expellers.join(' ') ?? ''} (the first is the founder)`)
     }
   },
   {
@@ -228,7 +228,7 @@ export const commands: Command[] = [
       const ac = new AbortController()
       process.once('SIGINT', () => ac.abort())
       await api.events(e => {
-        io.out(g.json ? JSON.stringify(e) : `${String(e.time)}  ${String(e.type)}  ${JSON.stringify(Object.fromEntries(Object.entries(e).filter(([k]) => k !== 'time' && k !== 'type')))}`)
+        io.out(g.json ? JSON.stringify(e) : line`${String(e.time)}  ${String(e.type)}  ${JSON.stringify(Object.fromEntries(Object.entries(e).filter(([k]) => k !== 'time' && k !== 'type')))}`)
       }, ac.signal)
     }
   }

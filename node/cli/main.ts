@@ -6,6 +6,7 @@ import { ApiClient } from '../api/client.ts'
 import { cliSocket } from '../paths.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import { commands, commandHelp, parseCommand, type Io } from './commands.ts'
+import { cleanText } from './output.ts'
 
 let runningDaemon = false
 const io: Io = { out: s => process.stdout.write(s + '\n'), err: s => process.stderr.write(s + '\n') }
@@ -70,16 +71,18 @@ export async function main (argv: string[]): Promise<number> {
     const { values, positionals } = parseCommand(cmd, rest)
     if (values.help === true) { io.out(commandHelp(cmd)); return 0 }
     const g = { socket: cliSocket(values.socket ?? globals.socket), json: globals.json || values.json === true }
-    await cmd.run({ values, positionals, g, io, api: new ApiClient(g.socket) })
+    // Human output carries text of other hosts and users: no control characters reach the terminal.
+    const out: Io = g.json ? io : { out: s => io.out(cleanText(s)), err: s => io.err(cleanText(s)) }
+    await cmd.run({ values, positionals, g, io: out, api: new ApiClient(g.socket) })
     runningDaemon = cmd.name === 'daemon'
     return 0
   } catch (err: any) {
     if (err instanceof PicocloudError) {
       if (globals.json || rest.includes('--json')) io.err(JSON.stringify(err.toJSON()))
-      else io.err(`picocloud ${name}: ${err.message}`)
+      else io.err(cleanText(`picocloud ${name}: ${err.message}`))
       return err.code === ErrorCode.Usage ? 2 : err.code === ErrorCode.DaemonUnreachable ? 3 : 1
     }
-    io.err(`picocloud ${name}: ${err?.stack ?? String(err)}`)
+    io.err(cleanText(`picocloud ${name}: ${err?.stack ?? String(err)}`))
     return 1
   }
 }

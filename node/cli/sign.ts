@@ -8,6 +8,7 @@ import type { ApiClient } from '../api/client.ts'
 import type { StatusView } from '../../protocol/api.ts'
 import type { RequestView, VmView } from '../views.ts'
 import type { RequestKind } from '../../protocol/requests.ts'
+import { line } from './output.ts'
 
 export interface SignOptions {
   key?: string
@@ -105,7 +106,7 @@ export async function waitForVm (api: ApiClient, id: string, timeoutMs: number, 
     }
     if (SETTLED.has(vm.status) || !vm.runs || Date.now() > deadline) {
       if (drew) process.stderr.write('\n')
-      if (Date.now() > deadline && !SETTLED.has(vm.status)) err(`still ${vm.status} after ${Math.round(timeoutMs / 1000)} s; follow it with \`picocloud vm show ${vm.name}\``)
+      if (Date.now() > deadline && !SETTLED.has(vm.status)) err(line`still ${vm.status} after ${Math.round(timeoutMs / 1000)} s; follow it with \`picocloud vm show ${vm.name}\``)
       return vm
     }
     await new Promise(resolve => setTimeout(resolve, 200))
@@ -113,7 +114,7 @@ export async function waitForVm (api: ApiClient, id: string, timeoutMs: number, 
 }
 
 export function outcomeText (r: RequestView): string {
-  const lines = [`request ${r.id.slice(0, 16)} (${r.kind}): ${r.status}`]
-  for (const x of r.reasons) lines.push(`  ${x.hostName ?? (x.host === null ? 'every host' : x.host)}: ${x.reason}${x.detail === '' ? '' : ` — ${x.detail}`}`)
+  const lines = [line`request ${r.id.slice(0, 16)} (${r.kind}): ${r.status}`]
+  for (const x of r.reasons) lines.push(line`  ${x.hostName ?? (x.host === null ? 'every host' : x.host)}: ${x.reason}${x.detail === '' ? '' : ` — ${x.detail}`}`)
   return lines.join('\n')
 }

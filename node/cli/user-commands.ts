@@ -7,7 +7,7 @@ import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { HostView } from '../../protocol/api.ts'
 import type { RequestView, VmView } from '../views.ts'
 import type { Command } from './commands.ts'
-import { table, short } from './output.ts'
+import { table, short, line } from './output.ts'
 import { keyring, buildSigned, waitForOutcome, waitForVm, outcomeText, chooseKey, meshId, signBytes } from './sign.ts'
 import type { RequestKind } from '../../protocol/requests.ts'
 
@@ -57,10 +57,10 @@ async function request (args: Parameters<Command['run']>[0], kind: RequestKind, 
     io.out(outcomeText(r))
     if (r.kind === 'vm.create' && r.status === 'placed') {
       const placed = await api.call<VmView>('GET', `/v1/vms/${r.id}`)
-      io.out(`VM ${placed.name} (${placed.id.slice(0, 12)}) placed on ${placed.hostName ?? placed.host ?? '?'}`)
+      io.out(line`VM ${placed.name} (${placed.id.slice(0, 12)}) placed on ${placed.hostName ?? placed.host ?? '?'}`)
       if (values['no-wait'] !== true && placed.runs) {
         const vm = await waitForVm(api, r.id, (int(values.timeout, '--timeout') ?? 300) * 1000, io.err)
-        io.out(`VM ${vm.name}: ${vm.status}${vm.reason === undefined ? '' : ` (${vm.reason})`}`)
+        io.out(line`VM ${vm.name}: ${vm.status}${vm.reason === undefined ? '' : ` (${vm.reason})`}`)
         if (vm.status === 'failed') throw new PicocloudError('VM_FAILED', `VM ${vm.name} failed on ${vm.hostName ?? '?'}: see \`picocloud vm show ${vm.name}\` and \`picocloud vm logs ${vm.name}\` on that host`)
       }
     }
@@ -103,7 +103,7 @@ export const userCommands: Command[] = [
     run: async ({ positionals, g, io }) => {
       const k = await keyring()
       const infos = await k.importKeys(k.dir, await readFile(positionals[0]).catch((err: any) => { throw new PicocloudError(ErrorCode.BadRequest, `cannot read ${positionals[0]}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`) }))
-      io.out(g.json ? JSON.stringify(infos, null, 2) : infos.map(i => `imported ${i.fingerprint} ${i.hasSecret ? '(with secret key) ' : ''}${i.userIds.join(', ')}`).join('\n'))
+      io.out(g.json ? JSON.stringify(infos, null, 2) : infos.map(i => line`imported ${i.fingerprint} ${i.hasSecret ? '(with secret key) ' : ''}${i.userIds.join(', ')}`).join('\n'))
     }
   },
   {
@@ -314,14 +314,14 @@ export const userCommands: Command[] = [
       io.out(g.json
         ? JSON.stringify(vm, null, 2)
         : [
-            `name     ${vm.name}`, `id       ${vm.id}`, `owner    ${vm.owner}`,
-            `status   ${vm.status}${vm.reason === undefined ? '' : ` (${vm.reason})`}, desired ${vm.desired}`,
-            `host     ${vm.hostName ?? '-'} ${vm.host ?? ''}`,
-            `size     ${vm.vcpus} vCPU, ${vm.memMiB} MiB, ${vm.diskGiB} GiB disk, ${vm.arch}, image ${vm.image}`,
-            `nics     ${vm.nics.map(n => n.net + (n.ip === undefined ? '' : `:${n.ip}`)).join(' ') || '-'}`,
-            `labels   ${Object.entries(vm.labels).map(([k, v]) => `${k}=${v}`).join(' ') || '-'}`,
+            line`name     ${vm.name}`, line`id       ${vm.id}`, line`owner    ${vm.owner}`,
+            line`status   ${vm.status}${vm.reason === undefined ? '' : ` (${vm.reason})`}, desired ${vm.desired}`,
+            line`host     ${vm.hostName ?? '-'} ${vm.host ?? ''}`,
+            line`size     ${vm.vcpus} vCPU, ${vm.memMiB} MiB, ${vm.diskGiB} GiB disk, ${vm.arch}, image ${vm.image}`,
+            line`nics     ${vm.nics.map(n => n.net + (n.ip === undefined ? '' : `:${n.ip}`)).join(' ') || '-'}`,
+            line`labels   ${Object.entries(vm.labels).map(([k, v]) => `${k}=${v}`).join(' ') || '-'}`,
             'history:',
-            ...vm.history.map(r => `  ${r.created}  ${r.kind.padEnd(13)} ${r.status.padEnd(9)} ${r.id.slice(0, 12)}`)
+            ...vm.history.map(r => line`  ${r.created}  ${r.kind.padEnd(13)} ${r.status.padEnd(9)} ${r.id.slice(0, 12)}`)
           ].join('\n'))
     }
   },
@@ -521,7 +521,7 @@ export const userCommands: Command[] = [
     positionals: [1, 1],
     run: async ({ positionals, g, io, api }) => {
       const n = await api.call<Record<string, any>>('GET', `/v1/nets/${encodeURIComponent(positionals[0])}`)
-      io.out(g.json ? JSON.stringify(n, null, 2) : [`name     ${n.name}`, `owner    ${n.owner}`, `subnet   ${[n.subnet.ipv4, n.subnet.ipv6].filter(Boolean).join(' ')}`, `mode     ${n.mode}`, `gateway  ${typeof n.gateway === 'string' ? n.gateway : `vm:${n.gateway.vm}`}`, `vms      ${n.vms.join(' ') || '-'}`, `hosts    ${n.hosts.join(' ') || '-'}`,
+      io.out(g.json ? JSON.stringify(n, null, 2) : [line`name     ${n.name}`, line`owner    ${n.owner}`, line`subnet   ${[n.subnet.ipv4, n.subnet.ipv6].filter(Boolean).join(' ')}`, line`mode     ${n.mode}`, line`gateway  ${typeof n.gateway === 'string' ? n.gateway : `vm:${n.gateway.vm}`}`, line`vms      ${n.vms.join(' ') || '-'}`, line`hosts    ${n.hosts.join(' ') || '-'}`,
         ...(Array.isArray(n.presence) && n.presence.length > 0
           ? ['', table(['PRESENT ON', 'VNI', 'BRIDGE', 'VXLAN', 'MTU', 'FLOODS TO', 'TAPS', 'DNSMASQ'], n.presence.map((p: any) => [p.name, String(p.vni), p.bridge, p.vxlan, String(p.mtu), p.fdb.map((f: any) => f.name ?? f.address).join(',') || '-', String(p.taps.length), p.dnsmasq ? 'running' : '-']))]
           : ['', 'present on no host'])].join('\n'))
