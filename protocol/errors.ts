@@ -40,6 +40,7 @@ export const ErrorCode = {
   BadRequest: 'BAD_REQUEST',
   BadJson: 'BAD_JSON',
   BodyTooLarge: 'BODY_TOO_LARGE',
+  RequestTimeout: 'REQUEST_TIMEOUT',
   NotFound: 'NOT_FOUND',
   MethodNotAllowed: 'METHOD_NOT_ALLOWED',
   BadPeerKey: 'BAD_PEER_KEY',

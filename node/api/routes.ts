@@ -2,7 +2,7 @@
  * The routes of the local API, each a thin handler: validate the body, call the node.
  */
 import type { PicocloudNode } from '../node.ts'
-import type { Route } from './server.ts'
+import { decodeSegment, type Route } from './server.ts'
 import { parseAdmitBody, parseExpelBody, parseInitBody, parseJoinBody, parseTrustBody, parseSelector, API_PREFIX } from '../../protocol/api.ts'
 import { normalizeFingerprint } from '../../keys/fingerprint.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
@@ -105,7 +105,7 @@ export function consoleUpgrade (node: PicocloudNode): NonNullable<import('./serv
   return async (req, socket) => {
     const m = /^\/v1\/vms\/([^/]+)\/console$/.exec(new URL(req.url ?? '/', 'http://picocloud').pathname)
     if (m === null) throw new PicocloudError(ErrorCode.NotFound, 'only the VM console can be upgraded to', 404)
-    const { path } = node.consoleSocket(decodeURIComponent(m[1]))
+    const { path } = node.consoleSocket(decodeSegment(m[1]))
     const { createConnection } = await import('node:net')
     const vm = createConnection(path)
     await new Promise<void>((resolve, reject) => {

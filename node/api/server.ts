@@ -13,6 +13,21 @@ import type { Logger } from '../log.ts'
 /** Bodies over this are refused with 413 before they are read whole. */
 export const MAX_BODY_BYTES = 1024 * 1024
 
+/**
+ * How long a client may take to send a request. Whoever can open the socket could otherwise hold
+ * connections and half-read bodies forever by dribbling a byte now and then.
+ */
+export interface ApiLimits {
+  /** For the request line and headers (Node answers 408 and closes). @default 10 s */
+  headersTimeoutMs?: number
+  /** For a whole body, except on upload routes (`rawBody`), whose size has no bound here. @default 60 s */
+  bodyTimeoutMs?: number
+  /** For the longest pause in a body, uploads included: a big upload that keeps flowing is never cut. @default 30 s */
+  bodyIdleMs?: number
+  /** Connections open at once; further ones are closed as they come. @default 256 */
+  maxConnections?: number
+}
+
 export interface Ctx {
   body: unknown
   query: URLSearchParams
@@ -38,6 +53,23 @@ function compile (r: Route): Compiled {
   const names: string[] = []
   const re = new RegExp('^' + r.path.replace(/:([a-zA-Z]+)/g, (_m, n: string) => { names.push(n); return '([^/]+)' }) + '$')
   return { ...r, re, names }
+}
+
+function parseUrl (url: string | undefined): URL {
+  try {
+    return new URL(url ?? '/', 'http://picocloud')
+  } catch {
+    throw new PicocloudError(ErrorCode.BadRequest, 'malformed request URL')
+  }
+}
+
+/** A path segment, percent-decoded: a malformed escape is the client's mistake, not a 500. */
+export function decodeSegment (s: string): string {
+  try {
+    return decodeURIComponent(s)
+  } catch {
+    throw new PicocloudError(ErrorCode.BadRequest, `malformed percent-encoding in the path: ${s}`)
+  }
 }
 
 async function readBody (req: IncomingMessage): Promise<unknown> {
@@ -75,16 +107,19 @@ export class ApiServer {
   private readonly log: Logger
   private server?: Server
   private readonly socketPath: string
+  private readonly limits: Required<ApiLimits>
 
-  constructor (socketPath: string, routes: Route[], log: Logger) {
+  constructor (socketPath: string, routes: Route[], log: Logger, limits: ApiLimits = {}) {
     this.socketPath = socketPath
     this.routes = routes.map(compile)
     this.log = log
+    this.limits = { headersTimeoutMs: 10_000, bodyTimeoutMs: 60_000, bodyIdleMs: 30_000, maxConnections: 256, ...limits }
   }
 
   async handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
-      const url = new URL(req.url ?? '/', 'http://picocloud')
+      const url = parseUrl(req.url)
+      this.limitBody(req, res, this.routes.some(r => r.rawBody === true && r.method === req.method && r.re.test(url.pathname)))
       const matching = this.routes.filter(r => r.re.test(url.pathname))
       if (matching.length === 0) throw new PicocloudError(ErrorCode.NotFound, `no such API route: ${url.pathname} (is the CLI newer than the daemon?)`, 404)
       const route = matching.find(r => r.method === req.method)
@@ -94,7 +129,7 @@ export class ApiServer {
       }
       const m = route.re.exec(url.pathname) as RegExpExecArray
       const params: Record<string, string> = {}
-      route.names.forEach((n, i) => { params[n] = decodeURIComponent(m[i + 1]) })
+      route.names.forEach((n, i) => { params[n] = decodeSegment(m[i + 1]) })
       const body = req.method === 'GET' || route.rawBody === true ? {} : await readBody(req)
       const out = await route.handler({ body, query: url.searchParams, params, req, res })
       if (out !== undefined) sendJson(res, 200, out)
@@ -106,6 +141,36 @@ export class ApiServer {
       // Drain what the client still sends so it reads our answer instead of a reset.
       if (!req.complete) req.resume()
     }
+  }
+
+  /**
+   * Bounds the arrival of a body that is still coming: a pause longer than bodyIdleMs, or (not for
+   * uploads) more than bodyTimeoutMs in all, answers 408 and closes the connection. Bodiless
+   * requests (event streams) are left alone.
+   */
+  private limitBody (req: IncomingMessage, res: ServerResponse, upload: boolean): void {
+    const length = req.headers['content-length']
+    if (length === '0' || (length === undefined && req.headers['transfer-encoding'] === undefined)) return
+    let deadline: ReturnType<typeof setTimeout> | undefined
+    const done = (): void => {
+      clearTimeout(deadline)
+      req.off('timeout', expire)
+      // Keep-alive set its own timer once the answer went out: leave that one be.
+      if (!res.writableFinished) req.socket.setTimeout(0)
+    }
+    const expire = (): void => {
+      done()
+      if (res.headersSent) { req.socket.destroy(); return }
+      const e = new PicocloudError(ErrorCode.RequestTimeout, 'the request body came too slowly', 408)
+      res.setHeader('connection', 'close')
+      res.once('finish', () => req.socket.destroy())
+      sendJson(res, e.status, e.toJSON())
+    }
+    if (!upload) deadline = setTimeout(expire, this.limits.bodyTimeoutMs)
+    // The socket's idle timer: reset by each byte that comes (and each we send).
+    req.setTimeout(this.limits.bodyIdleMs, expire)
+    req.once('end', done)
+    req.once('close', done)
   }
 
   async start (group?: string): Promise<void> {
@@ -120,7 +185,14 @@ export class ApiServer {
       throw new PicocloudError(ErrorCode.Config, `cannot create the socket directory ${dir}: permission denied. Run as root, or choose a socket path of yours with --socket PATH`, 500)
     }
     await this.removeStaleSocket()
-    const server = createServer((req, res) => { void this.handle(req, res) })
+    const server = createServer({
+      headersTimeout: this.limits.headersTimeoutMs,
+      // Ours, per route, in limitBody: Node's would also cut big uploads.
+      requestTimeout: 0,
+      // How often Node looks for connections past headersTimeout (its default: every 30 s).
+      connectionsCheckingInterval: Math.min(1000, this.limits.headersTimeoutMs)
+    }, (req, res) => { void this.handle(req, res) })
+    server.maxConnections = this.limits.maxConnections
     server.on('upgrade', (req, socket, head) => {
       const refuse = (e: PicocloudError): void => {
         const body = JSON.stringify(e.toJSON())
@@ -131,8 +203,6 @@ export class ApiServer {
         refuse(err instanceof PicocloudError ? err : new PicocloudError(ErrorCode.Internal, err?.message ?? String(err), 500))
       })
     })
-    server.headersTimeout = 10_000
-    server.requestTimeout = 0 // event streams stay open
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
       server.listen(this.socketPath, () => { server.off('error', reject); resolve() })
