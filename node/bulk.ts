@@ -153,6 +153,8 @@ export interface BulkServerInit {
   senderIdleMs?: number
   /** Whether transfers go through a sender process (node/bulk-sender.ts). @default true */
   senderProcess?: boolean
+  /** At most one log line about refused connections per this long. @default 60 s */
+  refusalLogMs?: number
 }
 
 /** What the daemon tells its sender process. A `send` comes with the client's socket. */
@@ -182,8 +184,12 @@ export class BulkServer {
   private boundPort = 0
   private sender?: ChildProcess
   private senderIdle?: ReturnType<typeof setTimeout>
+  private readonly refusals: RefusalLog
 
-  constructor (init: BulkServerInit) { this.init = init }
+  constructor (init: BulkServerInit) {
+    this.init = init
+    this.refusals = new RefusalLog(init.log, init.refusalLogMs ?? 60_000)
+  }
 
   get port (): number { return this.boundPort }
 
@@ -206,6 +212,7 @@ export class BulkServer {
     this.active.clear()
     for (const s of this.sockets) s.destroy()
     this.stopSender()
+    this.refusals.stop()
     await new Promise<void>(resolve => { if (this.server === undefined) resolve(); else this.server.close(() => { resolve() }) })
     this.server = undefined
   }
@@ -254,7 +261,7 @@ export class BulkServer {
       const hello = Buffer.concat(chunks)
       const [id, grant] = this.redeem(hello.subarray(0, HELLO_BYTES)) ?? []
       if (id === undefined || grant === undefined || got > HELLO_BYTES) {
-        this.init.log.warn('refused a bulk image connection: no valid token', { from: sock.remoteAddress })
+        this.refusals.add(sock.remoteAddress)
         sock.destroy()
         return
       }
@@ -346,6 +353,52 @@ export class BulkServer {
     this.senderIdle = undefined
     this.sender?.kill()
     this.sender = undefined
+  }
+}
+
+/**
+ * Logs refused side-channel connections as at most one line per `everyMs`: the first refusal after
+ * a quiet spell at once, the ones after it summed up (how many, from how many addresses) when the
+ * spell ends. The port is open to anyone: a line per connection would let them fill the disk.
+ */
+export class RefusalLog {
+  private readonly log: Logger
+  private readonly everyMs: number
+  private count = 0
+  /** Bounded: past this many, the count of addresses means "at least". */
+  private readonly addresses = new Set<string>()
+  private last?: string
+  private window?: ReturnType<typeof setTimeout>
+
+  constructor (log: Logger, everyMs: number) {
+    this.log = log
+    this.everyMs = everyMs
+  }
+
+  add (address = 'unknown'): void {
+    this.count++
+    if (this.addresses.size < 4096) this.addresses.add(address)
+    this.last = address
+    if (this.window === undefined) this.flush()
+  }
+
+  /** Logs what was counted, if anything, and opens a new window. */
+  private flush (): void {
+    clearTimeout(this.window)
+    this.window = undefined
+    if (this.count === 0) return
+    this.log.warn('refused image side channel connections: no valid token', { connections: this.count, addresses: this.addresses.size, from: this.last })
+    this.count = 0
+    this.addresses.clear()
+    this.window = setTimeout(() => { this.flush() }, this.everyMs)
+    this.window.unref()
+  }
+
+  /** Logs what is left. */
+  stop (): void {
+    this.flush()
+    clearTimeout(this.window)
+    this.window = undefined
   }
 }
 

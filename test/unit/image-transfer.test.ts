@@ -210,6 +210,48 @@ describe('bulk side channel', () => {
     expect(await receive(server.grant({ peer: 'p', path: file, offset: 0, size: data.length }).offer)).toEqual(data)
   })
 
+  it('logs refused connections as a few summary lines, not one each', async () => {
+    const { log, lines } = recorder()
+    const s = new BulkServer({ host: '127.0.0.1', port: 0, log, refusalLogMs: 60_000 })
+    await s.start()
+    // 1000 connections with a wrong token, from three addresses, 100 at a time.
+    const refused = async (i: number): Promise<void> => {
+      const sock = connect({ host: '127.0.0.1', port: s.port, localAddress: `127.0.0.${1 + i % 3}` })
+      sock.on('error', () => {})
+      sock.write(Buffer.concat([BULK_MAGIC, randomBytes(16)]))
+      await new Promise(resolve => sock.on('close', resolve))
+    }
+    for (let i = 0; i < 1000; i += 100) await Promise.all(Array.from({ length: 100 }, async (_, j) => { await refused(i + j) }))
+    // The first at once; the rest when the window ends (or, as here, when the server stops).
+    expect(lines).toHaveLength(1)
+    await s.stop()
+    expect(lines.length).toBeLessThanOrEqual(2)
+    const counts = lines.map(l => Number(/ connections=(\d+)/.exec(l)?.[1]))
+    expect(counts.reduce((a, b) => a + b, 0)).toBe(1000)
+    expect(lines.at(-1)).toMatch(/msg="refused image side channel connections: no valid token" connections=999 addresses=3 from=127\.0\.0\.\d/)
+
+    // Without a stop, the window's end writes the sum; after a quiet window the next refusal is logged at once.
+    const quick = recorder()
+    const q = new BulkServer({ host: '127.0.0.1', port: 0, log: quick.log, refusalLogMs: 300 })
+    await q.start()
+    try {
+      const bad = async (): Promise<void> => {
+        const sock = connect({ host: '127.0.0.1', port: q.port })
+        sock.on('error', () => {})
+        sock.write(Buffer.alloc(20))
+        await new Promise(resolve => sock.on('close', resolve))
+      }
+      await bad()
+      await Promise.all([bad(), bad(), bad(), bad()])
+      await waitFor(() => quick.lines.length === 2, { what: 'the summary line' })
+      expect(quick.lines.map(l => / connections=(\d+)/.exec(l)?.[1])).toEqual(['1', '4'])
+      // A window with nothing in it passes.
+      await new Promise(resolve => setTimeout(resolve, 400))
+      await bad()
+      expect(quick.lines.map(l => / connections=(\d+)/.exec(l)?.[1])).toEqual(['1', '4', '1'])
+    } finally { await q.stop() }
+  })
+
   it('sends from a child process that exits once idle; a revoke cuts a transfer under way; without the process the daemon sends', async () => {
     const big = join(dir, 'big')
     // Far more than the socket buffers on both ends hold: the stalled transfer cannot finish.
