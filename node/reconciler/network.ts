@@ -1,6 +1,7 @@
 /**
  * The network reconciler of this host: from the replicated state, the data plane of DESIGN.md
- * ("Data plane") — one WireGuard interface with a peer for every member, and per private network
+ * ("Data plane") — one WireGuard interface with a peer for every member (its key derived from its
+ * peer id, never read from its record: keys/wireguard.ts), and per private network
  * that has VMs here a bridge and a VXLAN device flooding to exactly the other hosts that carry VMs
  * of it, the local VMs' taps on it, dnsmasq where the network needs it — made real through the
  * network driver. Plan (node/net/plan.ts) → read actual → diff → apply the smallest change →
@@ -20,7 +21,7 @@
 import { isDeepStrictEqual } from 'node:util'
 import type { StateStore } from '../../crdt/store.ts'
 import type { World, VmEntry } from '../../crdt/world.ts'
-import { isActiveMember, type MeshDoc, type HostRecord, type HostNetStatus } from '../../crdt/schema.ts'
+import { isActiveMember, optString, type MeshDoc, type HostRecord, type HostNetStatus } from '../../crdt/schema.ts'
 import { tapName, vmMac } from '../drivers/hypervisor/types.ts'
 import type { NetworkDriver } from '../drivers/network/types.ts'
 import { planHost, diff, type PlanInput, type PlanNetwork, type PlanVm, type PlanMember, type DesiredState, type ActualState } from '../net/plan.ts'
@@ -28,6 +29,7 @@ import { assignOverlayAddresses, compareStrings, canonicalIp, parseIpv6, formatI
 import { parseIpv4, parseSubnet4, inSubnet4, parseSubnet6, inSubnet6 } from '../net/ipam.ts'
 import { isEndpoint, type NetworkConfig } from '../net/config.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
+import { wireguardPublicKeyForPeer, wireguardKeyPairFromPrivate } from '../../keys/wireguard.ts'
 import type { Logger } from '../log.ts'
 
 export interface NetworkReconcilerInit {
@@ -35,9 +37,10 @@ export interface NetworkReconcilerInit {
   world: () => World
   driver: NetworkDriver
   config: NetworkConfig
-  /** Base64 X25519 private key of this host (keys/wireguard.ts). */
+  /** Base64 X25519 private key of this host: `loadWireguardKey` (keys/wireguard.ts), derived from its peer key. */
   wgPrivateKey: string
-  wgPublicKey: string
+  /** @deprecated ignored: every host's public key, this one's too, is derived from its peer id. */
+  wgPublicKey?: string
   /** `<state>/net`: dnsmasq files per network. */
   runtimeDir: string
   log: Logger
@@ -89,10 +92,6 @@ export function memberEndpoints (rec: Partial<HostRecord> | undefined): string[]
   return deriveEndpoints((rec.addresses ?? []).map(String), port)
 }
 
-function isWgKey (key: unknown): key is string {
-  return typeof key === 'string' && /^[A-Za-z0-9+/]{43}=$/.test(key)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Plan input from the state
 
@@ -100,32 +99,68 @@ export interface BuiltInput { input: PlanInput, problems: string[] }
 
 export interface BuildOptions {
   self: string
+  /** Should be the key derived from `self`'s peer key (keys/wireguard.ts); a problem is reported when it is not. */
   wgPrivateKey: string
-  wgPublicKey: string
+  /** @deprecated ignored: derived from `self`. */
+  wgPublicKey?: string
   config: NetworkConfig
   runtimeDir: string
 }
 
 const liveOn = (vm: VmEntry): boolean => vm.desired !== 'destroyed' && vm.rejected === undefined && vm.host !== null
 
-/** PlanInput from the replicated state: every host builds the same mesh-wide lists. */
-export function buildPlanInput (doc: MeshDoc, world: World, o: BuildOptions): BuiltInput {
-  const problems: string[] = []
-  const peers = Object.keys(doc.members ?? {}).filter(p => isActiveMember(doc, p)).sort(compareStrings)
-  const overlay = assignOverlayAddresses(doc.mesh.id, peers)
-  // Members with a usable WireGuard key; a key claimed by two members is given to neither.
+/**
+ * The WireGuard public key of each member that takes part in the data plane. Keys are derived from
+ * the peer ids (keys/wireguard.ts), never taken from the records, so no member can claim another
+ * host's key; a record that publishes another value is reported and the value ignored.
+ * A member takes part once it has written its record (self always): only the holder of a peer key
+ * can write that host's record, so an admitted peer id that nobody holds — e.g. another host's
+ * Ed25519 key with the sign of x flipped, which maps to the same X25519 key — never becomes a peer.
+ */
+function wireguardKeys (doc: MeshDoc, peers: readonly string[], o: BuildOptions, problems: string[]): Map<string, string> {
+  const who = (p: string): string => `${p} (${JSON.stringify(optString(doc.members?.[p]?.name ?? doc.hosts?.[p]?.name) ?? '?')})`
   const keyOf = new Map<string, string>()
   for (const p of peers) {
-    const key = p === o.self ? o.wgPublicKey : doc.hosts?.[p]?.wgPublicKey
-    if (isWgKey(key)) keyOf.set(p, key)
+    const rec = doc.hosts?.[p] as Partial<HostRecord> | undefined
+    if (rec === undefined && p !== o.self) continue
+    let key: string
+    try {
+      key = wireguardPublicKeyForPeer(p)
+    } catch (err: any) {
+      problems.push(`host ${who(p)} is left out of WireGuard: ${String(err.message)}`)
+      continue
+    }
+    const published = optString(rec?.wgPublicKey)
+    if (published !== undefined && published !== key) {
+      problems.push(`host ${who(p)} publishes WireGuard key ${published.slice(0, 8)}…, not the one derived from its peer id (${key.slice(0, 8)}…): the published key is ignored`)
+    }
+    keyOf.set(p, key)
   }
+  let own: string | undefined
+  try { own = wireguardKeyPairFromPrivate(o.wgPrivateKey).publicKey } catch {}
+  const mine = keyOf.get(o.self)
+  if (mine !== undefined && own !== mine) {
+    problems.push('this host\'s WireGuard private key is not the one derived from its peer key (keys/wireguard.ts loadWireguardKey): other hosts will not accept its tunnels')
+  }
+  // Two peer ids with one derived key: the same X25519 key behind both, which only the holder of
+  // that key can have arranged (each needs a record signed by its own key). Neither is used, but
+  // this host is never left out of its own plan.
   const owners = new Map<string, string[]>()
   for (const [p, k] of keyOf) owners.set(k, [...(owners.get(k) ?? []), p])
   for (const [k, ps] of owners) {
     if (ps.length < 2) continue
     for (const p of ps) if (p !== o.self) keyOf.delete(p)
-    problems.push(`WireGuard key ${k.slice(0, 8)}… is published by ${ps.join(', ')}: ${ps.filter(p => p !== o.self).join(', ')} left out`)
+    problems.push(`peer ids ${ps.join(', ')} have the same WireGuard key ${k.slice(0, 8)}…: ${ps.filter(p => p !== o.self).join(', ')} left out`)
   }
+  return keyOf
+}
+
+/** PlanInput from the replicated state: every host builds the same mesh-wide lists. */
+export function buildPlanInput (doc: MeshDoc, world: World, o: BuildOptions): BuiltInput {
+  const problems: string[] = []
+  const peers = Object.keys(doc.members ?? {}).filter(p => isActiveMember(doc, p)).sort(compareStrings)
+  const overlay = assignOverlayAddresses(doc.mesh.id, peers)
+  const keyOf = wireguardKeys(doc, peers, o, problems)
   const members: PlanMember[] = [...keyOf].map(([peerId, wgPublicKey]) => ({
     peerId,
     wgPublicKey,
@@ -295,7 +330,7 @@ export class NetworkReconciler {
     const doc = store.doc
     const world = this.init.world()
     const { input, problems } = buildPlanInput(doc, world, {
-      self: store.self, wgPrivateKey: this.init.wgPrivateKey, wgPublicKey: this.init.wgPublicKey, config, runtimeDir: this.init.runtimeDir
+      self: store.self, wgPrivateKey: this.init.wgPrivateKey, config, runtimeDir: this.init.runtimeDir
     })
     const order = [...world.nets.values()].sort((a, b) => a.created - b.created || compareStrings(a.id, b.id)).map(n => n.id)
     const { desired, excluded } = planResilient(input, order)
@@ -327,7 +362,8 @@ export class NetworkReconciler {
     const err = problems.length > 0 ? problems.join('; ') : undefined
     if (isDeepStrictEqual(cur, want) && (rec?.netError ?? undefined) === err) return
     await store.change('publish network status', d => {
-      const r = d.hosts[store.self]
+      const r = d.host
+      if (r === undefined) return
       r.nets ??= {}
       for (const k of Object.keys(r.nets)) if (want[k] === undefined) delete r.nets[k]
       for (const [k, v] of Object.entries(want)) if (!isDeepStrictEqual(JSON.parse(JSON.stringify(r.nets[k] ?? null)), v)) r.nets[k] = v
@@ -339,7 +375,7 @@ export class NetworkReconciler {
   private async publishError (error: string): Promise<void> {
     const { store } = this.init
     if (!store.inMesh || store.doc.hosts?.[store.self] === undefined || store.doc.hosts[store.self].netError === error) return
-    await store.change('publish network error', d => { d.hosts[store.self].netError = error })
+    await store.change('publish network error', d => { if (d.host !== undefined) d.host.netError = error })
   }
 }
 
