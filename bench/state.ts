@@ -17,7 +17,7 @@ import { scalars } from '../crdt/schema.ts'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey, Stream } from '@libp2p/interface'
 import { duplexPair } from 'it-pair/duplex'
-import { StateStore, CHANGE_LOG_FILE } from '../crdt/store.ts'
+import { StateStore, CHANGE_LOG_FILE, logRecordOf } from '../crdt/store.ts'
 import { ChangeLog } from '../crdt/change-log.ts'
 import { SNAPSHOT_FILE } from '../crdt/snapshot.ts'
 import { foundMesh, admit, publishHostRecord } from '../crdt/membership.ts'
@@ -50,10 +50,11 @@ async function smallMesh (dir: string, n: number): Promise<StateStore[]> {
   await foundMesh(f, { name: 'bench', host: hostRecord('s0') })
   for (const s of rest) await admit(f, s.self, s.self)
   for (const s of rest) {
-    s.acceptGenesis = true
-    const r = await s.receive(f.changesSince([]), f.self)
-    if (r.rejected.length > 0) throw new Error(`join rejected: ${r.rejected[0].reason}`)
-    s.acceptGenesis = false
+    s.joining = ''
+    const r = await s.receive(f.changesFor(new Map()), f.self)
+    if (r.rejected.length > 0 || !s.inMesh) throw new Error(`join rejected: ${r.rejected[0]?.reason ?? 'no mesh'}`)
+    s.joining = undefined
+    await s.change('join', d => { d.host = scalars({ ...hostRecord(s.self), updated: new Date().toISOString() }) })
   }
   return stores
 }
@@ -66,18 +67,18 @@ export async function durableWrites (n: number): Promise<DurableResult> {
   try {
     const [s] = await smallMesh(dir, 1)
     const self = s.self
-    for (let i = 0; i < 20; i++) await s.change('warm', d => { d.hosts[self].updated = `w${i}` })
+    for (let i = 0; i < 20; i++) await s.change('warm', d => { d.host!.updated = `w${i}` })
     const lat: number[] = []
     const t0 = performance.now()
     for (let i = 0; i < n; i++) {
       const t = performance.now()
       // The host record's timestamp, written as the daemon writes it (crdt/membership.ts: a scalar).
-      await s.change('report', d => { d.hosts[self].updated = scalars(new Date(Date.now() + i).toISOString()) })
+      await s.change('report', d => { d.host!.updated = scalars(new Date(Date.now() + i).toISOString()) })
       lat.push(performance.now() - t)
     }
     const commitsPerSecond = n / ((performance.now() - t0) / 1000)
     const t1 = performance.now()
-    await Promise.all(Array.from({ length: n }, async (_, i) => await s.change('report', d => { d.hosts[self].updated = scalars(`c${i}`) })))
+    await Promise.all(Array.from({ length: n }, async (_, i) => await s.change('report', d => { d.host!.updated = scalars(`c${i}`) })))
     const concurrentPerSecond = n / ((performance.now() - t1) / 1000)
     await s.close()
     return { commitMs: summarize(lat), commitsPerSecond, concurrentPerSecond }
@@ -122,22 +123,22 @@ export async function catchUp (n: number): Promise<CatchUpResult> {
   const dir = await mkdtemp(join(tmpdir(), 'pc-bench-catchup-'))
   try {
     const [a, b] = await smallMesh(dir, 2)
-    const before = a.heads()
+    const before = new Map(a.frontier().map(e => [e.author, { seq: e.seq, hash16: e.hash16 }]))
     for (let i = 0; i < n; i++) {
       const id = (i % 100).toString(16).padStart(64, '0')
       await a.change('vm report', d => {
-        d.hosts[a.self].vms ??= {}
-        d.hosts[a.self].vms![id] = { status: (['starting', 'running', 'stopping', 'stopped'] as const)[i % 4], since: new Date(Date.now() + i).toISOString() }
+        d.host!.vms ??= {}
+        d.host!.vms[id] = scalars({ status: (['starting', 'running', 'stopping', 'stopped'] as const)[i % 4], since: new Date(Date.now() + i).toISOString() })
       })
     }
-    const missing = a.changesSince(before)
+    const missing = a.changesFor(before)
     const changeBytes = missing.reduce((s, c) => s + c.change.length, 0)
     const signedBytes = missing.reduce((s, c) => s + encodeSignedChange(c).length, 0)
     const p = countedPair()
     const t0 = performance.now()
     const [init] = await Promise.all([syncInitiator(p.a, b, a.self), syncResponder(p.b, a, b.self, silentLogger)])
     const applyMs = performance.now() - t0
-    if (init.received.applied.length !== n || b.heads().join() !== a.heads().join()) {
+    if (init.received.applied.length !== n || b.digestInput().join() !== a.digestInput().join()) {
       throw new Error(`catch-up did not converge: applied ${init.received.applied.length} of ${n}, rejected ${init.received.rejected.length}`)
     }
     const wireBytes = p.bytes.ab + p.bytes.ba
@@ -240,7 +241,7 @@ async function buildGrowth (dir: string, hosts: number, vms: number, requests: n
   const key = await loadPrivateKey(keyring, fingerprint)
   for (const s of stores) {
     await publishHostRecord(s, hostRecord(s.self))
-    await s.change('trust', d => { d.hosts[s.self].keys = { [fingerprint]: scalars(publicKey) } })
+    await s.change('trust', d => { d.host!.keys = { [fingerprint]: scalars(publicKey) } })
   }
   const tSign = performance.now()
   const envelopes: Array<{ id: string, payload: string, signature: string }> = []
@@ -263,19 +264,19 @@ async function buildGrowth (dir: string, hosts: number, vms: number, requests: n
     const sc = await via.change(`request ${e.id}`, d => {
       d.requests ??= {}
       // As node/requests.ts stores them: immutable strings (a plain string is a text CRDT, one op per character).
-      d.requests[e.id] = scalars({ payload: e.payload, signature: e.signature, via: via.self, at: new Date(now).toISOString() })
+      d.requests[e.id] = scalars({ payload: e.payload, signature: e.signature, at: new Date(now).toISOString() })
     }) as SignedChange
     requestChangeBytes += encodeSignedChange(sc).length
     const vm = vmIds[i % vms]
     const host = stores[(i % vms) % hosts]
     const report = async (status: 'starting' | 'running' | 'stopped'): Promise<void> => {
       await host.change(`vm ${status}`, d => {
-        d.hosts[host.self].vms ??= {}
-        d.hosts[host.self].vms![vm] = scalars({ status, since: new Date().toISOString() })
+        d.host!.vms ??= {}
+        d.host!.vms[vm] = scalars({ status, since: new Date().toISOString() })
       })
     }
     if (i < vms) {
-      await host.change('claim', d => { d.hosts[host.self].claims ??= {}; d.hosts[host.self].claims![vm] = scalars({ at: new Date().toISOString() }) })
+      await host.change('claim', d => { d.host!.claims ??= {}; d.host!.claims[vm] = scalars({ at: new Date().toISOString() }) })
       await report('starting'); await report('running')
     } else {
       await report(i % 2 === 0 ? 'stopped' : 'running')
@@ -284,7 +285,7 @@ async function buildGrowth (dir: string, hosts: number, vms: number, requests: n
   // The observer's durable log holds every host's changes, as receive() would have persisted
   // them (validation is measured elsewhere: catch-up); any order loads, Automerge sorts by deps.
   const all = new Map<string, Uint8Array>()
-  for (const s of stores) for (const c of s.changesSince([])) all.set(A.decodeChange(c.change).hash as string, encodeSignedChange(c))
+  for (const s of stores) for (const c of s.feeds.get(s.self)?.changesAfter(0) ?? []) all.set(A.decodeChange(c.change).hash as string, logRecordOf(c))
   for (const s of stores) await s.close()
   await mkStoreDir(dir, 'obs')
   const { log } = await ChangeLog.open(join(dir, 'obs', CHANGE_LOG_FILE))
@@ -310,6 +311,6 @@ if (process.argv[2] === '--load') {
   globalThis.gc?.()
   const status = await readFile('/proc/self/status', 'utf8')
   const rssMiB = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]) / 1024
-  console.log(JSON.stringify({ loadMs, verifyMs, rssMiB, requests: Object.keys(store.doc.requests ?? {}).length }))
+  console.log(JSON.stringify({ loadMs, verifyMs, rssMiB, requests: store.doc.requests.size }))
   process.exit(0)
 }

@@ -1,19 +1,27 @@
 /**
- * The replicated mesh document. Every host holds one Automerge document with this shape; who may
- * write which part is decided by crdt/permissions.ts.
+ * The replicated state, format 2.
  *
- *   mesh/            written once by the founder in the genesis change, then only by the founder
- *   members/<peer>   admissions and expulsions, by the mesh policy
- *   hosts/<peer>/    each host's own record, written only by that host: addresses, resources,
- *                    trust policy and the public keys it trusts, claims of VMs and their status
- *   requests/<id>    signed requests, immutable, id = sha256(payload), written once by the host
- *                    that received them from a user
+ * Every host writes exactly one Automerge document, its *feed*, and replicates everyone else's.
+ * Nobody can write into another host's feed, so no two authors ever write the same key and
+ * Automerge's conflict resolution never decides between authors. A feed is strictly linear (each
+ * change depends on the author's previous change and nothing else), so a feed at sequence number
+ * n means the same thing on every host.
+ *
+ *   mesh         the founder's feed only, written once in its first change (the genesis)
+ *   host         the author's own record: addresses, resources, trust policy and keys, claims,
+ *                VM and network reports (rewritten freely; validated where it is read)
+ *   events       the author's membership acts (admit, expel, mesh policy), append-only
+ *   requests/<id>  signed requests the author received from users, append-only and immutable
+ *
+ * Who is a member, who may admit or expel, which events and requests stand: none of this is read
+ * from a merged value, it is folded from the set of verified feeds (crdt/fold.ts). What the rest
+ * of the daemon reads is `MeshDoc` (crdt/view.ts): the fold's result plus every record validated.
  */
 
 import { ImmutableString } from '@automerge/automerge'
 
-/** A libp2p peer id string (12D3KooW…), branded so it is not confused with other ids. */
-export type PeerIdString = string & { readonly __peerId: true }
+/** The state's format; a daemon finding another one says so instead of misreading it. */
+export const STATE_FORMAT = 2
 
 export interface MeshPolicy {
   /** Who may admit a new host: any active member (default), or only the expellers. */
@@ -22,21 +30,33 @@ export interface MeshPolicy {
   expellers: string[]
 }
 
-export interface MeshInfo {
-  /** 32 hex chars chosen at `init`; names the gossip topics and the overlay prefix. */
+/** Written once by the founder in the first change of its feed. */
+export interface MeshGenesis {
+  format: number
+  /** Derived from the founder and the nonce (crdt/membership.ts `meshIdFor`): nobody else can found it. */
   id: string
+  nonce: string
   name: string
   founder: string
   created: string
+}
+
+export interface MeshInfo extends MeshGenesis {
+  /** The founder's latest mesh policy (crdt/fold.ts). */
   policy: MeshPolicy
 }
 
-export interface Member {
-  name: string
-  admittedBy: string
-  admittedAt: string
-  expelled?: { by: string, at: string, reason: string }
-}
+/**
+ * What an author had seen of each feed when it wrote a membership event: `seq:hash` of the last
+ * change it held of that feed (the hash cut to 16 hex digits). It places the event in causal
+ * order: an expulsion voids the target's changes after what the expeller had seen of it.
+ */
+export type Seen = Record<string, string>
+
+export type MembershipEvent =
+  | { op: 'admit', peer: string, name: string, at: string, seen: Seen }
+  | { op: 'expel', peer: string, reason: string, at: string, seen: Seen }
+  | { op: 'policy', admit: MeshPolicy['admit'], expellers: string[], at: string, seen: Seen }
 
 export interface HostResources {
   arch: string[]
@@ -51,8 +71,9 @@ export interface HostResources {
 /** A host's claim that it will run a VM (the vm.create request id names the VM). */
 export interface HostClaim { at: string }
 
-export type VmStatus = 'claimed' | 'placed' | 'pending' | 'fetching-image' | 'starting' | 'running' |
-'stopping' | 'stopped' | 'failed' | 'destroyed'
+export const VM_STATUSES = ['claimed', 'placed', 'pending', 'fetching-image', 'starting', 'running',
+  'stopping', 'stopped', 'failed', 'destroyed'] as const
+export type VmStatus = typeof VM_STATUSES[number]
 
 /** What a host reports about a VM it runs. */
 export interface HostVm {
@@ -71,10 +92,27 @@ export interface HostRejection {
   reasons?: string
 }
 
+/** One network as a host has built it (node/reconciler/network.ts). */
+export interface HostNetStatus {
+  vni: number
+  bridge: string
+  vxlan: string
+  mtu: number
+  /** Overlay addresses of the hosts this one floods the network to (its FDB entries). */
+  fdb: string[]
+  /** VM ports (taps) of this host on the bridge. */
+  taps: string[]
+  /** dnsmasq serves the network here (DHCP / router advertisements). */
+  dnsmasq: boolean
+}
+
+export interface HostImage { size: number, format: string }
+
 export interface HostRecord {
   name: string
   /** libp2p addresses (with /p2p/<peer id>) where this host can be dialled. */
   addresses: string[]
+  /** Informational: the key every host uses is derived from the peer id (keys/wireguard.ts). */
   wgPublicKey: string
   version: string
   updated: string
@@ -93,20 +131,8 @@ export interface HostRecord {
   nets?: Record<string, HostNetStatus>
   /** Why this host's last data-plane pass failed; absent when it succeeded. */
   netError?: string
-}
-
-/** One network as a host has built it (node/reconciler/network.ts). */
-export interface HostNetStatus {
-  vni: number
-  bridge: string
-  vxlan: string
-  mtu: number
-  /** Overlay addresses of the hosts this one floods the network to (its FDB entries). */
-  fdb: string[]
-  /** VM ports (taps) of this host on the bridge. */
-  taps: string[]
-  /** dnsmasq serves the network here (DHCP / router advertisements). */
-  dnsmasq: boolean
+  /** Images this host holds and serves, by sha256. */
+  images?: Record<string, HostImage>
 }
 
 export interface StoredRequest {
@@ -114,23 +140,49 @@ export interface StoredRequest {
   payload: string
   /** Armored detached OpenPGP signature. */
   signature: string
-  /** The host that received it and vouches for when: the time window is checked against `at`. */
-  via: string
+  /** When the receiving host (the feed's author) took it in: the time window is checked against it. */
   at: string
 }
 
+/** One author's feed document (what `StateStore.change` lets a host write in its own feed). */
+export interface FeedDoc {
+  mesh?: MeshGenesis
+  host?: HostRecord
+  events?: MembershipEvent[]
+  requests?: Record<string, StoredRequest>
+}
+
+/** A copy of a stored request as the view gives it: which host stored it, in which change. */
+export interface RequestCopy extends StoredRequest {
+  via: string
+  /** Sequence number of the change of `via`'s feed that stored it. */
+  seq: number
+}
+
+export interface Member {
+  name: string
+  admittedBy: string
+  admittedAt: string
+  expelled?: { by: string, at: string, reason: string }
+}
+
+/**
+ * The state as the daemon reads it (crdt/view.ts): every field validated, membership folded.
+ * `members` lists every host ever validly admitted (expelled ones with `expelled`); `hosts` the
+ * records of the active members only; `requests` the copies stored by hosts while they were members.
+ */
 export interface MeshDoc {
   mesh: MeshInfo
   members: Record<string, Member>
   hosts: Record<string, HostRecord>
-  requests?: Record<string, StoredRequest>
+  requests: Map<string, RequestCopy[]>
 }
 
 /**
- * A string field of the document as a plain string. A JS string assigned into an Automerge 3
- * document becomes text (one op per character): older daemons wrote every field so, newer ones
- * write short fields as ImmutableString (one op). Both read here; an ImmutableString compared
- * with `===`, sorted or used as a key would silently misbehave.
+ * A string field of a feed as a plain string. A JS string assigned into an Automerge 3 document
+ * becomes text (one op per character); short fields are written as ImmutableString (one op).
+ * Both read here; an ImmutableString compared with `===`, sorted or used as a key would
+ * silently misbehave.
  */
 export function asString (v: unknown): string {
   return v instanceof ImmutableString ? v.toString() : String(v)
@@ -142,10 +194,8 @@ export function optString (v: unknown): string | undefined {
 }
 
 /**
- * A plain value (objects, arrays, strings, numbers…) to assign into the document with every
- * string as an ImmutableString: one op per field instead of one per character. The mesh info
- * (`mesh/`) is not written so: older daemons' permission checks compare its founder and policy
- * with `===`, and would refuse changes from a mesh founded by a newer one.
+ * A plain value (objects, arrays, strings, numbers…) to assign into a feed with every string as an
+ * ImmutableString: one op per field instead of one per character.
  */
 export function scalars<T> (v: T): T {
   if (typeof v === 'string') return new ImmutableString(v) as unknown as T
@@ -159,21 +209,6 @@ export function scalars<T> (v: T): T {
   return v
 }
 
-/** A host's VM report read from the document, with plain strings whichever way it was written. */
-export function readHostVm (v: HostVm): HostVm {
-  const out: HostVm = { status: asString(v.status) as VmStatus, since: asString(v.since) }
-  if (v.reason !== undefined && v.reason !== null) out.reason = asString(v.reason)
-  if (v.operatorStop !== undefined && v.operatorStop !== null) out.operatorStop = { at: asString(v.operatorStop.at), reason: asString(v.operatorStop.reason) }
-  return out
-}
-
-/** A member entry read from the document, with plain strings. */
-export function readMember (m: Member): Member {
-  const out: Member = { name: asString(m.name), admittedBy: asString(m.admittedBy), admittedAt: asString(m.admittedAt) }
-  if (m.expelled !== undefined && m.expelled !== null) out.expelled = { by: asString(m.expelled.by), at: asString(m.expelled.at), reason: asString(m.expelled.reason) }
-  return out
-}
-
 export const DEFAULT_POLICY: MeshPolicy = { admit: 'any-member', expellers: [] }
 
 export function isActiveMember (doc: Partial<MeshDoc>, peer: string): boolean {
@@ -181,6 +216,7 @@ export function isActiveMember (doc: Partial<MeshDoc>, peer: string): boolean {
   return m !== undefined && m.expelled === undefined
 }
 
+/** May `peer` expel members now (founder or a named expeller, and active)? For clear local errors; the fold decides. */
 export function mayExpel (doc: Partial<MeshDoc>, peer: string): boolean {
   if (doc.mesh === undefined || !isActiveMember(doc, peer)) return false
   return doc.mesh.founder === peer || doc.mesh.policy.expellers.includes(peer)

@@ -1,14 +1,14 @@
 /**
- * Snapshots of the replicated state: `A.save(doc)` plus the store's index of signed changes
- * (hash → signature, actor:seq → hash), tied to the position of the change log they cover, so a
- * restart loads the snapshot and applies only the log records after it instead of replaying
- * the whole log. The change log stays the source of truth and the audit history (a saved
- * Automerge document keeps every change); a snapshot is a cache of it: one that is missing,
- * corrupt, of another format or not matching the log is ignored and the log is replayed.
+ * Snapshots of the replicated state: every feed saved (`A.save`) with its signatures by sequence
+ * number, plus the equivocation evidence, tied to the position of the change log they cover, so a
+ * restart loads the snapshot and applies only the log records after it instead of replaying the
+ * whole log. The change log stays the source of truth and the audit history; a snapshot is a cache
+ * of it: one that is missing, corrupt, of another format or not matching the log is ignored and
+ * the log is replayed.
  *
- * File layout: magic (8) | u32 header length | header (JSON) | document | index entries |
- * u32 crc32 of everything before it. An index entry is hash (32) | signature (64) |
- * u32 actor number (into header.actors) | u32 seq.
+ * File layout: magic (8) | u32 header length | header (JSON) | each feed's document | each feed's
+ * signatures (64 bytes per change, in sequence order) | each evidence (u32 length, bytes) |
+ * u32 crc32 of everything before it.
  */
 import { open, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -17,19 +17,19 @@ import { syncDir, writeFileAtomic } from '../node/files.ts'
 
 export const SNAPSHOT_FILE = 'state.snapshot'
 /** Bump the last byte when the layout changes: an older snapshot is then ignored, never misread. */
-const MAGIC = Buffer.from('PCSNAP\0\x01', 'latin1')
-const HASH = 32
+const MAGIC = Buffer.from('PCSNAP\0\x02', 'latin1')
 const SIGNATURE = 64
-const ENTRY = HASH + SIGNATURE + 8
 
-export interface IndexEntry {
-  hash: string
-  signature: Uint8Array
-  actor: string
-  seq: number
+export interface SnapshotFeed {
+  author: string
+  /** `A.save` of the feed. */
+  doc: Uint8Array
+  /** One signature per change, in sequence order. */
+  signatures: Uint8Array[]
+  cut?: number
 }
 
-/** The stretch of the change log a snapshot covers: its first `records` records, `bytes` long. */
+/** The stretch of the change log a snapshot covers: its first `records` records, ending at `bytes`. */
 export interface LogPosition {
   bytes: number
   records: number
@@ -39,40 +39,39 @@ export interface LogPosition {
 
 export interface Snapshot {
   log: LogPosition
-  /** Heads of `doc`, checked again after loading it. */
-  heads: string[]
-  /** `A.save(doc)` */
-  doc: Uint8Array
-  entries: IndexEntry[]
+  feeds: SnapshotFeed[]
+  /** Encoded evidence (crdt/evidence.ts). */
+  evidence: Uint8Array[]
 }
 
-interface Header extends LogPosition { heads: string[], docBytes: number, actors: string[], entries: number }
+interface Header extends LogPosition { feeds: Array<{ author: string, docBytes: number, changes: number, cut?: number }>, evidence: number }
 
 export class SnapshotError extends Error {
   override name = 'SnapshotError'
 }
 
 export function encodeSnapshot (s: Snapshot): Buffer {
-  const actors: string[] = []
-  const actorNo = new Map<string, number>()
-  for (const e of s.entries) {
-    if (!actorNo.has(e.actor)) { actorNo.set(e.actor, actors.length); actors.push(e.actor) }
+  const header: Header = {
+    ...s.log,
+    feeds: s.feeds.map(f => ({ author: f.author, docBytes: f.doc.length, changes: f.signatures.length, ...(f.cut === undefined ? {} : { cut: f.cut }) })),
+    evidence: s.evidence.length
   }
-  const header: Header = { ...s.log, heads: s.heads, docBytes: s.doc.length, actors, entries: s.entries.length }
   const head = Buffer.from(JSON.stringify(header))
-  const size = MAGIC.length + 4 + head.length + s.doc.length + s.entries.length * ENTRY + 4
+  let size = MAGIC.length + 4 + head.length + 4
+  for (const f of s.feeds) size += f.doc.length + f.signatures.length * SIGNATURE
+  for (const e of s.evidence) size += 4 + e.length
   const out = Buffer.allocUnsafe(size)
   let off = MAGIC.copy(out, 0)
   off = out.writeUInt32BE(head.length, off)
   off += head.copy(out, off)
-  out.set(s.doc, off); off += s.doc.length
-  for (const e of s.entries) {
-    if (e.signature.length !== SIGNATURE || out.write(e.hash, off, HASH, 'hex') !== HASH) throw new SnapshotError(`bad index entry ${e.hash}`)
-    out.set(e.signature, off + HASH)
-    out.writeUInt32BE(actorNo.get(e.actor) as number, off + HASH + SIGNATURE)
-    out.writeUInt32BE(e.seq, off + HASH + SIGNATURE + 4)
-    off += ENTRY
+  for (const f of s.feeds) { out.set(f.doc, off); off += f.doc.length }
+  for (const f of s.feeds) {
+    for (const sig of f.signatures) {
+      if (sig.length !== SIGNATURE) throw new SnapshotError(`bad signature in the feed of ${f.author}`)
+      out.set(sig, off); off += SIGNATURE
+    }
   }
+  for (const e of s.evidence) { off = out.writeUInt32BE(e.length, off); out.set(e, off); off += e.length }
   out.writeUInt32BE(crc32(out.subarray(0, off)), off)
   return out
 }
@@ -90,28 +89,32 @@ export function decodeSnapshot (bytes: Buffer): Snapshot {
   } catch {
     throw new SnapshotError('unreadable header')
   }
-  const docStart = headStart + headLen
-  const entriesStart = docStart + h.docBytes
-  if (entriesStart + h.entries * ENTRY !== end) throw new SnapshotError('sizes do not add up')
-  const entries: IndexEntry[] = new Array(h.entries)
-  // A copy of the index alone, so the signatures kept in memory do not pin the whole file.
-  const index = Buffer.from(bytes.subarray(entriesStart, end))
-  for (let i = 0, off = 0; i < h.entries; i++, off += ENTRY) {
-    const actor = h.actors[index.readUInt32BE(off + HASH + SIGNATURE)]
-    if (actor === undefined) throw new SnapshotError('unknown actor in the index')
-    entries[i] = {
-      hash: index.toString('hex', off, off + HASH),
-      signature: new Uint8Array(index.buffer, index.byteOffset + off + HASH, SIGNATURE),
-      actor,
-      seq: index.readUInt32BE(off + HASH + SIGNATURE + 4)
-    }
+  let off = headStart + headLen
+  const docs: Uint8Array[] = []
+  for (const f of h.feeds) {
+    if (off + f.docBytes > end) throw new SnapshotError('sizes do not add up')
+    docs.push(bytes.subarray(off, off + f.docBytes)); off += f.docBytes
   }
-  return {
-    log: { bytes: h.bytes, records: h.records, lastChecksum: h.lastChecksum },
-    heads: h.heads,
-    doc: bytes.subarray(docStart, entriesStart),
-    entries
+  const feeds: SnapshotFeed[] = []
+  for (let i = 0; i < h.feeds.length; i++) {
+    const f = h.feeds[i]
+    if (off + f.changes * SIGNATURE > end) throw new SnapshotError('sizes do not add up')
+    // A copy, so the signatures kept in memory do not pin the whole file.
+    const sigs = Buffer.from(bytes.subarray(off, off + f.changes * SIGNATURE))
+    const signatures: Uint8Array[] = []
+    for (let j = 0; j < f.changes; j++) signatures.push(new Uint8Array(sigs.buffer, sigs.byteOffset + j * SIGNATURE, SIGNATURE))
+    off += f.changes * SIGNATURE
+    feeds.push({ author: f.author, doc: docs[i], signatures, ...(f.cut === undefined ? {} : { cut: f.cut }) })
   }
+  const evidence: Uint8Array[] = []
+  for (let i = 0; i < h.evidence; i++) {
+    if (off + 4 > end) throw new SnapshotError('sizes do not add up')
+    const len = bytes.readUInt32BE(off); off += 4
+    if (off + len > end) throw new SnapshotError('sizes do not add up')
+    evidence.push(bytes.subarray(off, off + len)); off += len
+  }
+  if (off !== end) throw new SnapshotError('sizes do not add up')
+  return { log: { bytes: h.bytes, records: h.records, lastChecksum: h.lastChecksum }, feeds, evidence }
 }
 
 /**
@@ -120,7 +123,7 @@ export function decodeSnapshot (bytes: Buffer): Snapshot {
  * A log cut shorter than the snapshot (a torn tail) fails this.
  */
 export function coversPrefix (pos: LogPosition, records: Uint8Array[], ends: number[]): boolean {
-  if (pos.records === 0) return pos.bytes === 0
+  if (pos.records === 0) return true
   if (pos.records > records.length || ends[pos.records - 1] !== pos.bytes) return false
   return crc32(records[pos.records - 1]) === pos.lastChecksum
 }

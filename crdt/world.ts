@@ -16,7 +16,7 @@
 import { assign, resolveClaims, type HostView, type PlacementRequest, type HostDecision, type Claim } from './placement.ts'
 import { validatePolicy, emptyPolicy, type TrustPolicy } from '../keys/trust-policy.ts'
 import { vmResources, type RequestBodies, type RequestKind, type VmCreateBody, type NetCreateBody, type NicSpec } from '../protocol/requests.ts'
-import { asString as str, isActiveMember, readHostVm, type MeshDoc, type HostVm } from './schema.ts'
+import { isActiveMember, type MeshDoc, type HostVm, type RequestCopy } from './schema.ts'
 
 /** A request this host verified (signature, mesh, time window against the receiving host's stamp, schema). */
 export interface VerifiedRequest {
@@ -116,7 +116,7 @@ export function hostViews (doc: Partial<MeshDoc>, up?: (peer: string) => boolean
     const res = rec?.resources
     let policy: TrustPolicy
     try {
-      policy = rec?.policy === undefined ? emptyPolicy() : validatePolicy(JSON.parse(JSON.stringify(rec.policy)))
+      policy = rec?.policy === undefined ? emptyPolicy() : validatePolicy(rec.policy)
     } catch {
       policy = emptyPolicy()
     }
@@ -141,14 +141,29 @@ function outcome (r: VerifiedRequest, status: RequestStatus, reasons: Reason[] =
 
 const everywhere = (reason: string, detail: string): Reason[] => [{ host: null, reason, detail }]
 
-/** All claims in the hosts' records, as placement takes them. */
+/**
+ * All claims in the hosts' records, as placement takes them. A claim is settled once its host
+ * reports the VM beyond the bare claim: settled placements are served first, so a later request
+ * (whatever `created` it names) can never displace a placed VM (crdt/placement.ts).
+ */
 export function allClaims (doc: Partial<MeshDoc>): Claim[] {
   const claims: Claim[] = []
   for (const [peer, rec] of Object.entries(doc.hosts ?? {})) {
     if (!isActiveMember(doc, peer)) continue
-    for (const id of Object.keys(rec.claims ?? {})) claims.push({ requestId: id, peerId: peer })
+    for (const id of Object.keys(rec.claims ?? {})) {
+      const report = rec.vms?.[id]
+      claims.push({ requestId: id, peerId: peer, settled: report !== undefined && report.status !== 'claimed' })
+    }
   }
   return claims
+}
+
+/** Placed VMs (a settled claim won): counted first when deciding where new VMs go. */
+export function settledHosts (actual: ReadonlyMap<string, { host: string | null }>, claims: readonly Claim[]): Map<string, string> {
+  const settled = new Set(claims.filter(c => c.settled === true).map(c => `${c.requestId}/${c.peerId}`))
+  const out = new Map<string, string>()
+  for (const [id, a] of actual) if (a.host !== null && settled.has(`${id}/${a.host}`)) out.set(id, a.host)
+  return out
 }
 
 export function placementRequests (vms: Iterable<VmEntry>): PlacementRequest[] {
@@ -165,35 +180,54 @@ export function placementRequests (vms: Iterable<VmEntry>): PlacementRequest[] {
   return out
 }
 
-export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string) => Validity | undefined): World {
+/**
+ * The first copy of a request that this host found valid, else the verdict on the first copy.
+ * Copies come in one order everywhere (earliest stamp, then host): every host picks the same.
+ */
+export function judgeCopies (id: string, copies: readonly RequestCopy[], validity: (id: string, via: string) => Validity | undefined): { copy: RequestCopy, v: Validity | undefined } {
+  let first: { copy: RequestCopy, v: Validity | undefined } | undefined
+  for (const copy of copies) {
+    const v = validity(id, copy.via)
+    if (v?.ok === true) return { copy, v }
+    first ??= { copy, v }
+  }
+  return first as { copy: RequestCopy, v: Validity | undefined }
+}
+
+export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: string) => Validity | undefined): World {
   const vms = new Map<string, VmEntry>()
   const nets = new Map<string, NetEntry>()
   const images = new Map<string, ImageEntry>()
   const requests = new Map<string, RequestOutcome>()
   const revoked = new Set<string>()
 
-  // Final rejections recorded by the receiving hosts.
-  const rejections = new Map<string, Reason[]>()
-  for (const rec of Object.values(doc.hosts ?? {})) {
-    for (const [id, r] of Object.entries(rec.rejections ?? {})) {
-      let reasons: Reason[] = everywhere('rejected', str(r.reason))
-      try {
-        const parsed = r.reasons === undefined ? undefined : JSON.parse(str(r.reasons))
-        if (Array.isArray(parsed) && parsed.length > 0) reasons = parsed.map((x: any) => ({ host: typeof x.host === 'string' ? x.host : null, reason: String(x.reason), detail: String(x.detail ?? '') }))
-      } catch {}
-      rejections.set(id, reasons)
-    }
+  // A final rejection counts only from the host that received the request (its `via`): any
+  // other host's word about someone else's request is ignored.
+  const rejectionBy = (id: string, via: string): Reason[] | undefined => {
+    const r = doc.hosts?.[via]?.rejections?.[id]
+    if (r === undefined) return undefined
+    let reasons: Reason[] = everywhere('rejected', r.reason)
+    try {
+      const parsed = r.reasons === undefined ? undefined : JSON.parse(r.reasons)
+      if (Array.isArray(parsed) && parsed.length > 0 && parsed.length <= 1000) {
+        reasons = parsed.filter((x: unknown) => typeof x === 'object' && x !== null).map((x: any) => ({
+          host: typeof x.host === 'string' ? x.host : null, reason: String(x.reason ?? '').slice(0, 200), detail: String(x.detail ?? '').slice(0, 2000)
+        }))
+      }
+    } catch {}
+    return reasons
   }
   const claims = allClaims(doc)
   const claimed = new Set(claims.map(c => c.requestId))
 
   const valid: VerifiedRequest[] = []
-  for (const [id, stored] of Object.entries(doc.requests ?? {})) {
-    const v = validity(id)
+  for (const [id, copies] of doc.requests ?? new Map<string, RequestCopy[]>()) {
+    if (copies.length === 0) continue
+    const { copy, v } = judgeCopies(id, copies, validity)
     if (v === undefined) {
-      requests.set(id, { id, kind: '?', issuer: '?', created: '', via: str(stored.via), status: 'pending', reasons: everywhere('verifying', 'this host has not verified the request yet') })
+      requests.set(id, { id, kind: '?', issuer: '?', created: '', via: copy.via, status: 'pending', reasons: everywhere('verifying', 'this host has not verified the request yet') })
     } else if (!v.ok) {
-      requests.set(id, { id, kind: '?', issuer: '?', created: '', via: str(stored.via), status: 'rejected', reasons: everywhere(v.code, v.reason) })
+      requests.set(id, { id, kind: '?', issuer: '?', created: '', via: copy.via, status: 'rejected', reasons: everywhere(v.code, v.reason) })
     } else {
       valid.push(v.request)
     }
@@ -247,7 +281,8 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string) => Va
           host: null,
           claimants: []
         }
-        if (rejections.has(r.id) && !claimed.has(r.id)) vm.rejected = { reasons: rejections.get(r.id) as Reason[] }
+        const rejected = rejectionBy(r.id, r.via)
+        if (rejected !== undefined && !claimed.has(r.id)) vm.rejected = { reasons: rejected }
         vms.set(vm.id, vm)
         requests.set(r.id, outcome(r, 'pending', [], { vm: vm.id }))
         break
@@ -325,7 +360,7 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string) => Va
   const hosts = hostViews(doc)
   const preqs = placementRequests(vms.values())
   const actual = new Map(resolveClaims(preqs, hosts, claims).map(a => [a.requestId, a]))
-  const ideal = new Map(assign(preqs, hosts).map(a => [a.requestId, a]))
+  const ideal = new Map(assign(preqs, hosts, { fixed: settledHosts(actual, claims) }).map(a => [a.requestId, a]))
   const decisions = new Map<string, HostDecision[]>()
   for (const vm of vms.values()) {
     vm.claimants = claims.filter(c => c.requestId === vm.id).map(c => c.peerId).sort()
@@ -342,7 +377,7 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string) => Va
     vm.host = a?.host ?? null
     if (vm.host !== null) {
       const report = doc.hosts?.[vm.host]?.vms?.[vm.id]
-      vm.report = report === undefined ? undefined : readHostVm(report)
+      vm.report = report === undefined ? undefined : { ...report }
       if (out !== undefined) out.status = vm.report !== undefined && vm.report.status !== 'claimed' ? 'placed' : 'accepted'
       continue
     }

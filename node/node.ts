@@ -22,12 +22,12 @@ import { Penalties, type PeerPenalty } from './penalties.ts'
 import { Liveness, Beats } from './liveness.ts'
 import { DivergenceWatch, headsDigest } from './anti-entropy.ts'
 import { loadOrCreatePeerKey, parsePeerId } from '../keys/peer-key.ts'
-import { loadOrCreateWireguardKey, type WireguardKeyPair } from '../keys/wireguard.ts'
+import { loadWireguardKey, wireguardPublicKeyForPeer, type WireguardKeyPair } from '../keys/wireguard.ts'
 import { StateStore, type Rejection } from '../crdt/store.ts'
 import { SYNC_PROTOCOL, SyncError, syncInitiator, syncResponder, type SyncStats } from '../crdt/sync.ts'
 import { encodeSignedChange, decodeSignedChange, type SignedChange } from '../crdt/signed-changes.ts'
 import { foundMesh, admit, expel, publishHostRecord, setMeshPolicy } from '../crdt/membership.ts'
-import { asString, isActiveMember, readMember, scalars } from '../crdt/schema.ts'
+import { isActiveMember, scalars } from '../crdt/schema.ts'
 import { openProgress, readProgress, sealProgress } from '../protocol/progress.ts'
 import { vmName } from './drivers/hypervisor/types.ts'
 import { assignOverlayAddresses, VXLAN_OVERHEAD_IPV6 } from './net/addressing.ts'
@@ -56,6 +56,8 @@ const ANTI_ENTROPY_MS = 60_000
 // A digest that still differs this long after a beat is a real divergence, not gossip in flight.
 const DIVERGENCE_GRACE_MS = 1000
 const DIAL_TIMEOUT_MS = 10_000
+/** How long a restarted host waits to hear its own feed back from a peer before writing anyway. */
+const WRITE_HOLD_MS = 10_000
 
 /** One host's view of a network (`net show`). */
 export interface NetPresence {
@@ -161,7 +163,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       throw new PicocloudError(ErrorCode.Config, `cannot create the state directory ${config.state}: permission denied. Run as root, or give a directory of yours with --state DIR (and --socket PATH)`, 500)
     }
     const key = await loadOrCreatePeerKey(config.state, log)
-    const wg = await loadOrCreateWireguardKey(config.state, log)
+    const wg = await loadWireguardKey(config.state, key, log)
     const store = await StateStore.open({ dir: config.state, key, log: log.forComponent('state') })
     return new PicocloudNode(config, log, key, wg, store)
   }
@@ -235,6 +237,11 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       })
     })
     this.store.on('rejected', r => { this.onRejected(r) })
+    this.store.on('equivocation', e => {
+      this.emitEvent('member.equivocated', { peerId: e.author, seq: e.seq, from: e.from })
+      // The author, never the host that relayed a fork: each fork alone is a valid change.
+      if (e.author !== this.peerId) this.penalise(e.author, `equivocation: signed two different changes with sequence number ${e.seq}`)
+    })
 
     await p2p.start()
     this.log.info('started', {
@@ -242,7 +249,10 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       listen: p2p.getMultiaddrs().map(a => a.toString()).join(','),
       mesh: this.store.meshId ?? 'none'
     })
-    if (this.store.inMesh) await this.startMesh()
+    if (this.store.inMesh) {
+      this.holdWritesUntilSynced()
+      await this.startMesh()
+    }
   }
 
   /** Topics, beats and reconnection: everything that needs a mesh. */
@@ -273,6 +283,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     pubsub.subscribe(changes)
     pubsub.subscribe(progress)
 
+    void this.reconnect()
     await this.publishRecord()
     this.beats?.start()
     this.every(this.config.reconnectInterval * 1000, () => { void this.reconnect() })
@@ -316,7 +327,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       return TopicValidatorResult.Reject
     }
     const r = await this.store.receive([signed], from.toString())
-    if (r.rejected.some(x => x.misbehaviour)) return TopicValidatorResult.Reject
+    if (r.rejected.some(x => x.blame === 'sender')) return TopicValidatorResult.Reject
     if (r.applied.length > 0) return TopicValidatorResult.Accept
     if (r.pending > 0 && r.duplicates === 0) void this.syncWith(from)
     return TopicValidatorResult.Ignore
@@ -361,7 +372,30 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     return await run
   }
 
+  /**
+   * After a restart this host writes nothing until it has synced with a peer (or WRITE_HOLD_MS have
+   * passed, or it is alone): a peer may hold changes of our own feed that our log lost (a disk
+   * fault, a state directory restored from a backup), and writing before learning them would reuse
+   * a sequence number, which every host would take for equivocation.
+   */
+  private holdWritesUntilSynced (): void {
+    const others = Object.entries(this.store.doc.members).filter(([p, m]) => p !== this.peerId && m.expelled === undefined).length
+    if (others === 0) return
+    let release: () => void = () => {}
+    const gate = new Promise<void>(resolve => { release = resolve })
+    const timer = setTimeout(() => {
+      this.log.warn('no peer answered a sync since start; writing again without hearing this host\'s own feed back', { seconds: WRITE_HOLD_MS / 1000 })
+      release()
+    }, WRITE_HOLD_MS)
+    timer.unref()
+    this.releaseWrites = () => { clearTimeout(timer); release(); this.releaseWrites = undefined }
+    this.store.holdWritesUntil(gate)
+  }
+
+  private releaseWrites?: () => void
+
   private afterSync (peer: string, stats: SyncStats): void {
+    this.releaseWrites?.()
     if (stats.received.applied.length > 0 || stats.sent > 0) {
       this.log.debug('synced', { peer, received: stats.received.applied.length, sent: stats.sent })
     }
@@ -369,7 +403,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
 
   private onRejected (r: Rejection & { from?: string }): void {
     this.emitEvent('change.rejected', { hash: r.hash, author: r.author, from: r.from, reason: r.reason })
-    if (r.misbehaviour && r.from !== undefined) this.penalise(r.from, r.reason)
+    if (r.blame === 'sender' && r.from !== undefined) this.penalise(r.from, r.reason)
   }
 
   private penalise (peer: string, reason: string): void {
@@ -400,7 +434,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     }
     const me = this.store.doc.members?.[this.peerId]
     if (me?.expelled !== undefined) {
-      this.log.error('this host was expelled from the mesh', { by: asString(me.expelled.by), reason: asString(me.expelled.reason) })
+      this.log.error('this host was expelled from the mesh', { by: String(me.expelled.by), reason: String(me.expelled.reason) })
     }
   }
 
@@ -428,9 +462,8 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
 
   /** The digest of our heads that beats carry, recomputed only when the heads move. */
   private headsDigest (): Uint8Array {
-    const heads = this.store.heads()
-    const key = heads.join()
-    if (key !== this.digestCache.heads) this.digestCache = { heads: key, digest: headsDigest(heads) }
+    const key = String(this.store.version)
+    if (key !== this.digestCache.heads) this.digestCache = { heads: key, digest: headsDigest(this.store.digestInput()) }
     return this.digestCache.digest
   }
 
@@ -457,14 +490,15 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       const rec = this.store.doc.hosts[this.peerId]
       if (rec?.wgPort !== this.config.network.wgPort || JSON.stringify(rec?.wgEndpoints ?? null) !== JSON.stringify(endpoints)) {
         await this.store.change('publish WireGuard endpoints', d => {
-          d.hosts[this.peerId].wgPort = this.config.network.wgPort
-          d.hosts[this.peerId].wgEndpoints = endpoints
+          if (d.host === undefined) return
+          d.host.wgPort = this.config.network.wgPort
+          d.host.wgEndpoints = scalars(endpoints)
         })
       }
       const res = await hostResources(this.config)
       const cur = this.store.doc.hosts[this.peerId]?.resources
       if (JSON.stringify(cur) !== JSON.stringify(res)) {
-        await this.store.change('publish resources', d => { d.hosts[this.peerId].resources = res })
+        await this.store.change('publish resources', d => { if (d.host !== undefined) d.host.resources = scalars(res) })
       }
     } catch (err: any) {
       this.log.warn('could not publish host record', { error: err.message })
@@ -513,7 +547,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   /** A peer id, or the unique name of a member. */
   resolvePeer (text: string): string {
     const doc = this.store.doc
-    const byName = Object.entries(doc.members ?? {}).filter(([p, m]) => asString(m.name) === text || doc.hosts?.[p]?.name === text)
+    const byName = Object.entries(doc.members ?? {}).filter(([p, m]) => String(m.name) === text || doc.hosts?.[p]?.name === text)
     if (byName.length === 1) return byName[0][0]
     if (byName.length > 1) throw new PicocloudError(ErrorCode.BadPeerKey, `${byName.length} hosts are named ${JSON.stringify(text)}; use the peer id`)
     return parsePeerId(text).toString()
@@ -536,7 +570,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     const peer = parsePeerId(peerText)
     if (peer.toString() === this.peerId) throw new PicocloudError(ErrorCode.BadAddress, 'that address is this host itself; give the address of a member of the mesh')
     this.gate.joining.add(peer.toString())
-    this.store.acceptGenesis = true
+    this.store.joining = ''
     try {
       await this.libp2p.dial(ma, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
       await this.joinSync(peer)
@@ -544,7 +578,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       throw new PicocloudError(ErrorCode.JoinFailed,
         `could not join through ${peer.toString()}: ${err.message}. Check that the address is reachable and that an operator of that host ran \`picocloud admit ${this.peerId}\``, 502)
     } finally {
-      this.store.acceptGenesis = false
+      this.store.joining = undefined
       this.gate.joining.delete(peer.toString())
     }
     if (!this.store.inMesh) {
@@ -600,10 +634,10 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
             members: Object.values(doc.members).filter(m => m.expelled === undefined).length,
             policy: { admit: doc.mesh.policy.admit, expellers: [doc.mesh.founder, ...doc.mesh.policy.expellers] }
           },
-      expelled: me?.expelled === undefined ? null : { ...readMember(me).expelled as NonNullable<typeof me.expelled> },
+      expelled: me?.expelled === undefined ? null : { ...me.expelled },
       peers: conns.map(c => ({
         peerId: c.remotePeer.toString(),
-        name: asString(doc.hosts?.[c.remotePeer.toString()]?.name ?? doc.members?.[c.remotePeer.toString()]?.name ?? ''),
+        name: String(doc.hosts?.[c.remotePeer.toString()]?.name ?? doc.members?.[c.remotePeer.toString()]?.name ?? ''),
         address: c.remoteAddr.toString(),
         direction: c.direction
       })),
@@ -623,7 +657,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     if (doc.members === undefined) return []
     const connected = new Set(this.p2p?.getConnections().map(c => c.remotePeer.toString()) ?? [])
     return Object.entries(doc.members).filter(([, m]) => m.expelled === undefined).map(([peerId, stored]) => {
-      const m = readMember(stored)
+      const m = stored
       const rec = doc.hosts?.[peerId]
       const self = peerId === this.peerId
       const seen = self || connected.has(peerId) ? Date.now() : this.liveness.lastSeen(peerId)
@@ -637,7 +671,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
         connected: connected.has(peerId),
         admittedBy: m.admittedBy,
         admittedAt: m.admittedAt,
-        wgPublicKey: rec?.wgPublicKey ?? null,
+        wgPublicKey: wireguardPublicKeyForPeer(peerId),
         version: rec?.version ?? null
       }
     }).sort((a, b) => a.name.localeCompare(b.name) || a.peerId.localeCompare(b.peerId))
@@ -694,11 +728,12 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   async publishImages (): Promise<void> {
     if (!this.store.inMesh || !isActiveMember(this.store.doc, this.peerId)) return
     const held = await this.images.list()
-    const cur = (this.store.doc.hosts[this.peerId] as any)?.images ?? {}
+    const cur = this.store.doc.hosts[this.peerId]?.images ?? {}
     const want = Object.fromEntries(held.map(i => [i.sha256, { size: i.size, format: i.format }]))
     if (JSON.stringify(Object.keys(cur).sort()) === JSON.stringify(Object.keys(want).sort())) return
     await this.store.change('publish images', d => {
-      const rec = d.hosts[this.peerId] as any
+      const rec = d.host
+      if (rec === undefined) return
       rec.images ??= {}
       for (const k of Object.keys(rec.images)) if (want[k] === undefined) delete rec.images[k]
       for (const [k, v] of Object.entries(want)) if (rec.images[k] === undefined) rec.images[k] = v
@@ -723,7 +758,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       sizeBytes: i.sizeBytes,
       owner: i.owner,
       arch: i.arch,
-      holders: Object.entries(this.store.doc.hosts ?? {}).filter(([, r]) => (r as any).images?.[i.sha256] !== undefined).map(([p, r]) => r.name || p).sort()
+      holders: Object.entries(this.store.doc.hosts ?? {}).filter(([, r]) => r.images?.[i.sha256] !== undefined).map(([p, r]) => r.name || p).sort()
     }))
   }
 
@@ -913,7 +948,6 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       driver,
       config: cfg,
       wgPrivateKey: this.wireguard.privateKey,
-      wgPublicKey: this.wireguard.publicKey,
       runtimeDir: join(this.config.state, 'net'),
       log
     })
@@ -990,7 +1024,8 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     }
     const at = new Date().toISOString()
     await this.store.change(`operator stops ${vm.id}`, d => {
-      const rec = d.hosts[this.peerId]
+      const rec = d.host
+      if (rec === undefined) return
       rec.vms ??= {}
       rec.vms[vm.id] = scalars({ status: 'stopped', since: at, reason: `stopped by the host operator: ${reason || 'no reason given'}`, operatorStop: { at, reason } })
     })

@@ -10,6 +10,7 @@ import { identify, type Identify } from '@libp2p/identify'
 import { ping, type Ping } from '@libp2p/ping'
 import { gossipsub, type GossipsubEvents } from '@chainsafe/libp2p-gossipsub'
 import type { PrivateKey, PubSub, ConnectionGater } from '@libp2p/interface'
+import { MAX_FRAME } from '../crdt/sync.ts'
 
 export type P2PServices = {
   identify: Identify
@@ -50,6 +51,9 @@ export async function createP2PNode (init: P2PInit): Promise<P2PNode> {
         // tenth of a host's CPU per change in a 30-host mesh. Message ids are then the hash of
         // the content, and every host of a mesh must run the same policy.
         globalSignaturePolicy: 'StrictNoSign',
+        // The same limit as a sync frame, which holds the largest change a store accepts
+        // (crdt/feed.ts MAX_CHANGE_BYTES): a change that can travel one way travels the other.
+        maxInboundDataLength: MAX_FRAME + 64 * 1024,
         allowPublishToZeroTopicPeers: true,
         emitSelf: false,
         fallbackToFloodsub: false,

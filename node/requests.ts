@@ -29,14 +29,17 @@ const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex
  * and some are retried anyway). A cache: missing, damaged or of another version, it is ignored.
  */
 export const VERDICTS_FILE = 'request-verdicts.json'
-const VERDICTS_VERSION = 1
+const VERDICTS_VERSION = 2
 /** New verdicts are written at most this often (each write is the whole file). */
 const VERDICTS_SAVE_MS = 5000
 interface KeptVerdict { digest: string, key: string, request: VerifiedRequest }
 
-function storedDigest (meshId: string, stored: { payload: unknown, signature: unknown, via: unknown, at: unknown }): string {
-  return sha256(JSON.stringify([meshId, str(stored.payload), str(stored.signature), str(stored.via), str(stored.at)]))
+function storedDigest (meshId: string, stored: { payload: string, signature: string, via: string, at: string }): string {
+  return sha256(JSON.stringify([meshId, stored.payload, stored.signature, stored.via, stored.at]))
 }
+
+/** Verdicts are per copy: the same request stored by two hosts is judged at each one's stamp. */
+const copyKey = (id: string, via: string): string => `${id}/${via}`
 
 /** The public key in `text` when it is the key `fpr`, else undefined. */
 async function parsePublished (text: string, fpr: Fingerprint): Promise<openpgp.PublicKey | undefined> {
@@ -84,7 +87,7 @@ export class RequestBook {
     this.log = log
   }
 
-  get (id: string): Validity | undefined { return this.validity.get(id) }
+  get (id: string, via: string): Validity | undefined { return this.validity.get(copyKey(id, via)) }
 
   /**
    * Public keys published by any host: the first host record holding a usable key for `fpr`, as
@@ -119,17 +122,17 @@ export class RequestBook {
   }
 
   /** The kept verdict on this stored request, if it and its issuer's key are unchanged. */
-  private async reuse (id: string, meshId: string, stored: Parameters<typeof storedDigest>[1]): Promise<Validity | undefined> {
-    const k = this.kept?.get(id)
+  private async reuse (key: string, meshId: string, stored: Parameters<typeof storedDigest>[1]): Promise<Validity | undefined> {
+    const k = this.kept?.get(key)
     if (k === undefined || k.digest !== storedDigest(meshId, stored)) return undefined
     if ((await this.lookup(k.request.issuer as Fingerprint))?.digest !== k.key) return undefined
-    this.bindings.set(id, k)
+    this.bindings.set(key, k)
     return { ok: true, request: k.request }
   }
 
-  private bind (id: string, meshId: string, stored: Parameters<typeof storedDigest>[1], key: string | undefined, v: Validity): void {
-    if (!v.ok || key === undefined) return
-    this.bindings.set(id, { digest: storedDigest(meshId, stored), key, request: v.request })
+  private bind (key: string, meshId: string, stored: Parameters<typeof storedDigest>[1], keyText: string | undefined, v: Validity): void {
+    if (!v.ok || keyText === undefined) return
+    this.bindings.set(key, { digest: storedDigest(meshId, stored), key: keyText, request: v.request })
     this.saveTimer ??= setTimeout(() => { void this.saveVerdicts() }, VERDICTS_SAVE_MS).unref()
   }
 
@@ -170,31 +173,36 @@ export class RequestBook {
         const meshId = this.store.meshId
         if (meshId === undefined) break
         this.kept ??= await this.loadVerdicts()
-        for (const [id, stored] of Object.entries(this.store.doc.requests ?? {})) {
-          const known = this.validity.get(id)
-          // Unknown issuers are retried: a host may publish the key later.
-          if (known !== undefined && (known.ok || known.code !== ErrorCode.UnknownIssuer)) continue
-          const reused = known === undefined ? await this.reuse(id, meshId, stored) : undefined
-          if (reused !== undefined) {
-            this.validity.set(id, reused)
-            changed = true
-            continue
+        for (const [id, copies] of this.store.doc.requests) {
+          for (const stored of copies) {
+            const key = copyKey(id, stored.via)
+            const known = this.validity.get(key)
+            // Unknown issuers are retried: a host may publish the key later.
+            if (known !== undefined && (known.ok || known.code !== ErrorCode.UnknownIssuer)) continue
+            const reused = known === undefined ? await this.reuse(key, meshId, stored) : undefined
+            if (reused !== undefined) {
+              this.validity.set(key, reused)
+              changed = true
+              continue
+            }
+            // Judged at the stamp of the host that received it, never at this host's clock: every
+            // host, also one that gets the request hours later by sync, reaches the same verdict.
+            const at = Date.parse(stored.at)
+            const { verify, keyUsed } = this.verifier()
+            let v: Validity
+            try {
+              const r = await validateEnvelope({ payload: stored.payload, signature: stored.signature }, {
+                meshId, now: at, seen: () => false, verify
+              })
+              v = { ok: true, request: verified(r, stored.via, stored.at) }
+              this.bind(key, meshId, stored, keyUsed(), v)
+            } catch (err: any) {
+              v = { ok: false, code: err.code ?? 'INVALID', reason: err.message }
+              this.log.warn('stored request is invalid', { id: id.slice(0, 12), via: stored.via, reason: err.message })
+            }
+            if (known === undefined || known.ok !== v.ok || (!known.ok && !v.ok && known.code !== v.code)) changed = true
+            this.validity.set(key, v)
           }
-          const at = Date.parse(str(stored.at))
-          const { verify, keyUsed } = this.verifier()
-          let v: Validity
-          try {
-            const r = await validateEnvelope({ payload: str(stored.payload), signature: str(stored.signature) }, {
-              meshId, now: at, seen: () => false, verify
-            })
-            v = { ok: true, request: verified(r, str(stored.via), str(stored.at)) }
-            this.bind(id, meshId, stored, keyUsed(), v)
-          } catch (err: any) {
-            v = { ok: false, code: err.code ?? 'INVALID', reason: err.message }
-            this.log.warn('stored request is invalid', { id: id.slice(0, 12), via: str(stored.via), reason: err.message })
-          }
-          if (known === undefined || known.ok !== v.ok || (!known.ok && !v.ok && known.code !== v.code)) changed = true
-          this.validity.set(id, v)
         }
         if (changed) this.onVerified()
       } while (this.again)
@@ -230,7 +238,7 @@ export class RequestBook {
       valid = await validateEnvelope(envelope, {
         meshId,
         now,
-        seen: id => this.store.doc.requests?.[id] !== undefined,
+        seen: id => this.store.doc.requests.has(id),
         verify
       })
     } catch (err: any) {
@@ -244,23 +252,19 @@ export class RequestBook {
     const id = valid.id
     // Recorded before the change, whose listeners run verifyPending: this host checks it once.
     const verdict: Validity = { ok: true, request: verified(valid, this.store.self, at) }
-    this.validity.set(id, verdict)
+    const key = copyKey(id, this.store.self)
+    this.validity.set(key, verdict)
     try {
       await this.store.change(`request ${valid.payload.kind} ${id}`, d => {
         d.requests ??= {}
-        d.requests[id] = {
-          payload: scalars(env.payload),
-          signature: scalars(env.signature),
-          // Scalars too: as text they were ~75 ops per request, more than the rest of it.
-          via: scalars(this.store.self),
-          at: scalars(at)
-        }
+        // Scalars: as text they were ~75 ops per request, more than the rest of it.
+        d.requests[id] = scalars({ payload: env.payload, signature: env.signature, at })
       })
     } catch (err) {
-      if (this.store.doc.requests?.[id] === undefined) this.validity.delete(id)
+      if (!this.store.doc.requests.has(id)) this.validity.delete(key)
       throw err
     }
-    this.bind(id, meshId, { payload: env.payload, signature: env.signature, via: this.store.self, at }, keyUsed(), verdict)
+    this.bind(key, meshId, { payload: env.payload, signature: env.signature, via: this.store.self, at }, keyUsed(), verdict)
     this.log.info('accepted request', { id: id.slice(0, 12), kind: valid.payload.kind, issuer: valid.payload.issuer })
     void this.verifyPending()
     return { id, kind: valid.payload.kind, issuer: valid.payload.issuer }

@@ -4,10 +4,10 @@
  * better-ranked claimant, withdraw claims a better-ranked host won, and record the final rejection
  * of requests this host received that nobody can take. All of it in one signed change per pass.
  */
-import { deriveWorld, allClaims, hostViews, placementRequests, type World } from '../crdt/world.ts'
+import { deriveWorld, allClaims, hostViews, placementRequests, settledHosts, type World } from '../crdt/world.ts'
 import { assign, resolveClaims, type Claim } from '../crdt/placement.ts'
 import type { StateStore } from '../crdt/store.ts'
-import { asString, scalars } from '../crdt/schema.ts'
+import { scalars } from '../crdt/schema.ts'
 import type { RequestBook } from './requests.ts'
 import type { Logger } from './log.ts'
 
@@ -39,8 +39,8 @@ export class Scheduler {
   /** The world derived from the current state (cached per state version). */
   world (): World {
     const { store, book } = this.init
-    const heads = store.heads().join() + '|' + String(this.verdictVersion)
-    if (this.cached?.heads !== heads) this.cached = { heads, world: deriveWorld(store.doc, id => book.get(id)) }
+    const heads = `${store.version}|${this.verdictVersion}`
+    if (this.cached?.heads !== heads) this.cached = { heads, world: deriveWorld(store.doc, (id, via) => book.get(id, via)) }
     return this.cached.world
   }
 
@@ -98,12 +98,11 @@ export class Scheduler {
       const gone = vm.desired === 'destroyed' || vm.rejected !== undefined
       if (claim !== undefined) {
         // A destroyed VM keeps its claim until the reconciler has really destroyed it here.
-        const report = mine?.vms?.[vm.id]
-        const status = report === undefined ? undefined : asString(report.status)
+        const status = mine?.vms?.[vm.id]?.status
         if (gone && (vm.desired !== 'destroyed' || status === undefined || status === 'destroyed' || status === 'placed')) { withdraw.push(vm.id); continue }
         if (gone) continue
         if (vm.host !== self && vm.host !== null) { withdraw.push(vm.id); continue }
-        if (vm.host === self && mine?.vms?.[vm.id] === undefined && now - Date.parse(asString(claim.at)) >= this.settleMs) confirm.push(vm.id)
+        if (vm.host === self && mine?.vms?.[vm.id] === undefined && now - Date.parse(claim.at) >= this.settleMs) confirm.push(vm.id)
         continue
       }
       if (gone || vm.host !== null) continue
@@ -127,7 +126,8 @@ export class Scheduler {
       // settling. (Only a host with a different view of eligibility could claim too; the usual
       // resolution of concurrent claims applies then.) Settling is for a better-ranked host
       // that seems down from here but may be up.
-      const unopposed = new Map(assign(preqs, hostViews(doc, () => true)).map(a => [a.requestId, a.host]))
+      const fixed = settledHosts(new Map(world.vms.entries()), claims)
+      const unopposed = new Map(assign(preqs, hostViews(doc, () => true), { fixed }).map(a => [a.requestId, a.host]))
       for (const id of claimNow) if (unopposed.get(id) === self) confirm.push(id)
     }
     if (claimNow.length + confirm.length + withdraw.length + reject.length === 0) {
@@ -136,7 +136,8 @@ export class Scheduler {
     }
     const at = new Date(now).toISOString()
     await store.change(`schedule: claim ${claimNow.length}, place ${confirm.length}, withdraw ${withdraw.length}, reject ${reject.length}`, d => {
-      const rec = d.hosts[self]
+      const rec = d.host
+      if (rec === undefined) return
       rec.claims ??= {}
       rec.vms ??= {}
       rec.rejections ??= {}
@@ -161,7 +162,7 @@ export class Scheduler {
     for (const [id, c] of Object.entries(myClaims)) {
       const vm = world.vms.get(id)
       if (vm?.host === this.init.store.self && this.init.store.doc.hosts?.[this.init.store.self]?.vms?.[id] === undefined) {
-        next = Math.min(next, Date.parse(asString(c.at)) + this.settleMs)
+        next = Math.min(next, Date.parse(c.at) + this.settleMs)
       }
     }
     if (next === Infinity) return

@@ -58,7 +58,8 @@ export async function trustAdd (store: StateStore, input: TrustAddInput): Promis
   const { publicKey: _pk, fingerprint: _f, ...quotas } = input
   const next = addEntry(currentPolicy(store), { fingerprint: fpr, ...quotas })
   await store.change(`trust ${fpr}`, d => {
-    const rec = d.hosts[store.self]
+    const rec = d.host
+    if (rec === undefined) throw new PicocloudError(ErrorCode.NotInMesh, 'this host has no record yet; try again in a moment', 409)
     // Scalars: read back only through JSON (toJSON), by this daemon and older ones alike.
     rec.policy = scalars(JSON.parse(JSON.stringify(next)))
     rec.keys ??= {}
@@ -73,7 +74,7 @@ export async function trustRemove (store: StateStore, fingerprint: string): Prom
   if (findEntry(cur, fpr) === undefined) throw new PicocloudError(ErrorCode.NotFound, `${fpr} is not in this host's trust policy (see \`picocloud trust list\`)`, 404)
   const next = removeEntry(cur, fpr)
   // The public key stays published: requests it signed earlier must stay verifiable.
-  await store.change(`distrust ${fpr}`, d => { d.hosts[store.self].policy = scalars(JSON.parse(JSON.stringify(next))) })
+  await store.change(`distrust ${fpr}`, d => { if (d.host !== undefined) d.host.policy = scalars(JSON.parse(JSON.stringify(next))) })
   return { fingerprint: fpr }
 }
 

@@ -10,7 +10,7 @@ import { vmName, tapName, vmMac, type HypervisorDriver, type VmSpec, type VmObse
 import type { ImageStore } from '../drivers/images/store.ts'
 import type { StateStore } from '../../crdt/store.ts'
 import type { World, VmEntry } from '../../crdt/world.ts'
-import { optString, readHostVm, scalars, type HostVm } from '../../crdt/schema.ts'
+import { optString, scalars, type HostVm } from '../../crdt/schema.ts'
 import { assignVnis, bridgeName } from '../net/addressing.ts'
 import { planVms, type VmTarget, type VmReport } from './vm-plan.ts'
 import type { Logger } from '../log.ts'
@@ -236,10 +236,11 @@ export class VmReconciler {
     const { store } = this.init
     const at = new Date().toISOString()
     await store.change(`report ${changed.map(([id, r]) => `${id.slice(0, 8)}=${r.status}`).join(' ')}`, d => {
-      const rec = d.hosts[store.self]
+      const rec = d.host
+      if (rec === undefined) return
       rec.vms ??= {}
       for (const [id, r] of changed) {
-        const prev = rec.vms[id] === undefined ? undefined : readHostVm(rec.vms[id])
+        const prev = current[id]
         const next: HostVm = { status: r.status, since: at }
         if (r.reason !== undefined) next.reason = r.reason
         if (prev?.operatorStop !== undefined && r.status !== 'destroyed') next.operatorStop = prev.operatorStop

@@ -75,12 +75,13 @@ describe('a mesh of three daemons', () => {
     await stranger.kill()
   })
 
-  it('rejects a change validly signed by B that writes A\'s record, on A and C, and penalises B', async () => {
+  it('rejects a change validly signed by B that breaks its own feed\'s rules (rewrites the mesh genesis), on A and C, and penalises B', async () => {
     const [aId, bId] = [(await a.id()).peerId, (await b.id()).peerId]
     await waitFor(async () => (await a.status()).state.heads.join() === (await c.status()).state.heads.join(), { what: 'A and C to converge' })
     const headsA = (await a.status()).state.heads
     const headsC = (await c.status()).state.heads
-    // B turns rogue: its key and a copy of its state, a change written into A's host record.
+    // B turns rogue: its key and a copy of its state, a change that writes a mesh genesis (only a
+    // feed's first change may, and only the founder's counts): every host refuses it alike.
     await b.kill()
     const rogueDir = await mkdtemp(join(tmpdir(), 'pc-rogue-'))
     cleanups.push(async () => await rm(rogueDir, { recursive: true, force: true }))
@@ -88,7 +89,7 @@ describe('a mesh of three daemons', () => {
     const key = await loadOrCreatePeerKey(rogueDir)
     const store = await StateStore.open({ dir: rogueDir, key })
     cleanups.push(async () => await store.close())
-    await store.change('forged', d => { d.hosts[aId].name = 'owned-by-bravo' })
+    await store.change('forged', d => { d.mesh = { format: 2, id: '0'.repeat(32), nonce: '0'.repeat(32), name: 'owned-by-bravo', founder: bId, created: new Date().toISOString() } })
     const node = await rogueNode(key)
     cleanups.push(async () => await node.stop())
     for (const target of [a, c]) {
@@ -98,7 +99,7 @@ describe('a mesh of three daemons', () => {
     for (const [d, heads] of [[a, headsA], [c, headsC]] as const) {
       const s = await waitFor(async () => { const s = await d.status(); return s.penalties.length > 0 && s }, { what: `${d.name} to penalise B` })
       expect(s.penalties[0].peerId).toBe(bId)
-      expect(s.penalties[0].offences[0].reason).toMatch(/writes only its own record/)
+      expect(s.penalties[0].offences[0].reason).toMatch(/genesis can be written only in a feed's first change/)
       expect(s.state.heads).toEqual(heads)
       expect((await d.hosts()).find(h => h.peerId === aId)?.name).toBe('alpha')
     }

@@ -30,14 +30,14 @@ describe('request verdicts kept across restarts', () => {
     await foundMesh(store, { name: 'm', host: { name: 'h', addresses: [], wgPublicKey: 'k', version: 't', updated: '' } })
     const user = await generateKey(join(dir, 'keyring'), { userIds: ['U <u@example.org>'], type: 'ed25519' })
     publicKey = user.publicKey
-    await store.change('trust', d => { d.hosts[store.self].keys = { [user.fingerprint]: new ImmutableString(publicKey) as unknown as string } })
+    await store.change('trust', d => { d.host!.keys = { [user.fingerprint]: new ImmutableString(publicKey) as unknown as string } })
     const key = await loadPrivateKey(join(dir, 'keyring'), user.fingerprint)
     const payload = buildPayload('vm.create', { name: 'vm1', image: 'debian-12', type: 'small', nics: [], labels: {} }, { mesh: store.meshId as string, issuer: user.fingerprint, now: Date.now() })
     const env = await sealEnvelope(payload, async d => await signDetached(key, d))
     id = requestId(payload)
     await store.change('request', d => {
       d.requests ??= {}
-      d.requests[id] = { payload: new ImmutableString(env.payload) as unknown as string, signature: new ImmutableString(env.signature) as unknown as string, via: store.self, at: new Date().toISOString() }
+      d.requests[id] = { payload: new ImmutableString(env.payload) as unknown as string, signature: new ImmutableString(env.signature) as unknown as string, at: new Date().toISOString() }
     })
   })
   afterEach(async () => {
@@ -49,16 +49,16 @@ describe('request verdicts kept across restarts', () => {
   async function markKept (): Promise<void> {
     const path = join(dir, 'state', VERDICTS_FILE)
     const file = JSON.parse(await readFile(path, 'utf8'))
-    file.verdicts[id].request.body.name = 'from-the-file'
+    file.verdicts[`${id}/${store.self}`].request.body.name = 'from-the-file'
     file.sum = sha256(JSON.stringify(file.verdicts))
     await writeFile(path, JSON.stringify(file))
   }
-  const judge = async () => { const b = new RequestBook(store, silentLogger); await b.verifyPending(); return b.get(id) }
+  const judge = async () => { const b = new RequestBook(store, silentLogger); await b.verifyPending(); return b.get(id, store.self) }
 
   it('reuses a verdict for the same request verified by the same key text', async () => {
     const first = new RequestBook(store, silentLogger)
     await first.verifyPending()
-    expect(first.get(id)?.ok).toBe(true)
+    expect(first.get(id, store.self)?.ok).toBe(true)
     await first.saveVerdicts()
     await markKept()
     const again = await judge()
@@ -71,24 +71,28 @@ describe('request verdicts kept across restarts', () => {
     await first.saveVerdicts()
     await markKept()
     const fpr = Object.keys(store.doc.hosts[store.self].keys ?? {})[0]
-    await store.change('republish', d => { d.hosts[store.self].keys![fpr] = new ImmutableString(`${publicKey}\n`) as unknown as string })
+    await store.change('republish', d => { d.host!.keys![fpr] = new ImmutableString(`${publicKey}\n`) as unknown as string })
     const again = await judge()
     expect(again?.ok).toBe(true)
     expect(again?.ok && again.request.body).toMatchObject({ name: 'vm1' })
     // And when no host publishes the key any more, the request is not valid.
-    await store.change('unpublish', d => { delete d.hosts[store.self].keys![fpr] })
+    await store.change('unpublish', d => { delete d.host!.keys![fpr] })
     expect((await judge())?.ok).toBe(false)
   })
 
-  it('judges the request again when what is stored under its id differs (at, via, signature…)', async () => {
+  it('judges the request again when the kept verdict was for something else stored under its id (at, via, signature…)', async () => {
     const first = new RequestBook(store, silentLogger)
     await first.verifyPending()
     await first.saveVerdicts()
     await markKept()
-    const at = new Date(Date.now() + 1000).toISOString()
-    await store.change('restamp', d => { d.requests![id].at = at })
+    // The kept verdict is bound to the digest of what was stored; another digest is another request.
+    const path = join(dir, 'state', VERDICTS_FILE)
+    const file = JSON.parse(await readFile(path, 'utf8'))
+    file.verdicts[`${id}/${store.self}`].digest = sha256('something else')
+    file.sum = sha256(JSON.stringify(file.verdicts))
+    await writeFile(path, JSON.stringify(file))
     const again = await judge()
-    expect(again?.ok && again.request).toMatchObject({ at, body: { name: 'vm1' } })
+    expect(again?.ok && again.request.body).toMatchObject({ name: 'vm1' })
   })
 
   it('ignores a damaged file', async () => {

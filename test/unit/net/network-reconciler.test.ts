@@ -212,7 +212,8 @@ describe('the loop over the fake driver', () => {
     const changes: string[] = []
     const store: any = {
       inMesh: true, self: pa, get doc () { return d },
-      async change (what: string, fn: (x: any) => void) { changes.push(what); fn(d) }
+      // A change writes this host's own feed: its record is what the view shows as hosts[pa].
+      async change (what: string, fn: (x: any) => void) { changes.push(what); fn({ get host () { return d.hosts[pa] } }) }
     }
     const driver = fakeNetworkDriver()
     const w = world([net('lan')], [vm('aaaaaaaa01', pa, [{ net: 'lan' }]), vm('cccccccc01', pc, [{ net: 'lan' }])])

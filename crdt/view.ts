@@ -1,0 +1,168 @@
+/**
+ * The state as the daemon reads it: the membership fold (crdt/fold.ts) over all feeds, every
+ * record validated (crdt/records.ts), stored requests only from hosts that were members when they
+ * stored them. Rebuilt lazily after changes, from caches per feed, so a read between changes costs
+ * nothing and a change by one author re-reads only that author's feed.
+ */
+import type { Feed } from './feed.ts'
+import { fold, type Fold, type FoldEvent } from './fold.ts'
+import { readEvent, readGenesis, readHostRecord, readStoredRequest, type Read } from './records.ts'
+import type { HostRecord, MeshDoc, MeshGenesis, Member, RequestCopy, StoredRequest } from './schema.ts'
+import { meshIdFor } from './mesh-id.ts'
+
+export interface ViewSource {
+  feeds: ReadonlyMap<string, Feed>
+  founder: string | undefined
+}
+
+export interface StateView {
+  doc: MeshDoc | undefined
+  fold: Fold | undefined
+  genesis: MeshGenesis | undefined
+  /** Problems found in each author's feed (malformed fields, refused events). */
+  problems: Map<string, string[]>
+}
+
+export class ViewCache {
+  private readonly src: ViewSource
+  private built?: { key: string, view: StateView }
+  private readonly records = new Map<string, { version: number, read: Read<HostRecord | undefined> }>()
+  private readonly events = new Map<string, { version: number, events: FoldEvent[], problems: string[] }>()
+  private foldCache?: { key: string, fold: Fold, genesis: MeshGenesis | undefined }
+  /** Stored requests never change: read once per (via, id). */
+  private readonly requestCache = new Map<string, Read<StoredRequest | undefined>>()
+
+  constructor (src: ViewSource) {
+    this.src = src
+  }
+
+  get (): StateView {
+    const key = this.versionKey()
+    if (this.built?.key === key) return this.built.view
+    const view = this.build()
+    this.built = { key, view }
+    return view
+  }
+
+  private versionKey (): string {
+    let k = this.src.founder ?? ''
+    for (const [a, f] of this.src.feeds) k += `|${a}:${f.version}:${f.cut ?? ''}`
+    return k
+  }
+
+  private feedEvents (f: Feed): { events: FoldEvent[], problems: string[] } {
+    const c = this.events.get(f.author)
+    if (c?.version === f.version) return c
+    const events: FoldEvent[] = []
+    const problems: string[] = []
+    const raw = f.doc.events
+    if (raw !== undefined && !Array.isArray(raw)) problems.push('events: expected a list')
+    else if (raw !== undefined) {
+      for (let i = 0; i < raw.length; i++) {
+        const r = readEvent(raw[i], `events[${i}]`)
+        problems.push(...r.problems)
+        if (r.value !== undefined) events.push({ author: f.author, seq: f.eventSeq[i] ?? 0, index: i, event: r.value })
+      }
+    }
+    const out = { version: f.version, events, problems }
+    this.events.set(f.author, out)
+    return out
+  }
+
+  private record (f: Feed): Read<HostRecord | undefined> {
+    const c = this.records.get(f.author)
+    if (c?.version === f.version) return c.read
+    const read = readHostRecord(f.doc.host)
+    this.records.set(f.author, { version: f.version, read })
+    return read
+  }
+
+  private build (): StateView {
+    const problems = new Map<string, string[]>()
+    const note = (author: string, list: string[]): void => {
+      if (list.length === 0) return
+      problems.set(author, [...(problems.get(author) ?? []), ...list])
+    }
+    const founder = this.src.founder
+    const founderFeed = founder === undefined ? undefined : this.src.feeds.get(founder)
+    if (founder === undefined || founderFeed === undefined) return { doc: undefined, fold: undefined, genesis: undefined, problems }
+
+    const allEvents: FoldEvent[] = []
+    let eventsKey = founder
+    const cuts = new Map<string, number>()
+    for (const [author, f] of this.src.feeds) {
+      const e = this.feedEvents(f)
+      note(author, e.problems)
+      allEvents.push(...e.events)
+      eventsKey += `|${author}:${e.events.length}:${f.cut ?? ''}:${f.seq}`
+      if (f.cut !== undefined) cuts.set(author, f.cut)
+    }
+    if (this.foldCache?.key !== eventsKey) {
+      const g = readGenesis(founderFeed.doc.mesh)
+      note(founder, g.problems)
+      const genesis = g.value !== undefined && g.value.founder === founder && g.value.id === meshIdFor(founder, g.value.nonce) ? g.value : undefined
+      const feeds = this.src.feeds
+      const f = fold({
+        founder,
+        events: allEvents,
+        cuts,
+        holds: (peer, seq, h16) => feeds.get(peer)?.hashAt(seq)?.startsWith(h16) === true
+      })
+      this.foldCache = { key: eventsKey, fold: f, genesis }
+    }
+    const { fold: folded, genesis } = this.foldCache
+    for (const [k, v] of folded.verdicts) {
+      if (!v.valid && v.waiting !== true) note(k.slice(0, k.indexOf('/')), [`membership event ${k.slice(k.indexOf('/') + 1)} does not count: ${v.reason ?? ''}`])
+    }
+    if (genesis === undefined) return { doc: undefined, fold: folded, genesis: undefined, problems }
+
+    const members: Record<string, Member> = {}
+    const hosts: Record<string, HostRecord> = {}
+    for (const [peer, m] of folded.members) {
+      const f = this.src.feeds.get(peer)
+      const rec = f === undefined ? undefined : this.record(f)
+      if (rec !== undefined) note(peer, rec.problems)
+      const name = m.name !== '' ? m.name : rec?.value?.name ?? ''
+      const member: Member = { name, admittedBy: m.admittedBy, admittedAt: m.admittedAt === '' ? genesis.created : m.admittedAt }
+      if (m.expelled !== undefined) member.expelled = { ...m.expelled }
+      define(members, peer, member)
+      if (m.active && rec?.value !== undefined) define(hosts, peer, rec.value)
+    }
+
+    const requests = new Map<string, RequestCopy[]>()
+    for (const [via, f] of this.src.feeds) {
+      if (!folded.members.has(via) || f.requestSeq.size === 0) continue
+      for (const [id, seq] of f.requestSeq) {
+        if (!folded.validSeq(via, seq)) continue
+        const key = `${via}/${id}`
+        let read = this.requestCache.get(key)
+        if (read === undefined) {
+          read = readStoredRequest(f.doc.requests?.[id], `requests.${id}`)
+          this.requestCache.set(key, read)
+        }
+        if (read.value === undefined) { note(via, read.problems); continue }
+        const copies = requests.get(id) ?? []
+        copies.push({ ...read.value, via, seq })
+        requests.set(id, copies)
+      }
+    }
+    // One order for the copies of a request everywhere: earliest stamp, then host.
+    for (const copies of requests.values()) if (copies.length > 1) copies.sort((a, b) => cmp(a.at, b.at) || cmp(a.via, b.via))
+
+    const doc: MeshDoc = {
+      mesh: { ...genesis, policy: { admit: folded.policy.admit, expellers: [...folded.policy.expellers] } },
+      members,
+      hosts,
+      requests
+    }
+    return { doc, fold: folded, genesis, problems }
+  }
+}
+
+function define<T> (o: Record<string, T>, k: string, v: T): void {
+  Object.defineProperty(o, k, { value: v, enumerable: true, writable: true, configurable: true })
+}
+
+function cmp (a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0
+}
