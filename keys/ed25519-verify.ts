@@ -1,7 +1,9 @@
 /**
  * A faster check of detached v4 Ed25519 signatures (EdDSA "legacy" as GnuPG 2.2 makes them, and
- * RFC 9580 Ed25519 on a v4 key) over a byte string, doing what openpgp.js 6.3 does in
- * `openpgp.verify` → `createVerificationObject` → `SignaturePacket.verify`, check for check.
+ * RFC 9580 Ed25519 on a v4 key) over a byte string, doing what openpgp.js 6.3's
+ * `SignaturePacket.verify(key, type, data, null)` does (the check `openpgp.verify` makes of each
+ * packet, without the times), check for check. Times and the signing key's validity are judged by
+ * the caller (keys/verify.ts), the same way for this path and for openpgp.js.
  *
  * Why: openpgp.js verifies Ed25519 through WebCrypto — a JWK import and an asynchronous job on
  * libuv's thread pool for every signature, plus stream plumbing around the hash. Under load the
@@ -34,11 +36,9 @@ interface SigPacket {
   signedHashValue: Uint8Array
   params: { r?: Uint8Array, s?: Uint8Array, RS?: Uint8Array }
   issuerKeyID: openpgp.KeyID
-  created: Date
   unknownSubpackets: Array<{ type: number, critical: boolean }>
   rawNotations: Array<{ name: string, critical: boolean }>
   revocationKeyClass: number | null
-  getExpirationTime: () => Date | number
 }
 
 interface KeyParams { oid?: { getName: () => string }, Q?: Uint8Array, A?: Uint8Array }
@@ -106,11 +106,14 @@ export function fastEd25519Eligible (signature: openpgp.Signature, key: openpgp.
 }
 
 /**
- * Verify one packet (already found eligible) over `data` at `date`, throwing openpgp.js's messages
- * for the same failures. Returns the key id (hex, upper-case) of the (sub)key that signed.
+ * Verify one packet (already found eligible) over `data`: the mathematics and what the packet
+ * itself says (hash algorithm, critical subpackets and notations), throwing openpgp.js's messages
+ * for the same failures. No time is checked here: not the signature's creation or expiry, nor the
+ * key's validity, which keys/verify.ts judges at the dates it is given, for both paths alike.
+ * Returns the key id (hex, upper-case) of the (sub)key that signed.
  */
 export async function verifyEd25519Packet (packet: openpgp.SignaturePacket, data: Uint8Array, key: openpgp.PublicKey,
-  date: Date, config: openpgp.Config = openpgp.config): Promise<string> {
+  config: openpgp.Config = openpgp.config): Promise<string> {
   const sig = asSig(packet)
   const signer = issuerKey(key, sig)
   const raw = signer === undefined ? undefined : rawEd25519(signer.keyPacket)
@@ -131,10 +134,6 @@ export async function verifyEd25519Packet (packet: openpgp.SignaturePacket, data
   if (sig.signedHashValue[0] !== digest[0] || sig.signedHashValue[1] !== digest[1]) throw new Error('Signed digest did not match')
   // OpenPGP EdDSA signs the digest, not the data.
   if (!edVerify(null, digest, keyObject(signer.keyPacket, raw), rs)) throw new Error('Signature verification failed')
-  // openpgp.js compares times in whole seconds (util.normalizeDate).
-  const at = new Date(Math.floor(date.getTime() / 1000) * 1000)
-  if (sig.created > at) throw new Error('Signature creation time is in the future')
-  if (at >= sig.getExpirationTime()) throw new Error('Signature is expired')
   if (config.rejectHashAlgorithms.has(sig.hashAlgorithm)) throw new Error(`Insecure hash algorithm: ${hashName.toUpperCase()}`)
   if (config.rejectMessageHashAlgorithms.has(sig.hashAlgorithm)) throw new Error(`Insecure message hash algorithm: ${hashName.toUpperCase()}`)
   for (const { type, critical } of sig.unknownSubpackets) {
@@ -146,9 +145,5 @@ export async function verifyEd25519Packet (packet: openpgp.SignaturePacket, data
   if (sig.revocationKeyClass !== null) {
     throw new Error('This key is intended to be revoked with an authorized key, which OpenPGP.js does not support.')
   }
-  // createVerificationObject: the signing (sub)key must have been valid, and allowed to sign, when
-  // the signature was made (expiry, revocation, key flags, binding signatures).
-  if (signer.getCreationTime() > sig.created) throw new Error('Key is newer than the signature')
-  await key.getSigningKey(signer.getKeyID(), sig.created, undefined, config)
   return signer.getKeyID().toHex().toUpperCase()
 }

@@ -20,9 +20,14 @@ import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
 import { normalizeFingerprint, isFingerprint, type Fingerprint } from './fingerprint.ts'
-import { fastEd25519Eligible, verifyEd25519Packet } from './ed25519-verify.ts'
+import { keyVerifier, type KeyVerifierOptions, type SignatureVerifier } from './verify.ts'
 
 export type { Fingerprint } from './fingerprint.ts'
+// Verification lives in keys/verify.ts (signatures, and the key's validity at given dates).
+export {
+  verifyDetached, verifyWithOpenpgp, keyVerifier, checkSigningKeyAt, requestDates,
+  type VerifiedSignature, type VerifyOptions, type PublicKeyLookup, type SignatureVerifier, type KeyVerifierOptions
+} from './verify.ts'
 
 /** What `picocloud key list` shows about a key. */
 export interface KeyInfo {
@@ -37,14 +42,6 @@ export interface KeyInfo {
   hasSecret: boolean
   expired: boolean
   revoked: boolean
-}
-
-export interface VerifiedSignature {
-  /** Primary fingerprint of the key that made the signature (even when a subkey signed). */
-  fingerprint: Fingerprint
-  /** Key id (16 hex, upper-case) of the (sub)key that signed. */
-  signingKeyId: string
-  created: Date
 }
 
 // ---------------------------------------------------------------- locations and passphrases
@@ -400,96 +397,6 @@ export async function signDetached (key: openpgp.PrivateKey, data: Uint8Array, o
   }
 }
 
-function badSignature (why: string, cause?: unknown): PicocloudError {
-  return new PicocloudError(ErrorCode.BadSignature, `signature does not verify: ${why}`, 400, cause === undefined ? undefined : { cause })
-}
-
-/**
- * Check a detached armored signature over exactly `data` (no newline or charset normalisation)
- * against `key`. Every signature packet in the armor must verify with `key`. Returns the primary
- * fingerprint of `key`; throws BAD_SIGNATURE otherwise. Ed25519 signatures of the usual shape take
- * the synchronous path of keys/ed25519-verify.ts; the rest (RSA, text mode…) `verifyWithOpenpgp`.
- */
-export async function verifyDetached (data: Uint8Array, armoredSignature: string, key: openpgp.PublicKey,
-  options: { date?: Date } = {}): Promise<VerifiedSignature> {
-  let signature: openpgp.Signature
-  try {
-    signature = await openpgp.readSignature({ armoredSignature })
-  } catch (err) {
-    throw badSignature(`not an armored OpenPGP signature (${(err as Error).message})`, err)
-  }
-  if (signature.packets.length === 0) throw badSignature('the armor holds no signature')
-  if (!fastEd25519Eligible(signature, key)) return await verifyWithOpenpgp(data, signature, key, options)
-  const date = options.date ?? new Date()
-  let keyId = ''
-  for (const packet of signature.packets) {
-    let id: string
-    try {
-      id = await verifyEd25519Packet(packet as openpgp.SignaturePacket, data, key, date)
-    } catch (err) {
-      throw badSignature((err as Error).message, err)
-    }
-    keyId ||= id
-  }
-  return { fingerprint: fingerprintOf(key), signingKeyId: keyId, created: (signature.packets[0] as openpgp.SignaturePacket).created ?? new Date(0) }
-}
-
-/**
- * `verifyDetached` by openpgp.verify alone, for any algorithm openpgp.js supports. Each signature's
- * `verified` promise is awaited (openpgp.js reports failures there, not by throwing from `verify`).
- * Exported so tests can hold the fast path to it.
- */
-export async function verifyWithOpenpgp (data: Uint8Array, signature: openpgp.Signature, key: openpgp.PublicKey,
-  options: { date?: Date } = {}): Promise<VerifiedSignature> {
-  let result: openpgp.VerifyMessageResult<Uint8Array>
-  try {
-    const message = await openpgp.createMessage({ binary: data })
-    result = await openpgp.verify({ message, signature, verificationKeys: key, expectSigned: true, format: 'binary', date: options.date })
-  } catch (err) {
-    throw badSignature((err as Error).message.replace(/^Error verifying signed message: /, ''), err)
-  }
-  if (result.signatures.length !== signature.packets.length) throw badSignature('signature count mismatch')
-  let first: openpgp.Signature | undefined
-  let keyId = ''
-  for (const s of result.signatures) {
-    try {
-      await s.verified
-      first ??= await s.signature
-      keyId ||= s.keyID.toHex().toUpperCase()
-    } catch (err) {
-      throw badSignature((err as Error).message, err)
-    }
-  }
-  const created = first?.packets[0]?.created ?? new Date(0)
-  return { fingerprint: fingerprintOf(key), signingKeyId: keyId, created }
-}
-
-/** Looks up a public key by fingerprint (keyring directory, replicated state, a test map…). */
-export type PublicKeyLookup = (fingerprint: Fingerprint) => Promise<openpgp.PublicKey | undefined>
-
-/** Verification callback as `validateEnvelope` takes it (see protocol/envelope.ts). */
-export type SignatureVerifier = (data: Uint8Array, armoredSignature: string, issuer: Fingerprint) => Promise<VerifiedSignature>
-
-/**
- * A verifier over `lookup`: UNKNOWN_ISSUER when no key is found, BAD_SIGNATURE when the key found
- * is not the issuer's primary key or the signature does not verify with it.
- */
-export function keyVerifier (lookup: PublicKeyLookup, options: { now?: () => Date } = {}): SignatureVerifier {
-  return async (data, armoredSignature, issuer) => {
-    const key = await lookup(issuer)
-    if (key === undefined) {
-      throw new PicocloudError(ErrorCode.UnknownIssuer,
-        `no public key for issuer ${issuer}; import it (\`picocloud key import\`) or publish it to the mesh`, 403)
-    }
-    if (fingerprintOf(key) !== issuer) {
-      throw badSignature(`the key found for ${issuer} has primary fingerprint ${fingerprintOf(key)}`)
-    }
-    const verified = await verifyDetached(data, armoredSignature, key, { date: options.now?.() })
-    if (verified.fingerprint !== issuer) throw badSignature(`signed by ${verified.fingerprint}, not by issuer ${issuer}`)
-    return verified
-  }
-}
-
 /** What identifies one version of a key file: it is replaced by rename, so inode, size and mtime. */
 async function fileStamp (path: string): Promise<string> {
   try {
@@ -506,7 +413,7 @@ async function fileStamp (path: string): Promise<string> {
  * then checked once too) and parsed again only when its file changes: a revocation or a removal
  * takes effect on the next verification.
  */
-export function keyringVerifier (dir: string, options: { now?: () => Date } = {}): SignatureVerifier {
+export function keyringVerifier (dir: string, options: KeyVerifierOptions = {}): SignatureVerifier {
   const cache = new Map<Fingerprint, { stamp: string, key: openpgp.PublicKey | undefined }>()
   return keyVerifier(async fpr => {
     if (!isFingerprint(fpr)) return undefined

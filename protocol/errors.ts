@@ -79,6 +79,10 @@ export const ErrorCode = {
   Keyring: 'KEYRING_ERROR',
   BadFingerprint: 'BAD_FINGERPRINT',
   BadPolicy: 'BAD_POLICY',
+  // The signing key was not valid at a time a request is judged at (keys/verify.ts)
+  KeyRevoked: 'KEY_REVOKED',
+  KeyExpired: 'KEY_EXPIRED',
+  KeyNotValid: 'KEY_NOT_VALID',
   // Hypervisor drivers and the image store (node/drivers/hypervisor, node/drivers/images)
   BadVmSpec: 'BAD_VM_SPEC',
   VmNotFound: 'VM_NOT_FOUND',
