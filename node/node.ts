@@ -36,7 +36,7 @@ import type { StatusView, HostView, IdView, NodeEvent } from '../protocol/api.ts
 import { RequestBook } from './requests.ts'
 import { Scheduler } from './scheduler.ts'
 import { hostResources } from './resources.ts'
-import { trustAdd, trustRemove, trustList, type TrustAddInput, type TrustView } from './trust.ts'
+import { trustAdd, trustRemove, trustList, republishKeys, type TrustAddInput, type TrustView } from './trust.ts'
 import { listVms, findVm, vmView, requestView, type VmFilter, type VmView, type RequestView } from './views.ts'
 import type { TrustEntry } from '../keys/trust-policy.ts'
 import { ImageStore, type ImageInfo } from './drivers/images/store.ts'
@@ -131,6 +131,12 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     this.requests = new RequestBook(store, log.forComponent('requests'))
     this.scheduler = new Scheduler({ store, book: this.requests, up: peer => this.isUp(peer), log: log.forComponent('scheduler') })
     this.requests.onVerified = () => this.scheduler.verdictsChanged()
+    this.requests.onKeysChanged = fprs => {
+      if (!this.store.inMesh || !isActiveMember(this.store.doc, this.peerId)) return
+      republishKeys(this.store, fprs, async f => await this.requests.mergedKey(f))
+        .then(n => { if (n > 0) this.log.info('republished merged keys (a revocation or update from another host)', { keys: n }) })
+        .catch(err => this.log.warn('could not republish merged keys', { error: err.message }))
+    }
     this.images = new ImageStore({ stateDir: config.state })
   }
 

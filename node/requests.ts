@@ -1,20 +1,25 @@
 /**
  * Signed requests on this host: accepting them from the local socket (full validation against this
- * host's clock, then stored in the replicated state) and verifying, independently, every request
- * any host stored (signature by a key some host published, mesh, time window against the
- * receiving host's stamp, schema). Results are cached; the world is derived from them.
+ * host's clock, then stored in this host's feed) and verifying, independently, every copy any
+ * member stored: signature by the issuer's key as merged from every host's published text
+ * (keys/published-keys.ts, so a revocation published anywhere wins), the key valid at the payload's
+ * `created` and at the receiving host's stamp `at`, mesh, time window against `at`, schema.
+ * Nothing is judged against this host's clock, so every host reaches the same verdict, also one
+ * that gets the request hours later. Verdicts are cached and judged again when the issuer's merged
+ * key changes (a revocation arriving later turns an accepted request into a refused one).
  */
 import { createHash } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { writeFileAtomic } from './files.ts'
 import { join } from 'node:path'
 import type * as openpgp from 'openpgp'
-import { validateEnvelope, type Envelope, type ValidRequest } from '../protocol/envelope.ts'
-import { parseKeys, fingerprintOf, keyVerifier } from '../keys/keyring.ts'
+import { validateEnvelope, checkWindow, parseIsoUtc, type Envelope, type ValidRequest } from '../protocol/envelope.ts'
+import { keyVerifier, requestDates } from '../keys/keyring.ts'
+import { PublishedKeys } from '../keys/published-keys.ts'
 import type { Fingerprint } from '../keys/fingerprint.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
 import type { StateStore } from '../crdt/store.ts'
-import { asString as str, scalars } from '../crdt/schema.ts'
+import { scalars, type HostRecord } from '../crdt/schema.ts'
 import type { Validity, VerifiedRequest } from '../crdt/world.ts'
 import type { Logger } from './log.ts'
 
@@ -23,13 +28,12 @@ const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex
 /**
  * Verdicts that passed, kept across restarts in the state dir so that a restarted host does not
  * verify every stored request's OpenPGP signature again. A verdict is reused only for the very
- * same stored request (mesh, payload, signature, via, at: `digest`) when the key that lookup()
- * finds for its issuer now is the very text that verified it (`key`); a host publishing another
- * key text, or none, makes the request be judged again. Failures are not kept (they are rare
- * and some are retried anyway). A cache: missing, damaged or of another version, it is ignored.
+ * same stored copy (mesh, payload, signature, via, at: `digest`) when the issuer's merged key now
+ * is the very one that verified it (`key`, its digest). Failures are not kept (they are rare).
+ * A cache: missing, damaged or of another version, it is ignored.
  */
 export const VERDICTS_FILE = 'request-verdicts.json'
-const VERDICTS_VERSION = 2
+const VERDICTS_VERSION = 3
 /** New verdicts are written at most this often (each write is the whole file). */
 const VERDICTS_SAVE_MS = 5000
 interface KeptVerdict { digest: string, key: string, request: VerifiedRequest }
@@ -41,14 +45,21 @@ function storedDigest (meshId: string, stored: { payload: string, signature: str
 /** Verdicts are per copy: the same request stored by two hosts is judged at each one's stamp. */
 const copyKey = (id: string, via: string): string => `${id}/${via}`
 
-/** The public key in `text` when it is the key `fpr`, else undefined. */
-async function parsePublished (text: string, fpr: Fingerprint): Promise<openpgp.PublicKey | undefined> {
+/** The issuer a payload names, read without validating it (to know whose key change matters). */
+function issuerOf (payload: string): string | undefined {
   try {
-    const key = (await parseKeys(text))[0].toPublic()
-    return fingerprintOf(key) === fpr ? key : undefined
-  } catch {
-    return undefined
-  }
+    const i = (JSON.parse(payload) as { issuer?: unknown }).issuer
+    return typeof i === 'string' ? i : undefined
+  } catch { return undefined }
+}
+
+/** Throws the time-window error of a payload received at `at`, if it has one. */
+function windowFirst (data: Uint8Array, at: string): void {
+  let p: { created?: unknown, expires?: unknown }
+  try { p = JSON.parse(new TextDecoder().decode(data)) } catch { return }
+  const created = typeof p.created === 'string' ? parseIsoUtc(p.created) : undefined
+  const expires = typeof p.expires === 'string' ? parseIsoUtc(p.expires) : undefined
+  if (created !== undefined && expires !== undefined) checkWindow(created, expires, Date.parse(at))
 }
 
 /** What the world needs of a request that passed every check. */
@@ -69,8 +80,13 @@ export class RequestBook {
   private readonly store: StateStore
   private readonly log: Logger
   private readonly validity = new Map<string, Validity>()
-  /** `host/fingerprint` → the text that host publishes, its digest and its key (undefined: unusable). */
-  private readonly keyCache = new Map<string, { text: string, digest: string, key: openpgp.PublicKey | undefined }>()
+  private readonly published = new PublishedKeys()
+  /** Per copy judged: its issuer, and the digest of the merged key it was judged with. */
+  private readonly judgedWith = new Map<string, { issuer: string, key: string | undefined }>()
+  /** Per host, the record whose keys were read last (records are new objects when they change). */
+  private readonly keysSeen = new Map<string, HostRecord | undefined>()
+  /** Merged key digest per fingerprint, as of the last pass. */
+  private readonly keyDigests = new Map<string, string | undefined>()
   /** Verdicts kept by an earlier run (loaded on first use), and what binds this run's own. */
   private kept: Map<string, KeptVerdict> | undefined
   private readonly bindings = new Map<string, KeptVerdict>()
@@ -81,6 +97,8 @@ export class RequestBook {
   readonly submitted = { accepted: 0, refused: new Map<string, number>() }
   /** Called after new verdicts are cached. */
   onVerified: () => void = () => {}
+  /** Called with the fingerprints whose merged key changed (e.g. to republish a revocation). */
+  onKeysChanged: (fprs: string[]) => void = () => {}
 
   constructor (store: StateStore, log: Logger) {
     this.store = store
@@ -90,44 +108,77 @@ export class RequestBook {
   get (id: string, via: string): Validity | undefined { return this.validity.get(copyKey(id, via)) }
 
   /**
-   * Public keys published by any host: the first host record holding a usable key for `fpr`, as
-   * before. Each published text is parsed once (failures too, so a bad key published by one host is
-   * not re-parsed for every request); an entry is replaced when that host publishes another text.
+   * The issuer's public key: the union of what every member publishes for it (a revocation from
+   * any one host wins; nobody's older text undoes it). Undefined when none is usable.
    */
-  private async lookup (fpr: Fingerprint): Promise<{ digest: string, key: openpgp.PublicKey } | undefined> {
-    for (const [host, rec] of Object.entries(this.store.doc.hosts ?? {})) {
-      const armored = rec.keys?.[fpr]
-      if (armored === undefined) continue
-      const text = str(armored)
-      const slot = `${host}/${fpr}`
-      let cached = this.keyCache.get(slot)
-      if (cached?.text !== text) {
-        cached = { text, digest: sha256(text), key: await parsePublished(text, fpr) }
-        this.keyCache.set(slot, cached)
-      }
-      if (cached.key !== undefined) return { digest: cached.digest, key: cached.key }
+  async mergedKey (fpr: string): Promise<{ digest: string, key: openpgp.PublicKey } | undefined> {
+    const texts: Array<{ source: string, text: string }> = []
+    for (const [host, rec] of Object.entries(this.store.doc.hosts)) {
+      const text = rec.keys?.[fpr]
+      if (text !== undefined) texts.push({ source: host, text })
     }
-    return undefined
+    if (texts.length === 0) return undefined
+    const m = await this.published.merge(fpr, texts)
+    for (const i of m.ignored) this.log.debug('ignoring a published key text', { fingerprint: fpr, host: i.source, reason: i.reason })
+    return m.key === undefined || m.digest === undefined ? undefined : { digest: m.digest, key: m.key }
   }
 
-  /** A verifier, and the digest of the key text it last verified with. */
-  private verifier (): { verify: ReturnType<typeof keyVerifier>, keyUsed: () => string | undefined } {
+  /** A verifier judging keys at `dates`, and the digest of the merged key it last used. */
+  private verifier (at: string): { verify: ReturnType<typeof keyVerifier>, keyUsed: () => string | undefined } {
     let used: string | undefined
-    const verify = keyVerifier(async fpr => {
-      const found = await this.lookup(fpr)
+    const inner = keyVerifier(async fpr => {
+      const found = await this.mergedKey(fpr)
       used = found?.digest
       return found?.key
-    })
+    }, { dates: requestDates(at) })
+    // A key not valid at a request's own times says less than that those times are out of the
+    // window (a request backdated two hours, signed with a key made since): that is the reason given.
+    const verify: typeof inner = async (data, signature, issuer) => {
+      try {
+        return await inner(data, signature, issuer)
+      } catch (err: any) {
+        if (typeof err?.code === 'string' && err.code.startsWith('KEY_')) windowFirst(data, at)
+        throw err
+      }
+    }
     return { verify, keyUsed: () => used }
   }
 
-  /** The kept verdict on this stored request, if it and its issuer's key are unchanged. */
+  /** The kept verdict on this stored copy, if it and its issuer's merged key are unchanged. */
   private async reuse (key: string, meshId: string, stored: Parameters<typeof storedDigest>[1]): Promise<Validity | undefined> {
     const k = this.kept?.get(key)
     if (k === undefined || k.digest !== storedDigest(meshId, stored)) return undefined
-    if ((await this.lookup(k.request.issuer as Fingerprint))?.digest !== k.key) return undefined
+    if ((await this.mergedKey(k.request.issuer))?.digest !== k.key) return undefined
     this.bindings.set(key, k)
+    this.judgedWith.set(key, { issuer: k.request.issuer, key: k.key })
     return { ok: true, request: k.request }
+  }
+
+  /**
+   * Fingerprints whose merged key may have changed since the last pass: those published by a host
+   * whose record changed (a validated record is a new object exactly when its feed changed).
+   */
+  private async changedKeys (): Promise<Set<string>> {
+    const touched = new Set<string>()
+    const hosts = this.store.doc.hosts
+    for (const [host, before] of this.keysSeen) {
+      if (hosts[host] === before) continue
+      for (const f of Object.keys(before?.keys ?? {})) touched.add(f)
+    }
+    for (const [host, rec] of Object.entries(hosts)) {
+      if (this.keysSeen.get(host) === rec) continue
+      for (const f of Object.keys(rec.keys ?? {})) touched.add(f)
+      this.keysSeen.set(host, rec)
+    }
+    for (const host of [...this.keysSeen.keys()]) if (hosts[host] === undefined) this.keysSeen.delete(host)
+    const changed = new Set<string>()
+    for (const f of touched) {
+      const digest = (await this.mergedKey(f))?.digest
+      if (this.keyDigests.get(f) !== digest) changed.add(f)
+      if (digest === undefined) this.keyDigests.delete(f)
+      else this.keyDigests.set(f, digest)
+    }
+    return changed
   }
 
   private bind (key: string, meshId: string, stored: Parameters<typeof storedDigest>[1], keyText: string | undefined, v: Validity): void {
@@ -163,7 +214,10 @@ export class RequestBook {
     }
   }
 
-  /** Verifies requests stored in the state that this host has not judged yet. */
+  /**
+   * Verifies the copies of requests stored in the state that this host has not judged yet, and
+   * judges again those whose issuer's merged key changed since.
+   */
   async verifyPending (): Promise<void> {
     if (this.verifying !== undefined) { this.again = true; return await this.verifying }
     this.verifying = (async () => {
@@ -173,33 +227,35 @@ export class RequestBook {
         const meshId = this.store.meshId
         if (meshId === undefined) break
         this.kept ??= await this.loadVerdicts()
+        const keysChanged = await this.changedKeys()
+        if (keysChanged.size > 0) this.onKeysChanged([...keysChanged])
         for (const [id, copies] of this.store.doc.requests) {
           for (const stored of copies) {
             const key = copyKey(id, stored.via)
             const known = this.validity.get(key)
-            // Unknown issuers are retried: a host may publish the key later.
-            if (known !== undefined && (known.ok || known.code !== ErrorCode.UnknownIssuer)) continue
+            const judged = this.judgedWith.get(key)
+            if (known !== undefined && (judged === undefined || !keysChanged.has(judged.issuer))) continue
             const reused = known === undefined ? await this.reuse(key, meshId, stored) : undefined
             if (reused !== undefined) {
               this.validity.set(key, reused)
               changed = true
               continue
             }
-            // Judged at the stamp of the host that received it, never at this host's clock: every
-            // host, also one that gets the request hours later by sync, reaches the same verdict.
-            const at = Date.parse(stored.at)
-            const { verify, keyUsed } = this.verifier()
+            const { verify, keyUsed } = this.verifier(stored.at)
             let v: Validity
             try {
               const r = await validateEnvelope({ payload: stored.payload, signature: stored.signature }, {
-                meshId, now: at, seen: () => false, verify
+                meshId, now: Date.parse(stored.at), seen: () => false, verify
               })
               v = { ok: true, request: verified(r, stored.via, stored.at) }
               this.bind(key, meshId, stored, keyUsed(), v)
             } catch (err: any) {
               v = { ok: false, code: err.code ?? 'INVALID', reason: err.message }
+              this.bindings.delete(key)
               this.log.warn('stored request is invalid', { id: id.slice(0, 12), via: stored.via, reason: err.message })
             }
+            const issuer = issuerOf(stored.payload)
+            if (issuer !== undefined) this.judgedWith.set(key, { issuer, key: keyUsed() })
             if (known === undefined || known.ok !== v.ok || (!known.ok && !v.ok && known.code !== v.code)) changed = true
             this.validity.set(key, v)
           }
@@ -233,7 +289,7 @@ export class RequestBook {
     const now = Date.now()
     const at = new Date(now).toISOString()
     let valid
-    const { verify, keyUsed } = this.verifier()
+    const { verify, keyUsed } = this.verifier(at)
     try {
       valid = await validateEnvelope(envelope, {
         meshId,
@@ -265,6 +321,7 @@ export class RequestBook {
       throw err
     }
     this.bind(key, meshId, { payload: env.payload, signature: env.signature, via: this.store.self, at }, keyUsed(), verdict)
+    this.judgedWith.set(key, { issuer: valid.payload.issuer, key: keyUsed() })
     this.log.info('accepted request', { id: id.slice(0, 12), kind: valid.payload.kind, issuer: valid.payload.issuer })
     void this.verifyPending()
     return { id, kind: valid.payload.kind, issuer: valid.payload.issuer }

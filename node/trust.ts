@@ -3,6 +3,7 @@
  * much. Changed only through the local socket; published in the host's record (with the trusted
  * public keys, so every host can verify those keys' requests and compute placement).
  */
+import { mergeOwnKeyText } from '../keys/published-keys.ts'
 import { addEntry, removeEntry, validatePolicy, emptyPolicy, findEntry, type TrustPolicy, type TrustEntry } from '../keys/trust-policy.ts'
 import { parseKeys, fingerprintOf } from '../keys/keyring.ts'
 import { normalizeFingerprint } from '../keys/fingerprint.ts'
@@ -46,7 +47,10 @@ export async function trustAdd (store: StateStore, input: TrustAddInput): Promis
     if (input.fingerprint !== undefined && normalizeFingerprint(input.fingerprint) !== fpr) {
       throw new PicocloudError(ErrorCode.BadFingerprint, `the key given is ${fpr}, not ${input.fingerprint}`)
     }
-    armored = key.armor()
+    // Merged with what this host publishes already: an updated key (a revocation imported since)
+    // replaces the old text, and nothing once published (a revocation) is ever dropped.
+    const merged = await mergeOwnKeyText(store.doc.hosts?.[store.self]?.keys?.[fpr], key.armor())
+    if (merged.changed) armored = merged.armored
   } else if (input.fingerprint !== undefined) {
     fpr = normalizeFingerprint(input.fingerprint)
     if (publishedKey(store, fpr) === undefined) {
@@ -63,7 +67,7 @@ export async function trustAdd (store: StateStore, input: TrustAddInput): Promis
     // Scalars: read back only through JSON (toJSON), by this daemon and older ones alike.
     rec.policy = scalars(JSON.parse(JSON.stringify(next)))
     rec.keys ??= {}
-    if (armored !== undefined && rec.keys[fpr] === undefined) rec.keys[fpr] = scalars(armored)
+    if (armored !== undefined) rec.keys[fpr] = scalars(armored)
   })
   return findEntry(next, fpr) as TrustEntry
 }
@@ -76,6 +80,32 @@ export async function trustRemove (store: StateStore, fingerprint: string): Prom
   // The public key stays published: requests it signed earlier must stay verifiable.
   await store.change(`distrust ${fpr}`, d => { if (d.host !== undefined) d.host.policy = scalars(JSON.parse(JSON.stringify(next))) })
   return { fingerprint: fpr }
+}
+
+/**
+ * Republishes, for keys this host trusts, the key as merged from every host's text when it holds
+ * more than this host's own text (a revocation another host published): a revocation then stays
+ * published even if the host that first published it goes away or drops its text.
+ */
+export async function republishKeys (store: StateStore, fprs: string[], merged: (fpr: string) => Promise<{ key: { armor: () => string } } | undefined>): Promise<number> {
+  const trusted = new Set(currentPolicy(store).entries.map(e => e.fingerprint as string))
+  const updates = new Map<string, string>()
+  for (const fpr of fprs) {
+    if (!trusted.has(fpr)) continue
+    const m = await merged(fpr)
+    if (m === undefined) continue
+    try {
+      const r = await mergeOwnKeyText(store.doc.hosts?.[store.self]?.keys?.[fpr], m.key.armor())
+      if (r.changed) updates.set(fpr, r.armored)
+    } catch {}
+  }
+  if (updates.size === 0) return 0
+  await store.change(`republish ${updates.size} merged keys`, d => {
+    if (d.host === undefined) return
+    d.host.keys ??= {}
+    for (const [fpr, text] of updates) d.host.keys[fpr] = scalars(text)
+  })
+  return updates.size
 }
 
 export async function trustList (store: StateStore, usage: (fpr: string) => TrustView['usage']): Promise<TrustView[]> {

@@ -186,6 +186,24 @@ function checkHeader (value: unknown): Header {
 }
 
 /**
+ * The request's time window against `now` (the receiving host's stamp): created at most 2 minutes
+ * ahead, not expired, lifetime at most an hour. Throws CREATED_IN_FUTURE / REQUEST_EXPIRED /
+ * LIFETIME_TOO_LONG.
+ */
+export function checkWindow (created: number, expires: number, now: number): void {
+  if (created > now + MAX_CLOCK_SKEW_MS) {
+    throw reject(ErrorCode.CreatedInFuture,
+      `request was created ${Math.round((created - now) / 1000)} s in the future (at most ${MAX_CLOCK_SKEW_MS / 1000} s allowed); check the signer's clock`)
+  }
+  if (now >= expires) {
+    throw reject(ErrorCode.RequestExpired, `request expired at ${new Date(expires).toISOString()}; sign it again`)
+  }
+  if (expires - created > MAX_LIFETIME_MS) {
+    throw reject(ErrorCode.LifetimeTooLong, `request lifetime is ${Math.round((expires - created) / 60000)} min; at most ${MAX_LIFETIME_MS / 60000} min allowed`)
+  }
+}
+
+/**
  * Check a received envelope, in this order, each failure with its own code:
  * shape (BAD_ENVELOPE) → canonical payload (BAD_JSON / NOT_CANONICAL) → header fields
  * (BAD_ENVELOPE) → signature by the issuer's primary key over the bytes received (UNKNOWN_ISSUER /
@@ -206,16 +224,7 @@ export async function validateEnvelope (env: unknown, options: ValidateOptions):
   }
 
   if (header.mesh !== options.meshId) throw reject(ErrorCode.WrongMesh, `request is for mesh ${header.mesh}, this is mesh ${options.meshId}`)
-  if (header.created > options.now + MAX_CLOCK_SKEW_MS) {
-    throw reject(ErrorCode.CreatedInFuture,
-      `request was created ${Math.round((header.created - options.now) / 1000)} s in the future (at most ${MAX_CLOCK_SKEW_MS / 1000} s allowed); check the signer's clock`)
-  }
-  if (options.now >= header.expires) {
-    throw reject(ErrorCode.RequestExpired, `request expired at ${new Date(header.expires).toISOString()}; sign it again`)
-  }
-  if (header.expires - header.created > MAX_LIFETIME_MS) {
-    throw reject(ErrorCode.LifetimeTooLong, `request lifetime is ${Math.round((header.expires - header.created) / 60000)} min; at most ${MAX_LIFETIME_MS / 60000} min allowed`)
-  }
+  checkWindow(header.created, header.expires, options.now)
   const id = requestId(envelope.payload)
   if (await options.seen(id)) throw reject(ErrorCode.Replay, `request ${id} was already received; sign a new one (a fresh nonce) to repeat it`, 409)
 

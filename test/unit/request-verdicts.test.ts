@@ -11,6 +11,8 @@ import { foundMesh } from '../../crdt/membership.ts'
 import { generateKey, loadPrivateKey, signDetached } from '../../keys/keyring.ts'
 import { buildPayload, sealEnvelope, requestId } from '../../protocol/envelope.ts'
 import { RequestBook, VERDICTS_FILE } from '../../node/requests.ts'
+import * as openpgp from 'openpgp'
+import { revokeAt } from '../helpers/pgp-keys.ts'
 import { silentLogger } from '../../node/log.ts'
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
@@ -21,6 +23,7 @@ describe('request verdicts kept across restarts', () => {
   let store: StateStore
   let publicKey: string
   let id: string
+  let privateKey: openpgp.PrivateKey
 
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), 'pc-verdicts-'))
@@ -32,6 +35,7 @@ describe('request verdicts kept across restarts', () => {
     publicKey = user.publicKey
     await store.change('trust', d => { d.host!.keys = { [user.fingerprint]: new ImmutableString(publicKey) as unknown as string } })
     const key = await loadPrivateKey(join(dir, 'keyring'), user.fingerprint)
+    privateKey = key
     const payload = buildPayload('vm.create', { name: 'vm1', image: 'debian-12', type: 'small', nics: [], labels: {} }, { mesh: store.meshId as string, issuer: user.fingerprint, now: Date.now() })
     const env = await sealEnvelope(payload, async d => await signDetached(key, d))
     id = requestId(payload)
@@ -65,13 +69,18 @@ describe('request verdicts kept across restarts', () => {
     expect(again?.ok && again.request.body).toMatchObject({ name: 'from-the-file' })
   })
 
-  it('judges the request again when the key text its issuer has now is another one', async () => {
+  it('judges the request again when its issuer\'s merged key changes, and not for a mere re-armoring', async () => {
     const first = new RequestBook(store, silentLogger)
     await first.verifyPending()
     await first.saveVerdicts()
     await markKept()
     const fpr = Object.keys(store.doc.hosts[store.self].keys ?? {})[0]
+    // The same key in another text (another armoring): the merged key is the same, the verdict kept.
     await store.change('republish', d => { d.host!.keys![fpr] = new ImmutableString(`${publicKey}\n`) as unknown as string })
+    expect((await judge())?.ok && (await judge() as any).request.body).toMatchObject({ name: 'from-the-file' })
+    // An update of the key (a revocation dated in a year: valid now, but another key): judged again.
+    const revoked = await revokeAt(privateKey, new Date(Date.now() + 365 * 86400_000), openpgp.enums.reasonForRevocation.keyRetired)
+    await store.change('update', d => { d.host!.keys![fpr] = new ImmutableString(revoked.armor()) as unknown as string })
     const again = await judge()
     expect(again?.ok).toBe(true)
     expect(again?.ok && again.request.body).toMatchObject({ name: 'vm1' })
