@@ -68,6 +68,8 @@ export interface Rejection {
 
 export interface ReceiveResult {
   applied: VerifiedChange[]
+  /** Changes dropped because their author is over its rate (see `receive`); fetched again later. */
+  throttled?: string[]
   duplicates: number
   /** Changes held now (for a missing predecessor or admission). */
   pending: number
@@ -317,8 +319,12 @@ export class StateStore extends EventEmitter<StoreEvents> {
     return feed
   }
 
-  /** Verifies and applies changes from a peer; holds those that cannot be applied yet. */
-  async receive (changes: SignedChange[], from?: string): Promise<ReceiveResult> {
+  /**
+   * Verifies and applies changes from a peer; holds those that cannot be applied yet. `budget`,
+   * when given, is asked for each new change (author, bytes); a change it refuses is dropped and
+   * its author listed in `throttled` (a later sync brings it again).
+   */
+  async receive (changes: SignedChange[], from?: string, budget?: (author: string, bytes: number) => boolean): Promise<ReceiveResult> {
     const result: ReceiveResult = { applied: [], duplicates: 0, pending: 0, rejected: [], evidence: [] }
     const verified: VerifiedChange[] = []
     for (const s of changes) {
@@ -327,7 +333,12 @@ export class StateStore extends EventEmitter<StoreEvents> {
         continue
       }
       try {
-        verified.push(await verifyChange(s))
+        const v = await verifyChange(s)
+        if (budget !== undefined && !this.hashes.has(v.hash) && !budget(v.author, s.change.length)) {
+          (result.throttled ??= []).push(v.author)
+          continue
+        }
+        verified.push(v)
       } catch (err: any) {
         this.refuse(result, { hash: '?', reason: err.message, blame: 'sender', misbehaviour: err instanceof InvalidChangeError }, from)
       }

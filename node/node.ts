@@ -19,6 +19,7 @@ import type { Logger } from './log.ts'
 import { MembershipGate } from './gater.ts'
 import { createP2PNode, type P2PNode } from './p2p.ts'
 import { Penalties, type PeerPenalty } from './penalties.ts'
+import { AuthorRateLimit } from './rate-limit.ts'
 import { Liveness, Beats } from './liveness.ts'
 import { DivergenceWatch, headsDigest } from './anti-entropy.ts'
 import { loadOrCreatePeerKey, parsePeerId } from '../keys/peer-key.ts'
@@ -332,12 +333,24 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       this.penalise(from.toString(), `undecodable change on gossip: ${err.message}`)
       return TopicValidatorResult.Reject
     }
-    const r = await this.store.receive([signed], from.toString())
+    const r = await this.store.receive([signed], from.toString(), (author, bytes) => this.gossipRate.take(author, bytes))
+    for (const author of r.throttled ?? []) this.throttled(author)
     if (r.rejected.some(x => x.blame === 'sender')) return TopicValidatorResult.Reject
     if (r.applied.length > 0) return TopicValidatorResult.Accept
     if (r.pending > 0 && r.duplicates === 0) void this.syncWith(from)
     return TopicValidatorResult.Ignore
   }
+
+  /** An author over its gossip rate: an offence of the author's (at most one a minute), not the relayer's. */
+  private throttled (author: string): void {
+    const last = this.lastThrottle.get(author) ?? 0
+    if (Date.now() - last < 60_000) return
+    this.lastThrottle.set(author, Date.now())
+    if (author !== this.peerId) this.penalise(author, 'writes faster than the per-author gossip limit (64 KiB/s, 4 MiB burst)')
+  }
+
+  private readonly gossipRate = new AuthorRateLimit()
+  private readonly lastThrottle = new Map<string, number>()
 
   private async pushChange (c: SignedChange): Promise<void> {
     if (!this.meshStarted) return

@@ -5,7 +5,7 @@
  * of requests this host received that nobody can take. All of it in one signed change per pass.
  */
 import { deriveWorld, allClaims, hostViews, placementRequests, settledHosts, type World } from '../crdt/world.ts'
-import { assign, resolveClaims, type Claim } from '../crdt/placement.ts'
+import { assign, resolveClaims, placeOne, type Claim } from '../crdt/placement.ts'
 import type { StateStore } from '../crdt/store.ts'
 import { scalars } from '../crdt/schema.ts'
 import type { RequestBook } from './requests.ts'
@@ -21,11 +21,20 @@ export interface SchedulerInit {
   log: Logger
   /** How long a claim stands unchallenged before the VM counts as placed. @default 150 */
   settleMs?: number
+  /**
+   * How long a VM may stay unclaimed before the host ranked next claims it (and the one after,
+   * twice as long…): a host ranked first that is up but never claims cannot keep a VM unplaced.
+   * @default 5000
+   */
+  fallbackMs?: number
 }
 
 export class Scheduler {
   private readonly init: SchedulerInit
   private readonly settleMs: number
+  private readonly fallbackMs: number
+  /** When this host first saw each VM unclaimed (its own clock: only when to claim depends on it). */
+  private readonly unclaimedSince = new Map<string, { since: number, due: number }>()
   private cached?: { heads: string, world: World }
   private running: Promise<void> | undefined
   private again = false
@@ -34,6 +43,7 @@ export class Scheduler {
   constructor (init: SchedulerInit) {
     this.init = init
     this.settleMs = init.settleMs ?? 150
+    this.fallbackMs = init.fallbackMs ?? 5000
   }
 
   /** The world derived from the current state (cached per state version). */
@@ -105,8 +115,13 @@ export class Scheduler {
         if (vm.host === self && mine?.vms?.[vm.id] === undefined && now - Date.parse(claim.at) >= this.settleMs) confirm.push(vm.id)
         continue
       }
-      if (gone || vm.host !== null) continue
+      if (gone || vm.host !== null) { this.unclaimedSince.delete(vm.id); continue }
       if (plan.get(vm.id) === self && now < vm.expires) {
+        claimNow.push(vm.id)
+        continue
+      }
+      if (vm.claimants.length === 0 && now < vm.expires && this.fallbackDue(vm.id, preqs, hosts, now)) {
+        this.init.log.warn('claiming a VM the better-ranked hosts left unclaimed', { vm: vm.id.slice(0, 12) })
         claimNow.push(vm.id)
         continue
       }
@@ -130,6 +145,7 @@ export class Scheduler {
       const unopposed = new Map(assign(preqs, hostViews(doc, () => true), { fixed }).map(a => [a.requestId, a.host]))
       for (const id of claimNow) if (unopposed.get(id) === self) confirm.push(id)
     }
+    for (const id of [...this.unclaimedSince.keys()]) if (!world.vms.has(id)) this.unclaimedSince.delete(id)
     if (claimNow.length + confirm.length + withdraw.length + reject.length === 0) {
       this.armTimer(world, myClaims)
       return
@@ -156,9 +172,26 @@ export class Scheduler {
     this.again = true
   }
 
-  /** Wakes up when the next claim settles. */
+  /**
+   * Whether this host should claim a VM nobody has claimed: it is eligible and ranked k-th (k ≥ 1)
+   * among the eligible hosts that are up, and the VM has been waiting k × fallbackMs. Claims are
+   * only proposals: if the better-ranked host claims after all, the usual resolution decides.
+   */
+  private fallbackDue (id: string, preqs: ReturnType<typeof placementRequests>, hosts: ReturnType<typeof hostViews>, now: number): boolean {
+    const entry = this.unclaimedSince.get(id)
+    if (entry === undefined) { this.unclaimedSince.set(id, { since: now, due: now + this.fallbackMs }); return false }
+    if (now < entry.due) return false
+    const req = preqs.find(r => r.id === id)
+    const rank = req === undefined ? -1 : placeOne(req, hosts.filter(h => h.up === true)).ranking.indexOf(this.init.store.self)
+    // Not eligible here, or first (then the plan already claims): look again later, as hosts come and go.
+    entry.due = rank > 0 ? entry.since + rank * this.fallbackMs : now + this.fallbackMs
+    return rank > 0 && now >= entry.due
+  }
+
+  /** Wakes up when the next claim settles, or when a fallback claim may become due. */
   private armTimer (world: World, myClaims: Record<string, { at: string }>): void {
     let next = Infinity
+    for (const { due } of this.unclaimedSince.values()) if (due > Date.now()) next = Math.min(next, due)
     for (const [id, c] of Object.entries(myClaims)) {
       const vm = world.vms.get(id)
       if (vm?.host === this.init.store.self && this.init.store.doc.hosts?.[this.init.store.self]?.vms?.[id] === undefined) {
