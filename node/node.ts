@@ -663,8 +663,11 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
       state: {
         heads: this.store.heads(),
         changes: this.store.changeCount,
+        feeds: this.store.feeds.size,
         pending: this.store.pendingCount,
-        logBytes: this.store.logBytes
+        pendingBytes: this.store.pendingBytes,
+        logBytes: this.store.logBytes,
+        equivocations: this.store.evidence().map(e => ({ peerId: e.author, seq: e.seq }))
       },
       penalties: this.penalties.list() as PeerPenalty[],
       network: this.networkStatus()
@@ -675,6 +678,7 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     const doc = this.store.doc
     if (doc.members === undefined) return []
     const connected = new Set(this.p2p?.getConnections().map(c => c.remotePeer.toString()) ?? [])
+    const problems = this.store.state().problems
     return Object.entries(doc.members).filter(([, m]) => m.expelled === undefined).map(([peerId, stored]) => {
       const m = stored
       const rec = doc.hosts?.[peerId]
@@ -691,7 +695,8 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
         admittedBy: m.admittedBy,
         admittedAt: m.admittedAt,
         wgPublicKey: wireguardPublicKeyForPeer(peerId),
-        version: rec?.version ?? null
+        version: rec?.version ?? null,
+        problems: problems.get(peerId)?.slice(0, 50) ?? []
       }
     }).sort((a, b) => a.name.localeCompare(b.name) || a.peerId.localeCompare(b.peerId))
   }

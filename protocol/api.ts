@@ -39,7 +39,18 @@ export interface StatusView {
   mesh: MeshView | null
   expelled: { by: string, at: string, reason: string } | null
   peers: PeerView[]
-  state: { heads: string[], changes: number, pending: number, logBytes: number }
+  state: {
+    heads: string[]
+    changes: number
+    /** Feeds replicated here (one per host that ever wrote). */
+    feeds: number
+    /** Changes held for a missing predecessor or admission, and their bytes. */
+    pending: number
+    pendingBytes: number
+    logBytes: number
+    /** Hosts caught signing two changes with one sequence number, with the sequence number. */
+    equivocations: Array<{ peerId: string, seq: number }>
+  }
   penalties: Array<{ peerId: string, score: number, offences: Array<{ at: string, reason: string }> }>
   /** The data plane of this host (absent from daemons that predate it). */
   network?: NetworkStatusView
@@ -92,6 +103,8 @@ export interface HostView {
   admittedAt: string
   wgPublicKey: string | null
   version: string | null
+  /** What is wrong in this host's feed (malformed fields, events that do not count): dropped, held against it. */
+  problems: string[]
 }
 
 export interface NodeEvent {

@@ -63,6 +63,13 @@ const statusText = (s: StatusView): string => {
   return lines.join('\n')
 }
 
+/** One line per host whose feed holds malformed fields or acts that do not count (all in --json). */
+function problemsNote (hosts: HostView[]): string {
+  const bad = hosts.filter(h => (h.problems ?? []).length > 0)
+  if (bad.length === 0) return ''
+  return '\n' + bad.map(h => `${h.name || h.peerId}: ${h.problems.length} problem(s) in its record, ignored (first: ${h.problems[0]}); see \`picocloud hosts --json\``).join('\n')
+}
+
 export const commands: Command[] = [
   {
     name: 'daemon',
@@ -195,7 +202,7 @@ export const commands: Command[] = [
         ? 'no hosts: this host is not in a mesh yet'
         : table(['NAME', 'PEER', 'REACHABLE', 'LAST SEEN', 'ADDRESS'], hosts.map(h => [
           h.name + (h.self ? ' (this host)' : ''), h.peerId, h.reachable ? 'yes' : 'no', ago(h.lastSeen), h.addresses[0] ?? '-'
-        ])))
+        ])) + problemsNote(hosts))
     }
   },
   {
