@@ -23,7 +23,8 @@ import { join } from 'node:path'
 import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { actorForPeer, peerForActor } from '../keys/peer-key.ts'
-import { ChangeLog } from './change-log.ts'
+import { ChangeLog, ChangeLogError } from './change-log.ts'
+import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
 import { Feed, MAX_CHANGE_BYTES } from './feed.ts'
 import { Orphans, type OrphanLimits } from './orphans.ts'
 import { ViewCache, type StateView } from './view.ts'
@@ -151,7 +152,15 @@ export class StateStore extends EventEmitter<StoreEvents> {
    */
   static async open (init: StoreInit): Promise<StateStore> {
     const log = init.log ?? silentLogger
-    const { log: changeLog, records, ends } = await ChangeLog.open(join(init.dir, CHANGE_LOG_FILE), log)
+    let opened
+    try {
+      opened = await ChangeLog.open(join(init.dir, CHANGE_LOG_FILE), log)
+    } catch (err) {
+      // An older or foreign log: a clear refusal, never a misreading (and no stack trace).
+      if (err instanceof ChangeLogError) throw new PicocloudError(ErrorCode.Config, err.message, 500)
+      throw err
+    }
+    const { log: changeLog, records, ends } = opened
     const store = new StateStore(init, changeLog)
     const snap = await loadSnapshot(init.dir, records, ends, log)
     const evidence: Uint8Array[] = [...(snap?.evidence ?? [])]

@@ -239,6 +239,17 @@ describe('replicated state: one signed feed per host', () => {
     expect(f.doc.mesh.founder).toBe(f.self)
   })
 
+  it('refuses, with a clear error and no change, a state written by an older picocloud', async () => {
+    const { writeFile, mkdir, readFile } = await import('node:fs/promises')
+    const dir = join(t.dir, 'old')
+    await mkdir(dir)
+    const old = Buffer.from([0, 0, 0, 5, 0, 0, 0, 0, 104, 101, 108, 108, 111])
+    await writeFile(join(dir, CHANGE_LOG_FILE), old)
+    const { StateStore } = await import('../../crdt/store.ts')
+    await expect(StateStore.open({ dir, key: await generateKeyPair('Ed25519') })).rejects.toMatchObject({ code: 'BAD_CONFIG', message: expect.stringMatching(/move the state directory away/) })
+    expect(await readFile(join(dir, CHANGE_LOG_FILE))).toEqual(old)
+  })
+
   it('survives a torn write: reload keeps every complete change and cuts the tail', async () => {
     const { stores: [a], keys: [aKey] } = await t.mesh(1)
     for (let i = 0; i < 3; i++) await publishHostRecord(a, record(`r${i}`))
