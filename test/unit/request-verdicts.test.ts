@@ -104,6 +104,22 @@ describe('request verdicts kept across restarts', () => {
     expect(again?.ok && again.request.body).toMatchObject({ name: 'vm1' })
   })
 
+  it('reaches the same verdict whatever this host\'s clock says: hours later by sync, or minutes off', async () => {
+    const { vi } = await import('vitest')
+    const verdicts: unknown[] = []
+    try {
+      for (const offset of [0, -5 * 60_000, 5 * 60_000, 6 * 3600_000, 30 * 86400_000]) {
+        vi.useFakeTimers({ now: Date.now() + offset, toFake: ['Date'] })
+        const b = new RequestBook(store, silentLogger)
+        await b.verifyPending()
+        verdicts.push(b.get(id, store.self))
+        vi.useRealTimers()
+      }
+    } finally { vi.useRealTimers() }
+    expect(verdicts.every(v => (v as any)?.ok === true)).toBe(true)
+    expect(new Set(verdicts.map(v => JSON.stringify(v))).size).toBe(1)
+  })
+
   it('ignores a damaged file', async () => {
     const first = new RequestBook(store, silentLogger)
     await first.verifyPending()
