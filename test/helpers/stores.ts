@@ -2,6 +2,7 @@
  * In-process replicated states for tests: StateStores in a temp dir, joined and synced with the
  * real sync protocol (crdt/sync.ts) over an in-memory duplex.
  */
+import { existsSync } from 'node:fs'
 import { mkdtemp, mkdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -12,6 +13,9 @@ import { StateStore, type StoreInit } from '../../crdt/store.ts'
 import { syncInitiator, syncResponder, type SyncStats } from '../../crdt/sync.ts'
 import { foundMesh, admit } from '../../crdt/membership.ts'
 import { silentLogger } from '../../node/log.ts'
+
+/** A temp dir base where durable writes are cheap (tmpfs) when the machine has one. */
+export const FAST_TMP = existsSync('/dev/shm') ? '/dev/shm' : tmpdir()
 
 export const hostRecord = (name: string): { name: string, addresses: string[], wgPublicKey: string, version: string, updated: string } =>
   ({ name, addresses: [], wgPublicKey: '', version: 't', updated: new Date().toISOString() })
@@ -47,7 +51,8 @@ export class Stores {
   private readonly open: StateStore[] = []
   private n = 0
 
-  async setup (): Promise<void> { this.dir = await mkdtemp(join(tmpdir(), 'pc-stores-')) }
+  /** `base`: where the temp dir goes (e.g. /dev/shm, where a durable write costs nothing). @default os.tmpdir() */
+  async setup (base = tmpdir()): Promise<void> { this.dir = await mkdtemp(join(base, 'pc-stores-')) }
 
   async store (opts: { key?: PrivateKey, name?: string } & Partial<StoreInit> = {}): Promise<StateStore> {
     const dir = join(this.dir, opts.name ?? `s${this.n++}`)
