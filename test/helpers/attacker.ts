@@ -36,9 +36,11 @@ import { StateStore } from '../../crdt/store.ts'
 import { SYNC_PROTOCOL, syncInitiator, type SyncStats } from '../../crdt/sync.ts'
 import { seenNow } from '../../crdt/membership.ts'
 import { scalars, type MembershipEvent, type Seen } from '../../crdt/schema.ts'
-import { actorForPeer } from '../../keys/peer-key.ts'
+import { actorForPeer, peerForActor } from '../../keys/peer-key.ts'
 import { createP2PNode, type P2PNode } from '../../node/p2p.ts'
 import { silentLogger } from '../../node/log.ts'
+import type { TestDaemon } from './daemon.ts'
+import { waitFor } from './wait.ts'
 
 export interface ForgeOptions {
   /** Build on the first `base` changes of the feed (default: all of them). */
@@ -219,6 +221,8 @@ export class RawSync {
   abort (): void { this.stream.abort(new Error('done')) }
 }
 
+const peerForActorString = (actor: string): string => peerForActor(actor).toString()
+
 // ——— a member on the network ———
 
 /** A libp2p node that lets everything through its own gater, as mesh.test.ts's rogue. */
@@ -255,6 +259,7 @@ export class NetAttacker {
 
   get addresses (): string[] { return this.node.getMultiaddrs().map(a => a.toString()) }
   get meshId (): string { return this.store.meshId as string }
+  get actor (): string { return actorForPeer(peerIdFromPrivateKey(this.key)) }
   get topic (): string { return `/picocloud/${this.meshId}/changes/2` }
   /** Its own feed as it holds it (the chain honest hosts are meant to have). */
   get feed (): SignedChange[] { return this.store.feeds.get(this.peerId)?.changesAfter(0) ?? [] }
@@ -296,24 +301,33 @@ export class NetAttacker {
   }
 
   /**
-   * Sends `changes` (and evidence) to the daemon at `address` in one sync, announcing `frontier`
-   * (default: its copy's frontier with its own feed at the last change sent). Returns what the
-   * daemon did: its frames, and whether it cut the stream.
+   * Sends `changes` to the daemon at `address` in one sync, announcing `frontier` (default: its
+   * copy's frontier, its own feed at the last change sent). Of `changes`, only those the daemon
+   * lacks by its HELLO go (as an honest sender does), unless `exactly`. Returns the daemon's HELLO
+   * and the error that ended the stream, if one did.
    */
-  async push (address: string, changes: SignedChange[], opts: { frontier?: Array<[string, number, string]> } = {}): Promise<{ hello: HelloBody, error?: string }> {
+  async push (address: string, changes: SignedChange[], opts: { frontier?: Array<[string, number, string]>, exactly?: boolean } = {}): Promise<{ hello: HelloBody, error?: string }> {
     const s = await this.rawSync(address)
     let frontier = opts.frontier
     if (frontier === undefined) {
       frontier = frontierOf(this.store).filter(e => e[0] !== this.peerId)
-      const own = changes.filter(c => A.decodeChange(c.change).actor === actorForPeer(peerIdFromPrivateKey(this.key)))
-      const top = own.map(c => A.decodeChange(c.change)).sort((a, b) => b.seq - a.seq)[0]
-      const seq = Math.max(top?.seq ?? 0, this.feed.length)
-      if (seq > 0) frontier.push([this.peerId, seq, (top !== undefined && top.seq >= this.feed.length ? top.hash : A.decodeChange(this.feed[seq - 1].change).hash).slice(0, 16)])
+      const own = changes.map(c => A.decodeChange(c.change)).filter(d => d.actor === this.actor).sort((a, b) => b.seq - a.seq)[0]
+      if (own !== undefined && own.seq >= this.feed.length) frontier.push([this.peerId, own.seq, own.hash.slice(0, 16)])
+      else if (this.feed.length > 0) frontier.push([this.peerId, this.feed.length, hash16(this.feed[this.feed.length - 1])])
     }
     await s.write(helloFrame({ mesh: this.meshId, frontier, evidence: [] }))
     const { hello } = await s.readHelloAndChanges(AbortSignal.timeout(20_000))
+    let send = changes
+    if (opts.exactly !== true) {
+      const theirs = new Map(hello.frontier.map(e => [e[0], { seq: e[1], hash16: e[2] }]))
+      send = changes.filter(c => {
+        const d = A.decodeChange(c.change)
+        const t = theirs.get(peerForActorString(d.actor))
+        return t === undefined || d.seq > t.seq || (d.seq === t.seq && d.hash.slice(0, 16) !== t.hash16)
+      })
+    }
     try {
-      await s.sendChanges(changes)
+      await s.sendChanges(send)
       // The responder closes its side when it is done; a refusal resets the stream.
       await s.read(AbortSignal.timeout(10_000)).catch(() => undefined)
     } catch (err: any) {
@@ -344,4 +358,36 @@ export class NetAttacker {
     await this.store.close().catch(() => {})
     await rm(this.dir, { recursive: true, force: true })
   }
+}
+
+/** The libp2p address of a daemon (with its peer id). */
+export async function addressOf (d: TestDaemon): Promise<string> {
+  return (await d.id()).addresses[0]
+}
+
+/**
+ * A new attacking member of the mesh of `daemons`: admitted by the first (the CLI, as an operator
+ * would), joined through it, its record handed to every daemon and listed by each.
+ */
+export async function joinAttacker (daemons: TestDaemon[], name = 'mallory'): Promise<NetAttacker> {
+  const m = await NetAttacker.create()
+  try {
+    const a = await daemons[0].cli('admit', m.peerId, '--name', name)
+    if (a.code !== 0) throw new Error(`admit: ${a.stderr}`)
+    await m.join(await addressOf(daemons[0]), name)
+    for (const d of daemons) await m.push(await addressOf(d), m.feed)
+    for (const d of daemons) {
+      await waitFor(async () => (await d.hosts()).some(h => h.peerId === m.peerId && h.name === name), { timeoutMs: 20_000, what: `${d.name} to list ${name}` })
+    }
+  } catch (err) {
+    await m.stop()
+    throw err
+  }
+  return m
+}
+
+/** Waits until the daemon holds the attacker's feed up to its last change (or `seq`). */
+export async function waitForFeed (d: TestDaemon, m: NetAttacker, seq = m.feed.length): Promise<void> {
+  const head = A.decodeChange(m.feed[seq - 1].change).hash
+  await waitFor(async () => (await d.status()).state.heads.includes(head), { timeoutMs: 20_000, what: `${d.name} to hold change ${seq} of ${m.peerId.slice(-6)}` })
 }

@@ -1,0 +1,36 @@
+/**
+ * Users of a test mesh: an OpenPGP key made with the CLI in a keyring of its own, its public key
+ * exported to a file (for `trust add`), and requests signed with it, at any time the test chooses.
+ *
+ * @example
+ * const u = await makeUser(alpha, dir, 'ada')
+ * await bravo.cli('trust', 'add', u.keyFile)
+ * const env = await signedRequest(u, meshId, 'vm.create', { name: 'web', image: 'tiny', type: 'small' }, { now: Date.now() - 50 * 60_000 })
+ */
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { buildPayload } from '../../protocol/envelope.ts'
+import type { RequestKind } from '../../protocol/requests.ts'
+import { loadPrivateKey, signDetached } from '../../keys/keyring.ts'
+import type { TestDaemon } from './daemon.ts'
+
+export interface User { name: string, keyring: string, fpr: string, keyFile: string }
+
+export async function makeUser (d: TestDaemon, dir: string, name: string): Promise<User> {
+  const keyring = join(dir, `${name}-keyring`)
+  const g = await d.as(keyring, '--json', 'key', 'generate', '--name', name, '--email', `${name}@example.org`)
+  if (g.code !== 0) throw new Error(`key generate: ${g.stderr}`)
+  const fpr = JSON.parse(g.stdout).fingerprint as string
+  const keyFile = join(dir, `${name}.asc`)
+  const exported = await d.as(keyring, 'key', 'export', fpr)
+  if (exported.code !== 0) throw new Error(`key export: ${exported.stderr}`)
+  await writeFile(keyFile, exported.stdout)
+  return { name, keyring, fpr, keyFile }
+}
+
+/** A request signed by `u`: created at `now` (default: now), living `lifetimeMs`. */
+export async function signedRequest (u: User, mesh: string, kind: RequestKind, body: unknown, opts: { now?: number, lifetimeMs?: number } = {}): Promise<{ payload: string, signature: string }> {
+  const payload = buildPayload(kind, body, { mesh, issuer: u.fpr, now: opts.now ?? Date.now(), lifetimeMs: opts.lifetimeMs })
+  const key = await loadPrivateKey(u.keyring, u.fpr)
+  return { payload, signature: await signDetached(key, new TextEncoder().encode(payload)) }
+}
