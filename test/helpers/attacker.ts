@@ -33,7 +33,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { signChangeHash, encodeSignedChange, type SignedChange } from '../../crdt/signed-changes.ts'
 import { StateStore } from '../../crdt/store.ts'
-import { SYNC_PROTOCOL, syncInitiator, type SyncStats } from '../../crdt/sync.ts'
+import { SYNC_PROTOCOL, MAX_FRAME, syncInitiator, type SyncStats } from '../../crdt/sync.ts'
 import { seenNow } from '../../crdt/membership.ts'
 import { scalars, type MembershipEvent, type Seen } from '../../crdt/schema.ts'
 import { actorForPeer, peerForActor } from '../../keys/peer-key.ts'
@@ -208,8 +208,16 @@ export class RawSync {
     return { hello, frames }
   }
 
+  /** `changes` in CHANGES frames of at most 1 MiB (as crdt/sync.ts batches them), then END. */
   async sendChanges (changes: SignedChange[], end = true): Promise<void> {
-    if (changes.length > 0) await this.write(changesFrame(changes))
+    let batch: SignedChange[] = []
+    let size = 0
+    for (const c of changes) {
+      const n = c.change.length + c.signature.length + 8
+      if (batch.length > 0 && size + n > MAX_FRAME) { await this.write(changesFrame(batch)); batch = []; size = 0 }
+      batch.push(c); size += n
+    }
+    if (batch.length > 0) await this.write(changesFrame(batch))
     if (end) await this.write(frame(FRAME.END))
   }
 
