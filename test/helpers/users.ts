@@ -11,10 +11,20 @@ import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { buildPayload } from '../../protocol/envelope.ts'
 import type { RequestKind } from '../../protocol/requests.ts'
-import { loadPrivateKey, signDetached } from '../../keys/keyring.ts'
+import type * as openpgp from 'openpgp'
+import { loadPrivateKey, signDetached, fingerprintOf } from '../../keys/keyring.ts'
+import { makeKey } from './pgp-keys.ts'
 import type { TestDaemon } from './daemon.ts'
 
-export interface User { name: string, keyring: string, fpr: string, keyFile: string }
+export interface User {
+  name: string
+  /** Its keyring (for the CLI); empty for a user made with `makeUserAt`. */
+  keyring: string
+  fpr: string
+  keyFile: string
+  /** The key itself, for a user made with `makeUserAt`. */
+  key?: openpgp.PrivateKey
+}
 
 export async function makeUser (d: TestDaemon, dir: string, name: string): Promise<User> {
   const keyring = join(dir, `${name}-keyring`)
@@ -28,9 +38,17 @@ export async function makeUser (d: TestDaemon, dir: string, name: string): Promi
   return { name, keyring, fpr, keyFile }
 }
 
+/** A user whose key was made at `date` (e.g. two hours ago: it may sign a request dated an hour ago). */
+export async function makeUserAt (dir: string, name: string, date: Date): Promise<User> {
+  const key = await makeKey({ date, name })
+  const keyFile = join(dir, `${name}.asc`)
+  await writeFile(keyFile, key.toPublic().armor())
+  return { name, keyring: '', fpr: fingerprintOf(key), keyFile, key }
+}
+
 /** A request signed by `u`: created at `now` (default: now), living `lifetimeMs`. */
 export async function signedRequest (u: User, mesh: string, kind: RequestKind, body: unknown, opts: { now?: number, lifetimeMs?: number } = {}): Promise<{ payload: string, signature: string }> {
   const payload = buildPayload(kind, body, { mesh, issuer: u.fpr, now: opts.now ?? Date.now(), lifetimeMs: opts.lifetimeMs })
-  const key = await loadPrivateKey(u.keyring, u.fpr)
+  const key = u.key ?? await loadPrivateKey(u.keyring, u.fpr)
   return { payload, signature: await signDetached(key, new TextEncoder().encode(payload)) }
 }
