@@ -487,11 +487,14 @@ export async function bulkReceive (r: BulkReceive): Promise<void> {
   })
   const abort = (): void => { fail(new Error('aborted')) }
   r.signal?.addEventListener('abort', abort)
+  if (r.signal?.aborted === true) abort()
   try {
     await new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => { sock.destroy(); reject(new Error(`no answer from ${r.host}:${r.offer.port} within ${r.connectTimeoutMs ?? 3000} ms`)) }, r.connectTimeoutMs ?? 3000)
       sock.once('connect', () => { clearTimeout(t); resolve() })
       sock.once('error', err => { clearTimeout(t); reject(err) })
+      // Destroyed (aborted) before it connected: no 'error' comes.
+      sock.once('close', () => { clearTimeout(t); reject(failed ?? new Error('connection closed')) })
     })
     sock.setTimeout(r.idleTimeoutMs ?? 30_000, () => { fail(new Error('the side connection went quiet')) })
     sock.write(Buffer.concat([BULK_MAGIC, Buffer.from(r.offer.token, 'base64')]))
@@ -519,6 +522,22 @@ export type BulkFetchResult =
   /** Whole but wrong: the partial download is gone. */
   | { kind: 'corrupt', error: string, written: number }
 
+/** What node/bulk-worker.ts tells its parent while it works, before its BulkFetchResult. */
+export type BulkWorkerNote =
+  /** Bytes in the partial download so far (now and then). */
+  | { received: number }
+  /** Whether it is waiting on this host (its disk, the final hash), not on the sender. */
+  | { held: boolean }
+
+export interface BulkFetchRun {
+  /** Hears the bytes received so far. */
+  onProgress?: (received: number) => void
+  /** Hears when the transfer waits on this host rather than on the sender, and when it stops. */
+  onHeld?: (held: boolean) => void
+  /** Ends the transfer: the run resolves `failed`, what verified so far stays in the partial download. */
+  signal?: AbortSignal
+}
+
 /**
  * A worker thread (node/bulk-worker.ts) for one transfer, started before the offer comes: it boots
  * (tens of ms) while the request travels. `run` gives it the job; `cancel` ends it unused.
@@ -536,15 +555,31 @@ export class BulkFetcher {
     this.exited.catch(() => {})
   }
 
-  /** Runs the job; `onProgress` hears the bytes received so far. */
-  async run (job: BulkFetchJob, onProgress: (received: number) => void): Promise<BulkFetchResult> {
+  /**
+   * Runs the job. On `signal` the worker is asked to stop (it closes the partial download, so
+   * its bytes stay) and, should it not answer within 5 s, terminated.
+   */
+  async run (job: BulkFetchJob, r: BulkFetchRun = {}): Promise<BulkFetchResult> {
+    let kill: ReturnType<typeof setTimeout> | undefined
+    const abort = (): void => {
+      this.worker.postMessage({ abort: true })
+      kill = setTimeout(() => { this.cancel() }, 5_000)
+    }
     try {
       const done = new Promise<BulkFetchResult>(resolve => {
-        this.worker.on('message', (m: BulkFetchResult | { received: number }) => { if ('kind' in m) resolve(m); else onProgress(m.received) })
+        this.worker.on('message', (m: BulkFetchResult | BulkWorkerNote) => {
+          if ('kind' in m) resolve(m)
+          else if ('held' in m) r.onHeld?.(m.held)
+          else r.onProgress?.(m.received)
+        })
       })
       this.worker.postMessage(job)
+      if (r.signal?.aborted === true) abort()
+      else r.signal?.addEventListener('abort', abort, { once: true })
       return await Promise.race([done, this.exited])
     } finally {
+      r.signal?.removeEventListener('abort', abort)
+      clearTimeout(kill)
       this.cancel()
     }
   }
