@@ -56,12 +56,21 @@
  *     hosts ended as misbehaviour), and a request an honest host received is decided by an honest
  *     host's copy.
  *
- * The same against three real daemons, with the attacker on libp2p: the last describe.
+ * The same against three real daemons, with the attacker on libp2p: the last describe, a handful
+ * of cases on one mesh, a new attacking member each (test/helpers/byzantine-daemons.ts says what
+ * it checks; PICOCLOUD_FUZZ_DAEMON_CASES sets how many).
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import fc from 'fast-check'
 import { FAST_TMP } from '../helpers/stores.ts'
 import { caseArbitrary, makeKeys, runCase, fuzzSettings, report, type Case, type Keys, type Found } from '../helpers/byzantine-fuzz.ts'
+import { daemonCaseArbitrary, runDaemonCase, type DaemonMesh } from '../helpers/byzantine-daemons.ts'
+import { TestMesh } from '../helpers/daemon.ts'
+import { joinAttacker } from '../helpers/attacker.ts'
+import { makeUser } from '../helpers/users.ts'
 
 const { seed: SEED, runs: RUNS, path: PATH } = fuzzSettings(20261207, 200)
 
@@ -95,4 +104,38 @@ describe(`adversarial: Byzantine fuzzer, in-process (seed ${SEED}, ${RUNS} cases
   afterAll(() => {
     if (decided.length > 0) console.log(`requests decided by an attacker's copy (see fuzz-blame.test.ts): ${report(SEED, 'requests', decided)}`)
   })
+})
+
+const DAEMON_CASES = Number(process.env.PICOCLOUD_FUZZ_DAEMON_CASES ?? 8)
+
+describe(`adversarial: Byzantine fuzzer against three real daemons (seed ${SEED}, ${DAEMON_CASES} cases)`, () => {
+  let mesh: TestMesh
+  let dm: DaemonMesh | undefined
+  let dir: string
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'pc-adv-fuzz-'))
+    mesh = await TestMesh.create()
+    const daemons = await mesh.form(['alpha', 'bravo', 'charlie'], 'hypervisor = "none"\nvcpus = 64\nmem_mib = 65536\ndisk_gib = 1000\nheartbeat_interval = 0.5\nreconnect_interval = 0.5\n')
+    const user = await makeUser(daemons[0], dir, 'ada')
+    for (const d of daemons) expect((await d.cli('trust', 'add', user.keyFile)).code).toBe(0)
+    // An honest member that only reads: what the daemons hold, as a host of the mesh sees it.
+    const observer = await joinAttacker(daemons, 'observer')
+    dm = { daemons, user, meshId: (await daemons[0].status()).mesh?.id as string, observer }
+  })
+  afterAll(async () => {
+    await dm?.observer.stop()
+    await mesh.stopAll()
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  it('each case: the daemons agree and answer alike, every route answers, nothing of the attacker\'s that breaks the rules is held, its chain is, and the honest hosts\' standing is intact', async () => {
+    const cases = fc.sample(daemonCaseArbitrary(), { seed: SEED, numRuns: DAEMON_CASES })
+    const failed: string[] = []
+    for (const [i, steps] of cases.entries()) {
+      const { problems, log } = await runDaemonCase(dm as DaemonMesh, steps, i)
+      if (problems.length > 0) failed.push(`case ${i} (seed ${SEED}): ${problems.join('; ')}\nsteps:\n${log.join('\n')}\ncase: ${JSON.stringify(steps)}`)
+    }
+    expect(failed, failed.join('\n\n')).toEqual([])
+  }, 170_000)
 })

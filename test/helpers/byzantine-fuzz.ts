@@ -104,6 +104,12 @@ interface Attacker {
 }
 
 const hashOf = (c: SignedChange): string => A.decodeChange(c.change).hash
+
+/** `fn` on a feed whose record an earlier act may have made null (or a list, or a number). */
+const withHost = (fn: (d: any) => void) => (d: any): void => {
+  if (d.host === null || typeof d.host !== 'object' || Array.isArray(d.host)) d.host = {}
+  fn(d)
+}
 const seqOf = (c: SignedChange): number => A.decodeChange(c.change).seq
 const ownFeed = (s: StateStore): SignedChange[] => s.feeds.get(s.self)?.changesAfter(0) ?? []
 
@@ -357,10 +363,10 @@ export class Run {
         })
       }
       case 'fork': {
-        const fork = forge(a.key, feed, d => { d.host.name = scalars(`fork-${pick(1000)}`) })
+        const fork = forge(a.key, feed, withHost(d => { d.host.name = scalars(`fork-${pick(1000)}`) }))
         this.sign(a, fork, true)
         await this.deliver(a, [fork], s.to, pick)
-        const main = await ms.change('main', (d: any) => { d.host.name = scalars(`main-${pick(1000)}`) })
+        const main = await ms.change('main', withHost(d => { d.host.name = scalars(`main-${pick(1000)}`) }))
         if (main === undefined) return
         this.sign(a, main, true)
         await this.deliver(a, [main], pick(8), pick)
@@ -371,9 +377,9 @@ export class Run {
       case 'learn':
         return await this.learn(a, pick(3))
       case 'badSig':
-        return await invalid(badSignature(forge(a.key, feed, d => { d.host.name = scalars('bad-sig') })))
+        return await invalid(badSignature(forge(a.key, feed, withHost(d => { d.host.name = scalars('bad-sig') }))))
       case 'otherKey':
-        return await invalid(signedBy(forge(a.key, feed, d => { d.host.name = scalars('other-key') }), this.keys.stranger))
+        return await invalid(signedBy(forge(a.key, feed, withHost(d => { d.host.name = scalars('other-key') })), this.keys.stranger))
       case 'rewriteEvents':
         if (!Array.isArray(ms.feeds.get(ms.self)?.doc.events) || (ms.feeds.get(ms.self)?.doc.events?.length ?? 0) === 0) return
         return await invalid(forge(a.key, feed, pick(2) === 0 ? d => { d.events = [] } : d => { d.events[0].op = scalars(`rewritten-${pick(1e6)}`) }))
@@ -384,17 +390,17 @@ export class Run {
         return await invalid(forge(a.key, feed, pick(2) === 0 ? d => { d.requests[id].signature = scalars('rewritten') } : d => { delete d.requests[id] }))
       }
       case 'genesis':
-        return await invalid(forge(a.key, feed, d => { d.mesh = scalars({ format: 2, id: '0'.repeat(32), nonce: '0'.repeat(32), name: 'mine', founder: ms.self, created: this.now().toISOString() }) }))
+        return await invalid(forge(a.key, feed, withHost(d => { d.mesh = scalars({ format: 2, id: '0'.repeat(32), nonce: '0'.repeat(32), name: 'mine', founder: ms.self, created: this.now().toISOString() }) })))
       case 'unknownPart':
-        return await invalid(forge(a.key, feed, d => { d.hosts = { [f.self]: { name: 'owned' } } }))
+        return await invalid(forge(a.key, feed, withHost(d => { d.hosts = { [f.self]: { name: 'owned' } } })))
       case 'nonLinear':
-        return await invalid(forge(a.key, feed, d => { d.host.name = scalars('non-linear') }, { extraDeps: ownFeed(this.honest[pick(3)]) }))
+        return await invalid(forge(a.key, feed, withHost(d => { d.host.name = scalars('non-linear') }), { extraDeps: ownFeed(this.honest[pick(3)]) }))
       case 'oversized':
-        return await invalid(forge(a.key, feed, d => { d.host.name = scalars('x'.repeat(270 * 1024)) }))
+        return await invalid(forge(a.key, feed, withHost(d => { d.host.name = scalars('x'.repeat(270 * 1024)) })))
       case 'noDeps':
-        return await invalid(craft(a.key, forge(a.key, feed, d => { d.host.name = scalars('no-deps') }), d => { d.deps = [] }))
+        return await invalid(craft(a.key, forge(a.key, feed, withHost(d => { d.host.name = scalars('no-deps') })), d => { d.deps = [] }))
       case 'seqJump':
-        return await invalid(craft(a.key, forge(a.key, feed, d => { d.host.name = scalars('seq-jump') }), d => { d.seq += 2 + pick(3) }))
+        return await invalid(craft(a.key, forge(a.key, feed, withHost(d => { d.host.name = scalars('seq-jump') })), d => { d.seq += 2 + pick(3) }))
       case 'stranger': {
         const st = this.stranger as StateStore
         const c = await st.change('stranger', pick(2) === 0 ? (d: any) => { d.host = scalars(hostRecord('stranger')) } : (d: any) => { d.events = [scalars(event({ op: 'admit', peer: st.self }, {}, this.now()))] })
