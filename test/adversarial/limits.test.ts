@@ -189,6 +189,26 @@ describe('adversarial: limits on what a member can send (real daemons)', () => {
     expect(held).toContain(A.decodeChange(changes[3].change).hash)
     expect(held).not.toContain(A.decodeChange(changes[4].change).hash)
   })
+
+  it('a member flooding its own feed by gossip (10 MiB of valid changes at once) is held to its rate at the first honest host and penalised', async () => {
+    // A member of its own (gossipsub's scores already count the other's invalid messages).
+    const flooder = await joinAttacker(daemons, 'flooder')
+    try {
+      const [, bravo] = daemons
+      const flood: SignedChange[] = []
+      for (let i = 0; i < 40; i++) flood.push(await flooder.append(d => { d.host.netError = scalars(`${i}`.padEnd(250 * 1024, 'g')) }))
+      await flooder.subscribe()
+      await waitFor(async () => flooder.node.services.pubsub.getSubscribers(flooder.topic).length >= 2, { timeoutMs: 10_000, what: 'the daemons to be topic peers' })
+      for (const c of flood) await flooder.gossip(encodeSignedChange(c))
+      await waitFor(async () => (await bravo.status()).penalties.find(p => p.peerId === flooder.peerId)?.offences.some(o => /per-author gossip limit/.test(o.reason)),
+        { timeoutMs: 15_000, what: 'bravo to penalise the flood' })
+      const heads = (await bravo.status()).state.heads
+      expect(heads, 'not all of the flood taken at once').not.toContain(A.decodeChange(flood.at(-1)?.change as Uint8Array).hash)
+    } finally {
+      await flooder.stop()
+    }
+  })
+
 })
 
 const FRAME_CHANGES = 2

@@ -340,6 +340,8 @@ export class NetAttacker {
       await s.read(AbortSignal.timeout(10_000)).catch(() => undefined)
     } catch (err: any) {
       return { hello, error: err.message }
+    } finally {
+      await s.stream.close().catch(() => s.abort())
     }
     return { hello }
   }
@@ -383,7 +385,12 @@ export async function joinAttacker (daemons: TestDaemon[], name = 'mallory'): Pr
     const a = await daemons[0].cli('admit', m.peerId, '--name', name)
     if (a.code !== 0) throw new Error(`admit: ${a.stderr}`)
     await m.join(await addressOf(daemons[0]), name)
-    for (const d of daemons) await m.push(await addressOf(d), m.feed)
+    for (const d of daemons) {
+      // A daemon refuses the connection of a host it does not know to be a member yet.
+      await waitFor(async () => (await d.hosts()).some(h => h.peerId === m.peerId), { timeoutMs: 20_000, what: `${d.name} to learn of the admission of ${name}` })
+      const r = await m.push(await addressOf(d), m.feed)
+      if (r.error !== undefined) throw new Error(`push to ${d.name}: ${r.error}`)
+    }
     for (const d of daemons) {
       await waitFor(async () => (await d.hosts()).some(h => h.peerId === m.peerId && h.name === name), { timeoutMs: 20_000, what: `${d.name} to list ${name}` })
     }
