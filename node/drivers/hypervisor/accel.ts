@@ -6,7 +6,7 @@
  * `isa-debug-exit`; it must finish within `timeoutMs` (TCG does it in ~0.1 s, working KVM in
  * well under 1 s). The verdict is cached per QEMU binary for the life of the process.
  */
-import { access, constants, mkdtemp, writeFile, rm } from 'node:fs/promises'
+import { access, constants, mkdtemp, readFile, writeFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import type { Exec } from '../exec.ts'
@@ -37,6 +37,10 @@ async function probe (exec: Exec, qemu: string, timeoutMs: number): Promise<Acce
     return { accel: 'tcg', reason: `/dev/kvm is not usable: ${(err as Error).message}` }
   }
   if (!qemu.endsWith('x86_64')) return { accel: 'tcg', reason: `no KVM probe for ${qemu}` }
+  // A /dev/kvm with no vmx/svm flag on the CPU (seen in sandboxes): it runs a trivial probe guest,
+  // then hangs or fails real ones. Without the flag, KVM is not used.
+  const flags = await readFile('/proc/cpuinfo', 'utf8').then(t => /^flags\s*:.*\b(vmx|svm)\b/m.test(t), () => true)
+  if (!flags) return { accel: 'tcg', reason: '/dev/kvm exists but the CPU shows no vmx or svm flag (nested virtualisation not exposed)' }
   const dir = await mkdtemp(join(tmpdir(), 'pc-kvm-probe-'))
   try {
     const img = join(dir, 'boot.img')
@@ -68,3 +72,15 @@ export async function detectAccel (exec: Exec, qemu: string, log: Logger, timeou
   }
   return await p
 }
+
+/**
+ * KVM passed the probe but failed a real guest (an "emulation failure": nested virtualisation
+ * without what the guest's boot code needs). From now on this process uses TCG for `qemu`.
+ */
+export function markKvmBroken (qemu: string, reason: string, log: Logger): void {
+  log.warn('KVM failed a guest; using TCG (slow) from now on', { reason })
+  cache.set(qemu, Promise.resolve({ accel: 'tcg', reason: `KVM failed a guest: ${reason}` }))
+}
+
+/** What QEMU writes when KVM cannot run the guest (the vCPU stops with status internal-error). */
+export const KVM_FAILURE = /KVM internal error|emulation failure|kvm run failed/i

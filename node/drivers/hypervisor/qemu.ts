@@ -22,7 +22,7 @@ import { realExec, check, type Exec } from '../exec.ts'
 import { silentLogger, type Logger } from '../../log.ts'
 import { PicocloudError, ErrorCode } from '../../../protocol/errors.ts'
 import { Qmp } from './qmp.ts'
-import { detectAccel, type Accel } from './accel.ts'
+import { detectAccel, markKvmBroken, KVM_FAILURE, type Accel } from './accel.ts'
 import { ensureTap, linksWithPrefix, removeTap } from './taps.ts'
 import { isVmName, validateSpec, type HypervisorDriver, type StopOptions, type VmObserved, type VmSpec } from './types.ts'
 
@@ -37,6 +37,11 @@ export interface QemuDriverInit {
   sandbox?: boolean
   /** How long `start` waits for QMP to answer. @default 30000 */
   startTimeoutMs?: number
+  /**
+   * Under KVM, how long `start` watches a new guest for a KVM failure (a boot loader that KVM
+   * cannot emulate fails in its first second) before reporting it started. @default 3000
+   */
+  kvmWatchMs?: number
 }
 
 export interface RuntimePaths {
@@ -125,6 +130,11 @@ async function waitUntil (fn: () => Promise<boolean>, timeoutMs: number, interva
   }
 }
 
+/** The line of qemu.log that says KVM failed, or 'internal-error'. */
+function kvmFailureLine (qlog: string): string {
+  return qlog.split('\n').find(l => KVM_FAILURE.test(l))?.trim() ?? 'internal-error'
+}
+
 function lastLines (text: string, n: number): string {
   return text.trim().split('\n').filter(l => l.trim() !== '').slice(-n).join(' | ')
 }
@@ -197,7 +207,9 @@ export class QemuDriver implements HypervisorDriver {
       if (status === 'running') return { name, id, state: 'running', pid, since }
       if (status === 'shutdown') return { name, id, state: 'stopped', pid, since, reason: 'the guest powered off' }
       if (status === 'internal-error' || status === 'guest-panicked' || status === 'io-error') {
-        return { name, id, state: 'crashed', pid, since, reason: `QEMU status ${status}` }
+        const qlog = await readText(p.qemuLog) ?? ''
+        if (KVM_FAILURE.test(qlog)) markKvmBroken(qemuBinary('x86_64'), `${name}: ${kvmFailureLine(qlog)}`, this.log)
+        return { name, id, state: 'crashed', pid, since, reason: `QEMU status ${status}${KVM_FAILURE.test(qlog) ? ' (KVM failed the guest; it restarts under TCG)' : ''}` }
       }
       return { name, id, state: 'paused', pid, since, reason: `QEMU status ${status}` }
     }
@@ -266,8 +278,24 @@ export class QemuDriver implements HypervisorDriver {
       throw new PicocloudError(ErrorCode.VmStartFailed,
         `QEMU for ${spec.name} ${ok ? 'exited' : 'did not answer on QMP'}: ${why === '' ? '(no output in qemu.log)' : why}`, 500)
     }
+    if (accel === 'kvm' && spec.arch === 'x86_64' && await this.kvmFailed(p, this.init.kvmWatchMs ?? 3000)) {
+      // The probe guest ran, this one did not: KVM here cannot run real guests. Start it again
+      // under TCG, now and from now on.
+      markKvmBroken(qemuBinary('x86_64'), kvmFailureLine(await readText(p.qemuLog) ?? ''), this.log)
+      await this.halt(spec.name, 0)
+      return await this.start(spec)
+    }
     this.log.info('VM started', { name: spec.name, pid, ms: Date.now() - started })
     return { name: spec.name, id: spec.id, state: status === 'running' ? 'running' : 'paused', pid, since: new Date().toISOString() }
+  }
+
+  /** Watches a guest just started under KVM for `ms`: did KVM fail it (status internal-error)? */
+  private async kvmFailed (p: RuntimePaths, ms: number): Promise<boolean> {
+    const failed = async (): Promise<boolean> => {
+      const status = await this.qmpStatus(p.qmp).catch(() => '')
+      return status === 'internal-error' || KVM_FAILURE.test(await readText(p.qemuLog) ?? '')
+    }
+    return await waitUntil(failed, ms, 200)
   }
 
   private async createOverlay (spec: VmSpec, overlay: string): Promise<void> {
