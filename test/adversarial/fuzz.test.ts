@@ -90,7 +90,7 @@ describe(`adversarial: Byzantine fuzzer, in-process (seed ${SEED}, ${RUNS} cases
       if (out.core.length > 0) throw new Error(`${out.core.slice(0, 5).join('\n')}\nsteps:\n${out.log.join('\n')}`)
     })
     result = await fc.check(property, { seed: SEED, numRuns: RUNS, ...(PATH !== undefined ? { path: PATH } : {}), endOnFailure: false })
-  }, 170_000)
+  }, Math.max(170_000, RUNS * 1000))
 
   it(`runs at least ${Math.min(RUNS, 200)} cases`, () => {
     expect(result?.failed === true || cases >= Math.min(RUNS, 200)).toBe(true)
