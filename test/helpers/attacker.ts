@@ -13,12 +13,11 @@
  *   gossip of any bytes on the mesh's change topic.
  *
  * @example
- * const m = await NetAttacker.create(dir)
- * await founder.cli('admit', m.peerId)
- * await m.join(addressOfFounder)
- * const fork = m.forge(d => { d.host.name = 'fork-b' })
- * const s = await m.rawSync(addressOfB)
- * await s.sendChanges([fork])
+ * const m = await joinAttacker([alpha, bravo])        // admitted by alpha's operator, joined
+ * const fork = m.forge(d => { d.host.name = 'fork-b' }) // signed, not appended to its copy
+ * await m.push(await addressOf(bravo), [fork])         // one sync carrying just that
+ * const s = await m.rawSync(await addressOf(alpha))    // or frame by frame
+ * await s.write(helloFrame({ mesh: m.meshId, frontier: [], evidence: [] }))
  */
 import * as A from '@automerge/automerge'
 import { generateKeyPair } from '@libp2p/crypto/keys'
