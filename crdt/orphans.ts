@@ -16,7 +16,7 @@ export interface OrphanLimits {
   maxAgeMs?: number
 }
 
-interface Held { v: VerifiedChange, bytes: number, at: number }
+interface Held { v: VerifiedChange, from: string | undefined, bytes: number, at: number }
 
 export class Orphans {
   private readonly byAuthor = new Map<string, Map<number, Held>>()
@@ -45,8 +45,8 @@ export class Orphans {
     return this.byAuthor.get(author)?.get(seq)?.v
   }
 
-  /** Holds a change; false when it has no room (too big for its author's share). */
-  add (v: VerifiedChange): boolean {
+  /** Holds a change (with the peer it came from); false when it has no room (too big for its author's share). */
+  add (v: VerifiedChange, from?: string): boolean {
     this.expire()
     const bytes = v.change.length + v.signature.length
     if (bytes > this.maxBytesPerAuthor) { this.dropped++; return false }
@@ -62,20 +62,20 @@ export class Orphans {
       if (!freed) { this.dropped++; return false }
     }
     if (held === undefined) this.byAuthor.set(v.author, held = new Map())
-    held.set(v.seq, { v, bytes, at: this.now() })
+    held.set(v.seq, { v, from, bytes, at: this.now() })
     this.bytesOf.set(v.author, (this.bytesOf.get(v.author) ?? 0) + bytes)
     this.total += bytes
     this.count++
     return true
   }
 
-  /** Removes and returns the held change `seq` of `author`. */
-  take (author: string, seq: number): VerifiedChange | undefined {
+  /** Removes and returns the held change `seq` of `author`, with the peer it came from. */
+  take (author: string, seq: number): { v: VerifiedChange, from: string | undefined } | undefined {
     const held = this.byAuthor.get(author)
     const h = held?.get(seq)
     if (h === undefined || held === undefined) return undefined
     this.remove(author, held, seq, h)
-    return h.v
+    return { v: h.v, from: h.from }
   }
 
   /** Authors with held changes. */

@@ -211,7 +211,7 @@ export class StateStore extends EventEmitter<StoreEvents> {
     for (const v of list) {
       if (v.seq <= start) continue
       if (v.seq === start + run.length + 1) run.push(v)
-      else this.orphans.add(v)
+      else this.orphans.add(v, undefined)
     }
     if (run.length === 0) return
     const actor = author === this.self ? this.actor : undefined
@@ -354,7 +354,7 @@ export class StateStore extends EventEmitter<StoreEvents> {
     }
     await this.serial(async () => {
       for (const v of verified) this.offer(v, from, result)
-      this.drainOrphans(from, result)
+      this.drainOrphans(result)
       result.pending = this.orphans.size
     })
     if (result.applied.length > 0) this.emit('change', { changes: result.applied, local: false })
@@ -375,13 +375,20 @@ export class StateStore extends EventEmitter<StoreEvents> {
         continue
       }
       if (this.evidenceMap.has(e.id)) continue
+      // Evidence about a key nobody admitted proves nothing anyone cares about: it would only
+      // grow the state (a feed and a log record each), so it is not taken.
+      if (!this.named.has(e.author)) continue
       await this.serial(async () => { this.cutFor(e, true, from) })
       accepted++
     }
     return { accepted, rejected }
   }
 
-  private offer (v: VerifiedChange, from: string | undefined, result: ReceiveResult): void {
+  /**
+   * `held`: the change was held and is offered again now. A refusal is then held against the peer
+   * that sent it back then (in the event), never against the peer of the current exchange.
+   */
+  private offer (v: VerifiedChange, from: string | undefined, result: ReceiveResult, held = false): void {
     const feed = this.feedMap.get(v.author)
     if (feed?.cut !== undefined && v.seq > feed.cut) { result.duplicates++; return }
     if (feed !== undefined && v.seq <= feed.seq) {
@@ -399,9 +406,9 @@ export class StateStore extends EventEmitter<StoreEvents> {
       if (e !== undefined) { this.cutFor(e, true, from); result.evidence.push(e) }
       return
     }
-    if (feed === undefined && !this.named.has(v.author) && !this.mayBeGenesis(v)) { this.orphans.add(v); return }
-    if (v.seq !== (feed?.seq ?? 0) + 1) { this.orphans.add(v); return }
-    this.applyNext(v, from, result)
+    if (feed === undefined && !this.named.has(v.author) && !this.mayBeGenesis(v)) { this.orphans.add(v, from); return }
+    if (v.seq !== (feed?.seq ?? 0) + 1) { this.orphans.add(v, from); return }
+    this.applyNext(v, from, result, held)
   }
 
   /** While joining: the first change of the feed that founded the mesh we join. */
@@ -409,20 +416,22 @@ export class StateStore extends EventEmitter<StoreEvents> {
     return this.joining !== undefined && this.founderPeer === undefined && v.seq === 1
   }
 
-  private applyNext (v: VerifiedChange, from: string | undefined, result: ReceiveResult): void {
+  private applyNext (v: VerifiedChange, from: string | undefined, result: ReceiveResult, held: boolean): void {
     const existing = this.feedMap.get(v.author)
     const feed = existing ?? new Feed(v.author, v.author === this.self ? this.actor : undefined)
     const eventsBefore = feed.eventSeq.length
     const verdict = feed.apply(v)
     if (!verdict.ok) {
-      this.refuse(result, { hash: v.hash, author: v.author, reason: verdict.reason, blame: 'sender', misbehaviour: true }, from)
+      const r: Rejection = { hash: v.hash, author: v.author, reason: verdict.reason, blame: 'sender', misbehaviour: true }
+      if (held) this.refuse({ ...result, rejected: [] }, r, from)
+      else this.refuse(result, r, from)
       return
     }
     if (existing === undefined) {
       if (!this.named.has(v.author)) {
         // Only a genesis makes an unknown author's feed welcome, and only the one we join.
         const ok = validGenesisIn(feed) && (this.joining === '' || String(feed.doc.mesh?.id) === this.joining)
-        if (!ok) { this.orphans.add(v); return }
+        if (!ok) { this.orphans.add(v, from); return }
         this.founderPeer = v.author
         this.named.add(v.author)
       }
@@ -440,7 +449,7 @@ export class StateStore extends EventEmitter<StoreEvents> {
   }
 
   /** Applies held changes that have become applicable, until none is. */
-  private drainOrphans (from?: string, result?: ReceiveResult): void {
+  private drainOrphans (result?: ReceiveResult): void {
     const r = result ?? { applied: [], duplicates: 0, pending: 0, rejected: [], evidence: [] }
     let progress = true
     while (progress) {
@@ -451,7 +460,7 @@ export class StateStore extends EventEmitter<StoreEvents> {
         const next = this.orphans.take(author, (feed?.seq ?? 0) + 1)
         if (next === undefined) continue
         const before = r.applied.length
-        this.offer(next, from, r)
+        this.offer(next.v, next.from, r, true)
         if (r.applied.length > before) progress = true
       }
     }
@@ -557,19 +566,21 @@ export class StateStore extends EventEmitter<StoreEvents> {
    * peer is. Where the peer's hash at its position differs from ours, our change at that position
    * goes first: it shows the peer the equivocation.
    */
-  changesFor (theirs: ReadonlyMap<string, { seq: number, hash16: string }>): SignedChange[] {
+  changesFor (theirs: ReadonlyMap<string, { seq: number, hash16: string }>, upTo?: ReadonlyMap<string, number>): SignedChange[] {
     const out: SignedChange[] = []
     const feeds = [...this.feedMap.values()].sort((a, b) => Number(b.author === this.founderPeer) - Number(a.author === this.founderPeer) || cmp(a.author, b.author))
     for (const f of feeds) {
+      // `upTo`: no further than this host announced (a sync peer takes nothing it was not told of;
+      // changes applied since the announcement go in the next sync).
+      const last = upTo === undefined ? f.seq : Math.min(f.seq, upTo.get(f.author) ?? 0)
       const t = theirs.get(f.author)
-      let from = t?.seq ?? 0
-      if (t !== undefined && from > 0 && from <= f.seq && (f.hashAt(from) as string).slice(0, 16) !== t.hash16) {
+      const from = Math.max(0, t?.seq ?? 0)
+      if (t !== undefined && from > 0 && from <= last && (f.hashAt(from) as string).slice(0, 16) !== t.hash16) {
         const fork = f.changeAt(from)
         if (fork !== undefined) out.push(fork)
       }
-      if (from > f.seq) continue
-      if (from < 0) from = 0
-      out.push(...f.changesAfter(from))
+      if (from >= last) continue
+      out.push(...f.changesAfter(from).slice(0, last - from))
     }
     return out
   }

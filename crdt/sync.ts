@@ -4,8 +4,8 @@
  * then sends exactly what the other lacks:
  *
  *   initiator → HELLO {mesh, frontier, evidence}
- *   responder → HELLO {mesh, frontier, evidence}, EVIDENCE…, CHANGES…, END
- *   initiator → EVIDENCE…, CHANGES…, END
+ *   responder → HELLO {mesh, frontier, evidence}, CHANGES…, EVIDENCE…, END
+ *   initiator → CHANGES…, EVIDENCE…, END
  *
  * One and a half round trips whatever the gap, and never more than the gap: a frontier can always
  * be compared (unlike heads, which mean nothing to a host that lacks them). Where the two hashes at
@@ -118,12 +118,15 @@ function parseHello (body: Uint8Array): Hello {
   return { mesh: v.mesh, frontier: v.frontier.map((e: [string, number, string]) => ({ author: e[0], seq: e[1], hash16: e[2] })), evidence: v.evidence }
 }
 
-function hello (store: StateStore): Uint8Array {
-  return json(HELLO, {
+/** Our HELLO, and the frontier it announced (what we may send in this sync, at most). */
+function hello (store: StateStore): { bytes: Uint8Array, announced: Map<string, number> } {
+  const frontier = store.frontier()
+  const bytes = json(HELLO, {
     mesh: store.meshId ?? '',
-    frontier: store.frontier().map(e => [e.author, e.seq, e.hash16]),
+    frontier: frontier.map(e => [e.author, e.seq, e.hash16]),
     evidence: store.evidence().map(e => e.id)
   })
+  return { bytes, announced: new Map(frontier.map(e => [e.author, e.seq])) }
 }
 
 type Lp = ReturnType<typeof lpStream<Stream>>
@@ -141,16 +144,23 @@ async function readFrame (lp: Lp, signal: AbortSignal): Promise<{ type: number, 
   return { type, body }
 }
 
-async function send (lp: Lp, store: StateStore, theirs: Hello, stats: SyncStats, signal: AbortSignal): Promise<void> {
-  const ev = store.evidenceFor(new Set(theirs.evidence))
-  for (const f of batches(EVIDENCE, ev)) { await lp.write(f, { signal }); stats.bytesSent += f.length }
-  const changes = store.changesFor(new Map(theirs.frontier.map(e => [e.author, { seq: e.seq, hash16: e.hash16 }])))
+/** A write the peer must take within IDLE_MS: a peer that asks for everything and stops reading is cut. */
+async function write (lp: Lp, f: Uint8Array, signal: AbortSignal): Promise<void> {
+  await lp.write(f, { signal: AbortSignal.any([signal, AbortSignal.timeout(IDLE_MS)]) })
+}
+
+async function send (lp: Lp, store: StateStore, theirs: Hello, announced: ReadonlyMap<string, number>, stats: SyncStats, signal: AbortSignal): Promise<void> {
+  const changes = store.changesFor(new Map(theirs.frontier.map(e => [e.author, { seq: e.seq, hash16: e.hash16 }])), announced)
   for (const f of batches(CHANGES, changes.map(c => encodeSignedChange(c)))) {
-    await lp.write(f, { signal })
+    await write(lp, f, signal)
     stats.bytesSent += f.length
   }
   stats.sent += changes.length
-  await lp.write(frame(END, new Uint8Array()), { signal })
+  // Evidence after the changes: a host takes evidence only about hosts it knows to be admitted,
+  // and a host that is joining learns the admissions from these very changes.
+  const ev = store.evidenceFor(new Set(theirs.evidence))
+  for (const f of batches(EVIDENCE, ev)) { await write(lp, f, signal); stats.bytesSent += f.length }
+  await write(lp, frame(END, new Uint8Array()), signal)
 }
 
 /** What the sender announced it may send us: per feed, the sequence numbers we lack, and fork proofs. */
@@ -162,9 +172,9 @@ class Allowance {
     const ours = new Map(store.frontier().map(e => [e.author, e]))
     for (const t of theirs.frontier) {
       const o = ours.get(t.author)
-      const cut = store.feeds.get(t.author)?.cut
-      // They may send the changes we lack, and their change at our position (a fork proof).
-      this.gap.set(t.author, { from: Math.max(1, o?.seq ?? 1), to: Math.min(t.seq, cut ?? Infinity), fork: true })
+      // They may send the changes we lack, and their change at our position (a fork proof). Not
+      // capped at a cut we hold: they may not know of it yet, and changes past it are ignored here.
+      this.gap.set(t.author, { from: Math.max(1, o?.seq ?? 1), to: t.seq, fork: true })
     }
     const known = new Set(store.evidence().map(e => e.id))
     // What they listed, plus one per feed: they may catch an equivocation in what we send them.
@@ -183,7 +193,15 @@ class Allowance {
   }
 }
 
-async function receive (lp: Lp, store: StateStore, from: string, theirs: Hello, stats: SyncStats, signal: AbortSignal): Promise<void> {
+/**
+ * What a sync may take of the peer's own feed: its changes count against its rate
+ * (`SyncOptions.budget`), as on gossip; changes of other authors it passes on were taken by it
+ * under the same limit, so they are not throttled again.
+ */
+export interface SyncOptions { budget?: (author: string, bytes: number) => boolean }
+
+async function receive (lp: Lp, store: StateStore, from: string, theirs: Hello, stats: SyncStats, signal: AbortSignal, opts: SyncOptions = {}): Promise<void> {
+  const budget = opts.budget === undefined ? undefined : (author: string, bytes: number): boolean => author !== from || (opts.budget as NonNullable<SyncOptions['budget']>)(author, bytes)
   const allow = new Allowance(store, theirs)
   let count = 0
   const limit = theirs.frontier.reduce((n, t) => n + Math.max(0, t.seq - (store.feeds.get(t.author)?.seq ?? 0)) + 1, 0)
@@ -216,11 +234,12 @@ async function receive (lp: Lp, store: StateStore, from: string, theirs: Hello, 
       }
       changes.push(s)
     }
-    const r = await store.receive(changes, from)
+    const r = await store.receive(changes, from, budget)
     stats.received.applied.push(...r.applied)
     stats.received.duplicates += r.duplicates
     stats.received.rejected.push(...r.rejected)
     stats.received.evidence.push(...r.evidence)
+    if (r.throttled !== undefined) (stats.received.throttled ??= []).push(...r.throttled)
     stats.received.pending = r.pending
     if (r.rejected.some(x => x.blame === 'sender')) throw new SyncError('INVALID', `${from} sent an invalid change: ${r.rejected.find(x => x.blame === 'sender')?.reason ?? ''}`, true)
   }
@@ -245,11 +264,12 @@ function deadline (signal?: AbortSignal): AbortSignal {
 }
 
 /** Runs the initiator side on an open stream. */
-export async function syncInitiator (stream: Stream, store: StateStore, remote: string, signal?: AbortSignal): Promise<SyncStats> {
+export async function syncInitiator (stream: Stream, store: StateStore, remote: string, signal?: AbortSignal, opts: SyncOptions = {}): Promise<SyncStats> {
   const sig = deadline(signal)
   const lp = lpStream(stream, { maxDataLength: MAX_FRAME + 16 })
   const stats = emptyStats()
-  await lp.write(hello(store), { signal: sig })
+  const mine = hello(store)
+  await write(lp, mine.bytes, sig)
   const first = await readFrame(lp, sig)
   if (first.type !== HELLO) throw new SyncError('BAD_FRAME', 'expected HELLO', true)
   const theirs = parseHello(first.body)
@@ -257,14 +277,14 @@ export async function syncInitiator (stream: Stream, store: StateStore, remote: 
     throw new SyncError('WRONG_MESH', `${remote} is in mesh ${theirs.mesh}, this host in ${store.meshId}`)
   }
   if (store.meshId === undefined && store.joining !== undefined) store.joining = theirs.mesh
-  await receive(lp, store, remote, theirs, stats, sig)
-  await send(lp, store, theirs, stats, sig)
+  await receive(lp, store, remote, theirs, stats, sig, opts)
+  await send(lp, store, theirs, mine.announced, stats, sig)
   await stream.close({ signal: sig })
   return stats
 }
 
 /** Runs the responder side; only members reach it (the connection gater saw to that). */
-export async function syncResponder (stream: Stream, store: StateStore, remote: string, log: Logger, signal?: AbortSignal): Promise<SyncStats> {
+export async function syncResponder (stream: Stream, store: StateStore, remote: string, log: Logger, signal?: AbortSignal, opts: SyncOptions = {}): Promise<SyncStats> {
   const sig = deadline(signal)
   const lp = lpStream(stream, { maxDataLength: MAX_FRAME + 16 })
   const stats = emptyStats()
@@ -282,9 +302,10 @@ export async function syncResponder (stream: Stream, store: StateStore, remote: 
       await stream.close({ signal: sig })
       return stats
     }
-    await lp.write(hello(store), { signal: sig })
-    await send(lp, store, theirs, stats, sig)
-    await receive(lp, store, remote, theirs, stats, sig)
+    const mine = hello(store)
+    await write(lp, mine.bytes, sig)
+    await send(lp, store, theirs, mine.announced, stats, sig)
+    await receive(lp, store, remote, theirs, stats, sig, opts)
     await stream.close({ signal: sig })
   } catch (err: any) {
     log.debug('sync with peer failed', { peer: remote, error: err.message })

@@ -46,7 +46,14 @@ export interface RequestOutcome {
   kind: string
   issuer: string
   created: string
+  /** A host that received it: the first valid copy (earliest stamp, then host). */
   via: string
+  /**
+   * Every host holding a valid copy. A member can store a copy of a request it read in another
+   * host's feed, stamped as it likes, so which of them received it from the user is not known;
+   * what depends on it (a final rejection) needs all of them.
+   */
+  vias: string[]
   status: RequestStatus
   reasons: Reason[]
   /** The VM (vm.create id) or network name the request is about. */
@@ -67,6 +74,8 @@ export interface VmEntry {
   created: number
   expires: number
   via: string
+  /** Every host that received the vm.create (holds a valid copy): each must reject it for the rejection to be final. */
+  vias: string[]
   /** Requests that shaped this VM, in order (its history). */
   requests: string[]
   /** The host that runs it (settled claims), or null. */
@@ -136,7 +145,7 @@ export function hostViews (doc: Partial<MeshDoc>, up?: (peer: string) => boolean
 }
 
 function outcome (r: VerifiedRequest, status: RequestStatus, reasons: Reason[] = [], extra: Partial<RequestOutcome> = {}): RequestOutcome {
-  return { id: r.id, kind: r.kind, issuer: r.issuer, created: new Date(r.created).toISOString(), via: r.via, status, reasons, ...extra }
+  return { id: r.id, kind: r.kind, issuer: r.issuer, created: new Date(r.created).toISOString(), via: r.via, vias: [r.via], status, reasons, ...extra }
 }
 
 const everywhere = (reason: string, detail: string): Reason[] => [{ host: null, reason, detail }]
@@ -201,10 +210,12 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: 
   const requests = new Map<string, RequestOutcome>()
   const revoked = new Set<string>()
 
-  // A final rejection counts only from the host that received the request (its `via`): any
-  // other host's word about someone else's request is ignored.
-  const rejectionBy = (id: string, via: string): Reason[] | undefined => {
-    const r = doc.hosts?.[via]?.rejections?.[id]
+  // A final rejection counts only when every host that holds a valid copy of the request (that
+  // received it) wrote one: another host's word about someone else's request is ignored, and a
+  // member that replays a copy of a request with an earlier stamp gains no veto by it.
+  const rejectionBy = (id: string, vias: readonly string[]): Reason[] | undefined => {
+    if (vias.length === 0 || vias.some(v => doc.hosts?.[v]?.rejections?.[id] === undefined)) return undefined
+    const r = doc.hosts?.[vias[0]]?.rejections?.[id]
     if (r === undefined) return undefined
     let reasons: Reason[] = everywhere('rejected', r.reason)
     try {
@@ -221,13 +232,16 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: 
   const claimed = new Set(claims.map(c => c.requestId))
 
   const valid: VerifiedRequest[] = []
+  /** Per request, every host holding a copy this host found valid. */
+  const viasOf = new Map<string, string[]>()
   for (const [id, copies] of doc.requests ?? new Map<string, RequestCopy[]>()) {
     if (copies.length === 0) continue
     const { copy, v } = judgeCopies(id, copies, validity)
+    viasOf.set(id, copies.filter(c => validity(id, c.via)?.ok === true).map(c => c.via).sort())
     if (v === undefined) {
-      requests.set(id, { id, kind: '?', issuer: '?', created: '', via: copy.via, status: 'pending', reasons: everywhere('verifying', 'this host has not verified the request yet') })
+      requests.set(id, { id, kind: '?', issuer: '?', created: '', via: copy.via, vias: [], status: 'pending', reasons: everywhere('verifying', 'this host has not verified the request yet') })
     } else if (!v.ok) {
-      requests.set(id, { id, kind: '?', issuer: '?', created: '', via: copy.via, status: 'rejected', reasons: everywhere(v.code, v.reason) })
+      requests.set(id, { id, kind: '?', issuer: '?', created: '', via: copy.via, vias: [], status: 'rejected', reasons: everywhere(v.code, v.reason) })
     } else {
       valid.push(v.request)
     }
@@ -277,11 +291,12 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: 
           created: r.created,
           expires: r.expires,
           via: r.via,
+          vias: viasOf.get(r.id) ?? [r.via],
           requests: [r.id],
           host: null,
           claimants: []
         }
-        const rejected = rejectionBy(r.id, r.via)
+        const rejected = rejectionBy(r.id, vm.vias)
         if (rejected !== undefined && !claimed.has(r.id)) vm.rejected = { reasons: rejected }
         vms.set(vm.id, vm)
         requests.set(r.id, outcome(r, 'pending', [], { vm: vm.id }))
@@ -389,5 +404,6 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: 
       if (i?.host === null) out.status = 'rejected'
     }
   }
+  for (const out of requests.values()) { const v = viasOf.get(out.id); if (v !== undefined && v.length > 0) out.vias = v }
   return { vms, nets, images, requests, revoked, hosts, decisions }
 }

@@ -27,6 +27,7 @@ import { loadWireguardKey, wireguardPublicKeyForPeer, type WireguardKeyPair } fr
 import { StateStore, type Rejection } from '../crdt/store.ts'
 import { SYNC_PROTOCOL, SyncError, syncInitiator, syncResponder, type SyncStats } from '../crdt/sync.ts'
 import { encodeSignedChange, decodeSignedChange, type SignedChange } from '../crdt/signed-changes.ts'
+import { MAX_CHANGE_BYTES } from '../crdt/feed.ts'
 import { foundMesh, admit, expel, publishHostRecord, setMeshPolicy } from '../crdt/membership.ts'
 import { isActiveMember, scalars } from '../crdt/schema.ts'
 import { openProgress, readProgress, sealProgress } from '../protocol/progress.ts'
@@ -196,9 +197,9 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     const p2p = this.p2p
     await p2p.handle(SYNC_PROTOCOL, ({ stream, connection }) => {
       const remote = connection.remotePeer.toString()
-      syncResponder(stream, this.store, remote, this.log.forComponent('sync'))
+      syncResponder(stream, this.store, remote, this.log.forComponent('sync'), undefined, { budget: (a, n) => this.gossipRate.take(a, n) })
         .then(stats => { this.afterSync(remote, stats) })
-        .catch(() => {})
+        .catch(err => { this.syncFailed(remote, err) })
     }, { maxInboundStreams: 4, maxOutboundStreams: 4 })
 
     await p2p.handle(IMAGE_PROTOCOL, ({ stream, connection }) => {
@@ -326,6 +327,10 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
   private progressTopic (): string { return `/picocloud/${this.store.meshId}/progress/2` }
 
   private async validateChangeMessage (from: PeerId, msg: Message): Promise<TopicValidatorResult> {
+    if (msg.data.length > MAX_CHANGE_BYTES + 4 + 64) {
+      this.penalise(from.toString(), `a change of ${msg.data.length} bytes (at most ${MAX_CHANGE_BYTES}) on gossip`)
+      return TopicValidatorResult.Reject
+    }
     let signed: SignedChange
     try {
       signed = decodeSignedChange(msg.data)
@@ -375,11 +380,11 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
     const run = (async () => {
       try {
         const stream = await this.libp2p.dialProtocol(peer, SYNC_PROTOCOL, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
-        const stats = await syncInitiator(stream, this.store, id, AbortSignal.timeout(60_000))
+        const stats = await syncInitiator(stream, this.store, id, undefined, { budget: (a, n) => this.gossipRate.take(a, n) })
         this.afterSync(id, stats)
         return stats
       } catch (err: any) {
-        this.log.debug('sync failed', { peer: id, error: err.message })
+        this.syncFailed(id, err)
         if (strict) throw err
         return undefined
       } finally {
@@ -413,8 +418,16 @@ export class PicocloudNode extends EventEmitter<NodeEvents> {
 
   private releaseWrites?: () => void
 
+  /** A sync that ended because the peer broke the protocol (more than it announced, garbage…) counts against it. */
+  private syncFailed (peer: string, err: any): void {
+    this.log.debug('sync failed', { peer, error: err?.message })
+    // An invalid change or evidence was already counted when the store refused it.
+    if (err instanceof SyncError && err.misbehaviour && err.code !== 'INVALID' && err.code !== 'BAD_EVIDENCE') this.penalise(peer, `sync: ${err.message}`)
+  }
+
   private afterSync (peer: string, stats: SyncStats): void {
     this.releaseWrites?.()
+    for (const author of new Set(stats.received.throttled ?? [])) this.throttled(author)
     if (stats.received.applied.length > 0 || stats.sent > 0) {
       this.log.debug('synced', { peer, received: stats.received.applied.length, sent: stats.sent })
     }

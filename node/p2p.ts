@@ -51,9 +51,10 @@ export async function createP2PNode (init: P2PInit): Promise<P2PNode> {
         // tenth of a host's CPU per change in a 30-host mesh. Message ids are then the hash of
         // the content, and every host of a mesh must run the same policy.
         globalSignaturePolicy: 'StrictNoSign',
-        // The same limit as a sync frame, which holds the largest change a store accepts
-        // (crdt/feed.ts MAX_CHANGE_BYTES): a change that can travel one way travels the other.
-        maxInboundDataLength: MAX_FRAME + 64 * 1024,
+        // Above the largest change a store accepts (crdt/feed.ts MAX_CHANGE_BYTES, the same for
+        // gossip and sync), so that a bigger one reaches the topic validator, is refused and its
+        // sender penalised there, as in a sync; an RPC over this is dropped by gossipsub itself.
+        maxInboundDataLength: 4 * MAX_FRAME,
         allowPublishToZeroTopicPeers: true,
         emitSelf: false,
         fallbackToFloodsub: false,

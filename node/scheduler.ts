@@ -126,7 +126,7 @@ export class Scheduler {
         continue
       }
       // Nobody can take it, or nobody took it in time: the receiving host makes that final.
-      if (vm.via === self && vm.claimants.length === 0 && mine?.rejections?.[vm.id] === undefined) {
+      if (vm.vias.includes(self) && vm.claimants.length === 0 && mine?.rejections?.[vm.id] === undefined) {
         const outcome = world.requests.get(vm.id)
         if (outcome?.status === 'rejected') {
           reject.push({ id: vm.id, reason: 'no host can take it', reasons: JSON.stringify(outcome.reasons) })

@@ -176,7 +176,8 @@ describe('adversarial: limits on what a member can send (real daemons)', () => {
   })
 
   it('a host record over 1 MiB, built from changes each under 256 KiB, is refused at the change that crosses the limit', async () => {
-    const attacker = m as NetAttacker
+    // A member of its own: the one above has spent its per-author rate (64 KiB/s after 4 MiB).
+    const attacker = await joinAttacker(daemons, 'big-record')
     const [alpha] = daemons
     const fields = ['wgPublicKey', 'version', 'netError', 'name', 'updated']
     const changes: SignedChange[] = []
@@ -188,6 +189,7 @@ describe('adversarial: limits on what a member can send (real daemons)', () => {
     const held = (await alpha.status()).state.heads
     expect(held).toContain(A.decodeChange(changes[3].change).hash)
     expect(held).not.toContain(A.decodeChange(changes[4].change).hash)
+    await attacker.stop()
   })
 
   it('a member flooding its own feed by gossip (10 MiB of valid changes at once) is held to its rate at the first honest host and penalised', async () => {

@@ -507,7 +507,11 @@ export class Run {
       if (copies === undefined || !copies.some(c => this.honestIds.has(c.via))) continue
       const w = JSON.parse(worlds[0] ?? '{}')
       const outcome = new Map<string, any>(w.requests ?? []).get(r.id)
-      if (outcome !== undefined && !this.honestIds.has(outcome.via)) this.out.requests.push(`request ${r.id.slice(0, 8)} stored by an honest host is decided by ${this.name(outcome.via)}'s copy (${String(outcome.status)})`)
+      // Which host a user handed a request to is the hosts' word (a member can store a copy stamped
+      // earlier): what must hold is that the honest host is among those that received it, so that
+      // nothing that needs the receiving hosts (a final rejection) is decided without it.
+      const vias: string[] = outcome?.vias ?? (outcome === undefined ? [] : [outcome.via])
+      if (outcome !== undefined && !vias.some(v => this.honestIds.has(v))) this.out.requests.push(`request ${r.id.slice(0, 8)} stored by an honest host is decided by ${vias.map(v => this.name(v)).join(', ')}'s copies (${String(outcome.status)})`)
     }
   }
 }

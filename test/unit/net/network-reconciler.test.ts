@@ -50,7 +50,7 @@ function net (name: string, over: Partial<NetEntry['spec']> = {}, created = 1): 
 }
 
 function vm (id: string, host: string | null, nics: VmEntry['nics'], created = 1): VmEntry {
-  return { id, name: `vm-${id}`, owner: 'o', labels: {}, spec: {} as any, needs: { vcpus: 1, memMiB: 64, diskGiB: 1 }, nics, desired: 'running', created, expires: 0, via: pa, requests: [], host, claimants: [] }
+  return { id, name: `vm-${id}`, owner: 'o', labels: {}, spec: {} as any, needs: { vcpus: 1, memMiB: 64, diskGiB: 1 }, nics, desired: 'running', created, expires: 0, vias: [], via: pa, requests: [], host, claimants: [] }
 }
 
 function world (nets: NetEntry[], vms: VmEntry[]): World {
