@@ -11,12 +11,12 @@ import { parseArgs } from 'node:util'
 import nacl from 'tweetnacl'
 import { createTopology, netnsUnavailableReason, wireguardUnavailableReason, waitForOutput, stopChild } from '../test/helpers/netns.ts'
 import type { Topology } from '../test/helpers/netns.ts'
-import { check } from '../node/drivers/exec.ts'
-import type { Exec } from '../node/drivers/exec.ts'
-import { linuxNetworkDriver } from '../node/drivers/network/linux.ts'
-import { reconcileNetwork } from '../node/net/reconcile.ts'
-import { assignOverlayAddresses, networkMtu, wireguardMtu } from '../node/net/addressing.ts'
-import type { PlanInput } from '../node/net/plan.ts'
+import { check } from '../node/exec.ts'
+import type { Exec } from '../node/exec.ts'
+import { linuxNetworkDriver } from '../node/network/drivers/linux.ts'
+import { reconcileNetwork } from '../node/network/reconcile.ts'
+import { assignOverlayAddresses, networkMtu, wireguardMtu } from '../node/network/addressing.ts'
+import type { PlanInput } from '../node/network/plan.ts'
 
 const { values } = parseArgs({ options: { seconds: { type: 'string', default: '5' }, json: { type: 'boolean', default: false } } })
 const seconds = Number(values.seconds)

@@ -1,6 +1,6 @@
 /**
  * Image transfer between two daemons on loopback (offered over libp2p, bytes over the side channel
- * of node/bulk.ts) against the bare baseline: `cat` of the same file through a TCP socket on
+ * of node/compute/images/bulk.ts) against the bare baseline: `cat` of the same file through a TCP socket on
  * loopback into a file (and, beside it, into a reader that drops the bytes).
  * Run: node bench/images.ts [MiB]
  */

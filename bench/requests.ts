@@ -3,7 +3,7 @@
  * - verifications per second on one core: validateEnvelope (canonical JSON, schema, OpenPGP
  *   Ed25519 detached signature) with an in-memory public key lookup;
  * - submit-to-placed with real daemons (hypervisor = "none"): POST /v1/requests on one host until
- *   that host reports the request `placed`; the settle period is the scheduler's (node/scheduler.ts);
+ *   that host reports the request `placed`; the settle period is the scheduler's (node/control/scheduler.ts);
  * - sustained rate: requests submitted round-robin at a fixed rate; the mesh keeps up when every
  *   request is placed and the last one's latency is no worse than the median (no backlog).
  */
@@ -15,7 +15,7 @@ import { generateKey, loadPrivateKey, signDetached, keyVerifier } from '../keys/
 import { buildPayload, sealEnvelope, validateEnvelope, type Envelope } from '../protocol/envelope.ts'
 import { TestMesh, type TestDaemon } from '../test/helpers/daemon.ts'
 import { waitFor } from '../test/helpers/wait.ts'
-import type { RequestView } from '../node/views.ts'
+import type { RequestView } from '../node/control/views.ts'
 import { summarize, type Summary } from './stats.ts'
 import { formMesh, sleep } from './procs.ts'
 

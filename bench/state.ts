@@ -25,7 +25,7 @@ import { syncInitiator, syncResponder } from '../crdt/sync.ts'
 import { encodeSignedChange, type SignedChange } from '../crdt/signed-changes.ts'
 import { generateKey, loadPrivateKey, signDetached } from '../keys/keyring.ts'
 import { buildPayload, sealEnvelope, requestId } from '../protocol/envelope.ts'
-import { RequestBook, VERDICTS_FILE } from '../node/requests.ts'
+import { RequestBook, VERDICTS_FILE } from '../node/control/requests.ts'
 import { silentLogger } from '../node/log.ts'
 import { summarize, type Summary } from './stats.ts'
 
@@ -180,7 +180,7 @@ export async function stateGrowth (hosts: number, vms: number, requests: number,
     await mkStoreDir(dir, 'obs-replay')
     await copyFile(join(dir, 'obs', CHANGE_LOG_FILE), join(dir, 'obs-replay', CHANGE_LOG_FILE))
     // What a daemon holding this log has on disk: it opened the state once, judged the requests
-    // (and kept its verdicts, node/requests.ts) and stopped cleanly, so the store's own policy
+    // (and kept its verdicts, node/control/requests.ts) and stopped cleanly, so the store's own policy
     // wrote its snapshot (crdt/snapshot.ts) at close.
     await rm(join(dir, 'obs', SNAPSHOT_FILE), { force: true })
     await rm(join(dir, 'obs', VERDICTS_FILE), { force: true })
@@ -263,7 +263,7 @@ async function buildGrowth (dir: string, hosts: number, vms: number, requests: n
     const via = stores[i % hosts]
     const sc = await via.change(`request ${e.id}`, d => {
       d.requests ??= {}
-      // As node/requests.ts stores them: immutable strings (a plain string is a text CRDT, one op per character).
+      // As node/control/requests.ts stores them: immutable strings (a plain string is a text CRDT, one op per character).
       d.requests[e.id] = scalars({ payload: e.payload, signature: e.signature, at: new Date(now).toISOString() })
     }) as SignedChange
     requestChangeBytes += encodeSignedChange(sc).length

@@ -15,9 +15,9 @@ import { generateKey, loadPrivateKey, signDetached } from '../keys/keyring.ts'
 import { buildPayload, sealEnvelope } from '../protocol/envelope.ts'
 import { TestMesh, type TestDaemon } from '../test/helpers/daemon.ts'
 import { waitFor } from '../test/helpers/wait.ts'
-import { bootDisk, hasBootDiskTools } from '../test/helpers/boot-disk.ts'
-import { BOOT_LINE } from '../test/helpers/tiny-image.ts'
-import type { VmView } from '../node/views.ts'
+import { bootDisk, hasBootDiskTools } from '../node/demo/boot-disk.ts'
+import { BOOT_LINE } from '../node/demo/tiny-image.ts'
+import type { VmView } from '../node/control/views.ts'
 import { summarize, type Summary } from './stats.ts'
 
 export async function vmStartUnavailable (): Promise<string | undefined> {

@@ -38,6 +38,11 @@ export class Feed {
   cut?: number
   /** Bumped by every change, for caches of what is read from the feed. */
   version = 0
+  /**
+   * Bumped when the feed is rebuilt rather than extended (loaded, or cut for equivocation): a
+   * cache of its append-only parts (events) must then be read anew.
+   */
+  epoch = 0
 
   /** `actor` only for the host's own feed (the actor it writes with). */
   constructor (author: string, actor?: string, doc?: A.Doc<FeedDoc>) {
@@ -142,6 +147,7 @@ export class Feed {
     this.bytes = feed.bytes
     this.cut = Math.min(this.cut ?? Infinity, seq)
     this.version++
+    this.epoch++
   }
 
   /** A feed from its own changes, in order, already verified (a host's log, or a cut). */
@@ -180,6 +186,7 @@ export class Feed {
       for (let i = 0; i < events.length; i++) this.eventSeq[i] = this.seqOfObject(A.getObjectId(events, i)) ?? 0
     }
     this.version++
+    this.epoch++
   }
 
   /** The sequence number of the change whose operation made object `objId` (`counter@actor`). */

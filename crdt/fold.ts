@@ -48,6 +48,8 @@ export interface FoldInput {
   cuts: ReadonlyMap<string, number>
   /** Whether `peer`'s feed holds a change `seq` whose hash starts with `hash16`. */
   holds: (peer: string, seq: number, hash16: string) => boolean
+  /** Events already found to wait for nothing (a cache across folds; filled in here). */
+  ready?: WeakSet<FoldEvent>
 }
 
 export interface EventVerdict { valid: boolean, reason?: string, waiting?: boolean }
@@ -84,9 +86,9 @@ export function fold (input: FoldInput): Fold {
   const events: FoldEvent[] = []
   for (const e of input.events) {
     if ((cuts.get(e.author) ?? Infinity) < e.seq) continue
-    const missing = unseen(e, input)
+    const missing = input.ready?.has(e) === true ? undefined : unseen(e, input)
     if (missing !== undefined) verdicts.set(eventKey(e), { valid: false, waiting: true, reason: missing })
-    else events.push(e)
+    else { events.push(e); input.ready?.add(e) }
   }
   events.sort((a, b) => cmp(a.author, b.author) || a.seq - b.seq || a.index - b.index)
 

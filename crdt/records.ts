@@ -9,7 +9,7 @@
 import { array, integer, map, oneOf, string, type StringRule } from '../protocol/validate.ts'
 import { parseIsoUtc } from '../protocol/envelope.ts'
 import { validatePolicy } from '../keys/trust-policy.ts'
-import { isFingerprint } from '../keys/fingerprint.ts'
+import { isFingerprint } from '../protocol/fingerprint.ts'
 import {
   VM_STATUSES, type HostRecord, type HostResources, type HostVm, type HostRejection, type HostNetStatus,
   type HostImage, type MembershipEvent, type MeshGenesis, type StoredRequest, type Seen
@@ -195,7 +195,7 @@ export function readGenesis (raw: unknown): Read<MeshGenesis | undefined> {
   return { value, problems }
 }
 
-/** A stored request's fields (its signature is checked elsewhere, node/requests.ts). */
+/** A stored request's fields (its signature is checked elsewhere, node/control/requests.ts). */
 export function readStoredRequest (raw: unknown, path: string): Read<StoredRequest | undefined> {
   const problems: string[] = []
   const v = plain(raw)

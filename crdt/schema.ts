@@ -92,7 +92,7 @@ export interface HostRejection {
   reasons?: string
 }
 
-/** One network as a host has built it (node/reconciler/network.ts). */
+/** One network as a host has built it (node/network/reconciler.ts). */
 export interface HostNetStatus {
   vni: number
   bridge: string

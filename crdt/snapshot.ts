@@ -13,7 +13,10 @@
 import { open, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { crc32 } from 'node:zlib'
+import * as A from '@automerge/automerge'
 import { syncDir, writeFileAtomic } from '../node/files.ts'
+import type { Feed } from './feed.ts'
+import { encodeEvidence, type Evidence } from './evidence.ts'
 
 export const SNAPSHOT_FILE = 'state.snapshot'
 /** Bump the last byte when the layout changes: an older snapshot is then ignored, never misread. */
@@ -48,6 +51,20 @@ interface Header extends LogPosition { feeds: Array<{ author: string, docBytes: 
 
 export class SnapshotError extends Error {
   override name = 'SnapshotError'
+}
+
+/** A snapshot of these feeds and evidence, covering the log up to `log`. */
+export function snapshotOf (log: LogPosition, feeds: Iterable<Feed>, evidence: Iterable<Evidence>): Snapshot {
+  return {
+    log,
+    feeds: [...feeds].filter(f => f.seq > 0 || f.cut !== undefined).map(f => ({
+      author: f.author,
+      doc: A.save(f.doc),
+      signatures: Array.from({ length: f.seq }, (_, i) => f.signatureAt(i + 1) as Uint8Array),
+      ...(f.cut === undefined ? {} : { cut: f.cut })
+    })),
+    evidence: [...evidence].map(e => encodeEvidence(e))
+  }
 }
 
 export function encodeSnapshot (s: Snapshot): Buffer {

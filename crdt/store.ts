@@ -22,23 +22,26 @@ import { EventEmitter } from 'node:events'
 import { join } from 'node:path'
 import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { actorForPeer, peerForActor } from '../keys/peer-key.ts'
+import { actorForPeer } from '../keys/peer-key.ts'
 import { ChangeLog, ChangeLogError } from './change-log.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
 import { Feed, MAX_CHANGE_BYTES } from './feed.ts'
-import { Orphans, type OrphanLimits } from './orphans.ts'
+import type { OrphanLimits } from './orphans.ts'
+import { Replica, validGenesisIn } from './replica.ts'
 import { ViewCache, type StateView } from './view.ts'
-import { meshIdFor } from './mesh-id.ts'
-import { makeEvidence, encodeEvidence, openEvidence, type Evidence } from './evidence.ts'
+import { encodeEvidence, openEvidence, type Evidence } from './evidence.ts'
 import type { FeedDoc, MeshDoc } from './schema.ts'
 import {
-  signChangeHash, verifyChange, encodeSignedChange, decodeSignedChange, InvalidChangeError,
+  signChangeHash, verifyChange, encodeSignedChange, InvalidChangeError,
   type SignedChange, type VerifiedChange
 } from './signed-changes.ts'
 import {
-  encodeSnapshot, decodeSnapshot, coversPrefix, readSnapshotFile, writeSnapshotFile, removeSnapshotFile,
+  encodeSnapshot, decodeSnapshot, coversPrefix, readSnapshotFile, writeSnapshotFile, removeSnapshotFile, snapshotOf,
   type Snapshot
 } from './snapshot.ts'
+import { RECORD_CHANGE, RECORD_EVIDENCE, record, readLogRecords } from './log-records.ts'
+import { changesFor, digestInput, frontier, heads, type FrontierEntry } from './frontier.ts'
+export { logRecordOf } from './log-records.ts'
 import { silentLogger, type Logger } from '../node/log.ts'
 
 export interface StoreInit {
@@ -51,32 +54,8 @@ export interface StoreInit {
   snapshotEvery?: number
 }
 
-/**
- * Who a refusal is held against: `sender` when the change is invalid in itself (bad signature,
- * oversized, breaks its feed's rules: an honest host would never have passed it on), `author`
- * for equivocation (each fork is valid alone, so whoever relayed one is innocent).
- */
-export type Blame = 'sender' | 'author'
-
-export interface Rejection {
-  hash: string
-  author?: string
-  reason: string
-  blame: Blame
-  /** The sender provably misbehaved (blame = sender). */
-  misbehaviour: boolean
-}
-
-export interface ReceiveResult {
-  applied: VerifiedChange[]
-  /** Changes dropped because their author is over its rate (see `receive`); fetched again later. */
-  throttled?: string[]
-  duplicates: number
-  /** Changes held now (for a missing predecessor or admission). */
-  pending: number
-  rejected: Rejection[]
-  evidence: Evidence[]
-}
+export type { Blame, Rejection, ReceiveResult } from './replica.ts'
+import type { Rejection, ReceiveResult } from './replica.ts'
 
 export interface StoreEvents {
   /** The state changed (local or remote changes). */
@@ -86,14 +65,9 @@ export interface StoreEvents {
   equivocation: [Evidence & { from?: string }]
 }
 
-/** One entry of a frontier: an author's feed as far as this host holds it. */
-export interface FrontierEntry { author: string, seq: number, hash16: string }
+export type { FrontierEntry } from './frontier.ts'
 
 export const CHANGE_LOG_FILE = 'changes.log'
-
-/** Log records: a type byte, then the body. */
-const RECORD_CHANGE = 1
-const RECORD_EVIDENCE = 2
 
 /**
  * A snapshot (crdt/snapshot.ts) is written after this many new changes, and at close. A.save
@@ -108,16 +82,8 @@ export class StateStore extends EventEmitter<StoreEvents> {
   private readonly key: PrivateKey
   private readonly changeLog: ChangeLog
   private readonly log: Logger
-  private readonly feedMap = new Map<string, Feed>()
-  private founderPeer?: string
-  /** Peers named by some admission (or the founder): only their changes are taken. */
-  private readonly named = new Set<string>()
-  private readonly hashes = new Map<string, { author: string, seq: number }>()
-  private readonly orphans: Orphans
-  private readonly evidenceMap = new Map<string, Evidence>()
+  private readonly replica: Replica
   private readonly view: ViewCache
-  /** While joining: the id of the mesh whose genesis may be accepted into an empty state. */
-  joining: string | undefined
   private queue: Promise<unknown> = Promise.resolve()
   private readonly dir: string
   private readonly snapshotEvery: number
@@ -128,8 +94,6 @@ export class StateStore extends EventEmitter<StoreEvents> {
   private logBehind = false
   private closing = false
   private writeGate: Promise<void> = Promise.resolve()
-  /** Bumped by every change of the state: a cheap key for caches of derived data. */
-  version = 0
 
   private constructor (init: StoreInit, changeLog: ChangeLog) {
     super()
@@ -140,9 +104,15 @@ export class StateStore extends EventEmitter<StoreEvents> {
     this.log = init.log ?? silentLogger
     this.dir = init.dir
     this.snapshotEvery = init.snapshotEvery ?? SNAPSHOT_EVERY
-    this.orphans = new Orphans(init.orphans)
-    const store = this // eslint-disable-line @typescript-eslint/no-this-alias
-    this.view = new ViewCache({ feeds: this.feedMap, get founder () { return store.founderPeer } })
+    this.replica = new Replica({
+      self: this.self,
+      actor: this.actor,
+      applied: v => { this.persistApplied(v) },
+      evidence: (e, from) => { this.persistEvidence(e, from) },
+      refused: (r, from) => { this.refused(r, from) }
+    }, init.orphans)
+    const replica = this.replica
+    this.view = new ViewCache({ feeds: replica.feeds, get founder () { return replica.founder } })
   }
 
   /**
@@ -167,69 +137,22 @@ export class StateStore extends EventEmitter<StoreEvents> {
     for (const f of snap?.feeds ?? []) {
       const feed = Feed.load(f.author, f.doc, f.signatures, f.author === store.self ? store.actor : undefined)
       if (f.cut !== undefined) feed.cut = f.cut
-      store.addFeed(feed)
+      store.replica.addFeed(feed)
     }
     store.snapshotRecords = snap?.log.records ?? 0
     // Our own log: every change was verified when first accepted; only the chain is re-checked.
-    const byAuthor = new Map<string, VerifiedChange[]>()
-    let replayed = 0
-    for (let i = store.snapshotRecords; i < records.length; i++) {
-      const r = records[i]
-      try {
-        if (r[0] === RECORD_EVIDENCE) { evidence.push(r.subarray(1)); continue }
-        if (r[0] !== RECORD_CHANGE) throw new Error(`unknown record type ${r[0]}`)
-        const s = decodeSignedChange(r.subarray(1))
-        const d = A.decodeChange(s.change)
-        if (d.hash === undefined) continue
-        const author = peerForActor(d.actor).toString()
-        const list = byAuthor.get(author) ?? []
-        list.push({ ...s, hash: d.hash, actor: d.actor, seq: d.seq, deps: d.deps, author })
-        byAuthor.set(author, list)
-        replayed++
-      } catch (err: any) {
-        log.warn('skipping an unreadable record of the change log', { record: i, error: err.message })
-      }
-    }
-    for (const [author, list] of byAuthor) store.replay(author, list)
+    const { byAuthor, evidence: logged, replayed } = readLogRecords(records, store.snapshotRecords, log)
+    evidence.push(...logged)
+    for (const [author, list] of byAuthor) store.replica.replay(author, list)
     for (const e of evidence) {
-      try { store.cutFor(await openEvidence(e), false) } catch (err: any) { log.warn('ignoring unreadable evidence in the state', { error: err.message }) }
+      try { store.replica.cutFor(await openEvidence(e)) } catch (err: any) { log.warn('ignoring unreadable evidence in the state', { error: err.message }) }
     }
     store.sinceSnapshot = replayed
-    store.refreshNamed()
-    store.drainOrphans()
-    log.info('loaded state', { changes: store.hashes.size, feeds: store.feedMap.size, fromSnapshot: snap === undefined ? 0 : snap.log.records, fromLog: replayed, held: store.orphans.size, bytes: changeLog.bytes })
+    store.replica.refreshNamed()
+    store.replica.drainOrphans()
+    log.info('loaded state', { changes: store.changeCount, feeds: store.feeds.size, fromSnapshot: snap === undefined ? 0 : snap.log.records, fromLog: replayed, held: store.pendingCount, bytes: changeLog.bytes })
     if (store.ownFeedIncomplete) log.warn('changes of this host\'s own feed are missing from the log; it will not write until they are fetched back from a peer')
     return store
-  }
-
-  /** Applies changes from our own log in order: the contiguous run of each feed, the rest held. */
-  private replay (author: string, list: VerifiedChange[]): void {
-    list.sort((a, b) => a.seq - b.seq)
-    let feed = this.feedMap.get(author)
-    const start = feed?.seq ?? 0
-    const run: VerifiedChange[] = []
-    for (const v of list) {
-      if (v.seq <= start) continue
-      if (v.seq === start + run.length + 1) run.push(v)
-      else this.orphans.add(v, undefined)
-    }
-    if (run.length === 0) return
-    const actor = author === this.self ? this.actor : undefined
-    if (feed === undefined) {
-      feed = Feed.fromChanges(author, run, actor)
-      this.addFeed(feed)
-    } else {
-      const extended = Feed.fromChanges(author, [...feed.changesAfter(0), ...run], actor)
-      extended.cut = feed.cut
-      this.addFeed(extended)
-    }
-  }
-
-  private addFeed (feed: Feed): void {
-    this.feedMap.set(feed.author, feed)
-    for (let s = 1; s <= feed.seq; s++) this.hashes.set(feed.hashAt(s) as string, { author: feed.author, seq: s })
-    if (this.founderPeer === undefined && feed.seq > 0 && validGenesisIn(feed)) this.founderPeer = feed.author
-    this.version++
   }
 
   /** The validated, folded state (crdt/view.ts). Empty until this host is in a mesh. */
@@ -242,37 +165,34 @@ export class StateStore extends EventEmitter<StoreEvents> {
 
   get inMesh (): boolean { return this.view.get().doc !== undefined }
   get meshId (): string | undefined { return this.view.get().genesis?.id }
-  get founder (): string | undefined { return this.founderPeer }
-  get feeds (): ReadonlyMap<string, Feed> { return this.feedMap }
-  get changeCount (): number { return this.hashes.size }
-  get pendingCount (): number { return this.orphans.size }
-  get pendingBytes (): number { return this.orphans.bytes }
+  get founder (): string | undefined { return this.replica.founder }
+  get feeds (): ReadonlyMap<string, Feed> { return this.replica.feeds }
+  get changeCount (): number { return this.replica.hashes.size }
+  get pendingCount (): number { return this.replica.orphans.size }
+  get pendingBytes (): number { return this.replica.orphans.bytes }
+  /** Bumped by every change of the state: a cheap key for caches of derived data. */
+  get version (): number { return this.replica.version }
+  /** While joining: the id of the mesh whose genesis may be accepted into an empty state ('' any). */
+  get joining (): string | undefined { return this.replica.joining }
+  set joining (id: string | undefined) { this.replica.joining = id }
   get logBytes (): number { return this.changeLog.bytes }
   get stateDir (): string { return this.dir }
   /** Our own feed has a gap (a lost record): writing now could reuse a sequence number. */
-  get ownFeedIncomplete (): boolean { return this.orphans.authors().includes(this.self) }
+  get ownFeedIncomplete (): boolean { return this.replica.orphans.authors().includes(this.self) }
 
-  has (hash: string): boolean { return this.hashes.has(hash) }
+  has (hash: string): boolean { return this.replica.hashes.has(hash) }
 
   /** The last change of every feed, sorted by author (for status). */
-  heads (): string[] {
-    return [...this.feedMap.values()].filter(f => f.seq > 0).sort((a, b) => cmp(a.author, b.author)).map(f => f.head as string)
-  }
+  heads (): string[] { return heads(this) }
 
   /** How far this host holds each feed. */
-  frontier (): FrontierEntry[] {
-    const out: FrontierEntry[] = []
-    for (const f of this.feedMap.values()) if (f.seq > 0) out.push({ author: f.author, seq: f.seq, hash16: (f.head as string).slice(0, 16) })
-    return out.sort((a, b) => cmp(a.author, b.author))
-  }
+  frontier (): FrontierEntry[] { return frontier(this) }
 
   /** What two hosts compare to know whether they hold the same state: frontier and evidence. */
-  digestInput (): string[] {
-    return [...this.frontier().map(e => `${e.author}:${e.seq}:${e.hash16}`), ...[...this.evidenceMap.keys()].map(k => `evidence:${k}`)]
-  }
+  digestInput (): string[] { return digestInput(this) }
 
   /** Evidence of equivocation held here. */
-  evidence (): Evidence[] { return [...this.evidenceMap.values()] }
+  evidence (): Evidence[] { return [...this.replica.evidenceMap.values()] }
 
   /**
    * Local changes wait for `gate` (they are not refused): a host that has just started waits to
@@ -298,7 +218,7 @@ export class StateStore extends EventEmitter<StoreEvents> {
   async change (message: string, fn: (d: FeedDoc) => void): Promise<SignedChange | undefined> {
     await this.writeGate
     return await this.serial(async () => {
-      const feed = this.ownFeed()
+      const feed = this.replica.ownFeed()
       if (feed.cut !== undefined) throw new Error('this host\'s own feed was cut for equivocation: it cannot write; join again with a new peer key')
       if (this.ownFeedIncomplete) throw new Error('changes of this host\'s own feed are missing; waiting to fetch them back from a peer before writing')
       const before = feed.head
@@ -310,22 +230,14 @@ export class StateStore extends EventEmitter<StoreEvents> {
       const signed = signChangeHash(raw, meta.hash, this.key)
       await this.changeLog.append(record(RECORD_CHANGE, encodeSignedChange(signed)))
       feed.appendOwn(meta.hash, signed.signature, meta.seq, meta.startOp, next, raw.length)
-      if (this.founderPeer === undefined && meta.seq === 1 && validGenesisIn(feed)) this.founderPeer = this.self
+      if (this.replica.founder === undefined && meta.seq === 1 && validGenesisIn(feed)) this.replica.founder = this.self
       const verified: VerifiedChange = { ...signed, hash: meta.hash, actor: meta.actor, seq: meta.seq, deps: meta.deps, author: this.self }
-      this.indexed(verified)
-      this.refreshNamed()
+      this.replica.index(verified)
+      this.counted()
+      this.replica.refreshNamed()
       this.emit('change', { changes: [verified], local: true })
       return signed
     })
-  }
-
-  private ownFeed (): Feed {
-    let feed = this.feedMap.get(this.self)
-    if (feed === undefined) {
-      feed = new Feed(this.self, this.actor)
-      this.feedMap.set(this.self, feed)
-    }
-    return feed
   }
 
   /**
@@ -343,7 +255,7 @@ export class StateStore extends EventEmitter<StoreEvents> {
       }
       try {
         const v = await verifyChange(s)
-        if (budget !== undefined && !this.hashes.has(v.hash) && !budget(v.author, s.change.length)) {
+        if (budget !== undefined && !this.replica.hashes.has(v.hash) && !budget(v.author, s.change.length)) {
           (result.throttled ??= []).push(v.author)
           continue
         }
@@ -353,9 +265,9 @@ export class StateStore extends EventEmitter<StoreEvents> {
       }
     }
     await this.serial(async () => {
-      for (const v of verified) this.offer(v, from, result)
-      this.drainOrphans(result)
-      result.pending = this.orphans.size
+      for (const v of verified) this.replica.offer(v, from, result)
+      this.replica.drainOrphans(result)
+      result.pending = this.replica.orphans.size
     })
     if (result.applied.length > 0) this.emit('change', { changes: result.applied, local: false })
     return result
@@ -374,145 +286,52 @@ export class StateStore extends EventEmitter<StoreEvents> {
         this.emit('rejected', { hash: '?', reason: `invalid evidence: ${err.message}`, blame: 'sender', misbehaviour: true, from })
         continue
       }
-      if (this.evidenceMap.has(e.id)) continue
+      if (this.replica.evidenceMap.has(e.id)) continue
       // Evidence about a key nobody admitted proves nothing anyone cares about: it would only
       // grow the state (a feed and a log record each), so it is not taken.
-      if (!this.named.has(e.author)) continue
-      await this.serial(async () => { this.cutFor(e, true, from) })
+      if (!this.replica.named.has(e.author)) continue
+      await this.serial(async () => { if (this.replica.cutFor(e)) this.persistEvidence(e, from) })
       accepted++
     }
     return { accepted, rejected }
   }
 
+  private refuse (result: ReceiveResult, r: Rejection, from: string | undefined): void {
+    result.rejected.push(r)
+    this.refused(r, from)
+  }
+
+  /** A change joined the state: counted towards the next snapshot. */
+  private counted (): void {
+    if (++this.sinceSnapshot >= this.snapshotEvery) this.scheduleSnapshot()
+  }
+
   /**
-   * `held`: the change was held and is offered again now. A refusal is then held against the peer
-   * that sent it back then (in the event), never against the peer of the current exchange.
+   * A received change that joined its feed. Not awaited: it need not be durable before it is
+   * applied (after a crash it is simply synced again), and the log keeps the order.
    */
-  private offer (v: VerifiedChange, from: string | undefined, result: ReceiveResult, held = false): void {
-    const feed = this.feedMap.get(v.author)
-    if (feed?.cut !== undefined && v.seq > feed.cut) { result.duplicates++; return }
-    if (feed !== undefined && v.seq <= feed.seq) {
-      const ours = feed.hashAt(v.seq)
-      if (ours === v.hash) { result.duplicates++; return }
-      const held = feed.changeAt(v.seq)
-      const e = held === undefined ? undefined : makeEvidence({ ...held, hash: ours as string, actor: v.actor, seq: v.seq, deps: [], author: v.author }, v)
-      if (e !== undefined) { this.cutFor(e, true, from); result.evidence.push(e) }
-      return
-    }
-    const twin = this.orphans.has(v.author, v.seq)
-    if (twin !== undefined) {
-      if (twin.hash === v.hash) { result.duplicates++; return }
-      const e = makeEvidence(twin, v)
-      if (e !== undefined) { this.cutFor(e, true, from); result.evidence.push(e) }
-      return
-    }
-    if (feed === undefined && !this.named.has(v.author) && !this.mayBeGenesis(v)) { this.orphans.add(v, from); return }
-    if (v.seq !== (feed?.seq ?? 0) + 1) { this.orphans.add(v, from); return }
-    this.applyNext(v, from, result, held)
-  }
-
-  /** While joining: the first change of the feed that founded the mesh we join. */
-  private mayBeGenesis (v: VerifiedChange): boolean {
-    return this.joining !== undefined && this.founderPeer === undefined && v.seq === 1
-  }
-
-  private applyNext (v: VerifiedChange, from: string | undefined, result: ReceiveResult, held: boolean): void {
-    const existing = this.feedMap.get(v.author)
-    const feed = existing ?? new Feed(v.author, v.author === this.self ? this.actor : undefined)
-    const eventsBefore = feed.eventSeq.length
-    const verdict = feed.apply(v)
-    if (!verdict.ok) {
-      const r: Rejection = { hash: v.hash, author: v.author, reason: verdict.reason, blame: 'sender', misbehaviour: true }
-      if (held) this.refuse({ ...result, rejected: [] }, r, from)
-      else this.refuse(result, r, from)
-      return
-    }
-    if (existing === undefined) {
-      if (!this.named.has(v.author)) {
-        // Only a genesis makes an unknown author's feed welcome, and only the one we join.
-        const ok = validGenesisIn(feed) && (this.joining === '' || String(feed.doc.mesh?.id) === this.joining)
-        if (!ok) { this.orphans.add(v, from); return }
-        this.founderPeer = v.author
-        this.named.add(v.author)
-      }
-      this.feedMap.set(v.author, feed)
-    }
-    // Not awaited: a received change need not be durable before we apply it (after a crash it is
-    // simply synced again), and the log keeps the order.
+  private persistApplied (v: VerifiedChange): void {
     this.changeLog.append(record(RECORD_CHANGE, encodeSignedChange(v))).catch(err => {
       this.logBehind = true
       this.log.error('could not persist a received change; it will be synced again after a restart', { hash: v.hash, error: err.message })
     })
-    this.indexed(v)
-    if (feed.eventSeq.length !== eventsBefore) this.refreshNamed()
-    result.applied.push(v)
+    this.counted()
   }
 
-  /** Applies held changes that have become applicable, until none is. */
-  private drainOrphans (result?: ReceiveResult): void {
-    const r = result ?? { applied: [], duplicates: 0, pending: 0, rejected: [], evidence: [] }
-    let progress = true
-    while (progress) {
-      progress = false
-      for (const author of this.orphans.authors()) {
-        const feed = this.feedMap.get(author)
-        if (feed === undefined && !this.named.has(author) && this.joining === undefined) continue
-        const next = this.orphans.take(author, (feed?.seq ?? 0) + 1)
-        if (next === undefined) continue
-        const before = r.applied.length
-        this.offer(next.v, next.from, r, true)
-        if (r.applied.length > before) progress = true
-      }
-    }
+  /** New evidence: kept in the log, logged, told (the author is out of the mesh from its cut). */
+  private persistEvidence (e: Evidence, from?: string): void {
+    this.changeLog.append(record(RECORD_EVIDENCE, encodeEvidence(e))).catch(err => {
+      this.log.error('could not persist evidence of equivocation', { author: e.author, error: err.message })
+    })
+    this.log.warn('equivocation: an author signed two different changes with one sequence number; its feed ends before it', { author: e.author, seq: e.seq, from })
+    if (e.author === this.self) this.log.error('this host\'s own feed was cut for equivocation (was its state restored from an old copy?): it is out of the mesh; join again with a new peer key')
+    this.emit('equivocation', { ...e, from })
+    this.emit('change', { changes: [], local: false })
   }
 
-  /** Acts on evidence: cuts the author's feed before the equivocation, keeps and logs the proof. */
-  private cutFor (e: Evidence, persist: boolean, from?: string): void {
-    if (this.evidenceMap.has(e.id)) return
-    this.evidenceMap.set(e.id, e)
-    const feed = this.feedMap.get(e.author) ?? new Feed(e.author)
-    if (!this.feedMap.has(e.author)) this.feedMap.set(e.author, feed)
-    const keep = e.seq - 1
-    if (feed.cut === undefined || keep < feed.cut) {
-      for (let s = keep + 1; s <= feed.seq; s++) this.hashes.delete(feed.hashAt(s) as string)
-      feed.cutAt(keep)
-    }
-    this.orphans.dropAuthor(e.author, keep)
-    this.version++
-    if (persist) {
-      this.changeLog.append(record(RECORD_EVIDENCE, encodeEvidence(e))).catch(err => {
-        this.log.error('could not persist evidence of equivocation', { author: e.author, error: err.message })
-      })
-      this.log.warn('equivocation: an author signed two different changes with one sequence number; its feed ends before it', { author: e.author, seq: e.seq, from })
-      if (e.author === this.self) this.log.error('this host\'s own feed was cut for equivocation (was its state restored from an old copy?): it is out of the mesh; join again with a new peer key')
-      this.emit('equivocation', { ...e, from })
-      this.emit('change', { changes: [], local: false })
-    }
-  }
-
-  private refuse (result: ReceiveResult, r: Rejection, from: string | undefined): void {
-    result.rejected.push(r)
+  private refused (r: Rejection, from: string | undefined): void {
     this.log.warn('rejected change', { hash: r.hash.slice(0, 12), author: r.author, from, reason: r.reason })
     this.emit('rejected', { ...r, from })
-  }
-
-  private indexed (v: VerifiedChange): void {
-    this.hashes.set(v.hash, { author: v.author, seq: v.seq })
-    this.version++
-    if (++this.sinceSnapshot >= this.snapshotEvery) this.scheduleSnapshot()
-  }
-
-  /** Peers named by any admission, valid or not: whose feeds this host takes (bounded by the admitters). */
-  private refreshNamed (): void {
-    if (this.founderPeer !== undefined) this.named.add(this.founderPeer)
-    for (const f of this.feedMap.values()) {
-      const events = f.doc.events
-      if (!Array.isArray(events)) continue
-      for (const e of events) {
-        const peer = (e as { peer?: unknown } | null)?.peer
-        if (typeof peer === 'string' || peer instanceof A.ImmutableString) this.named.add(String(peer))
-      }
-    }
   }
 
   /** Off the path of the change that triggered it: after the current work, one at a time. */
@@ -542,17 +361,7 @@ export class StateStore extends EventEmitter<StoreEvents> {
       this.sinceSnapshot = 0
       if (this.logBehind || this.changeLog.records === this.snapshotRecords) return undefined
       const pos = { bytes: this.changeLog.bytes, records: this.changeLog.records, lastChecksum: this.changeLog.lastChecksum }
-      const snap: Snapshot = {
-        log: pos,
-        feeds: [...this.feedMap.values()].filter(f => f.seq > 0 || f.cut !== undefined).map(f => ({
-          author: f.author,
-          doc: A.save(f.doc),
-          signatures: Array.from({ length: f.seq }, (_, i) => f.signatureAt(i + 1) as Uint8Array),
-          ...(f.cut === undefined ? {} : { cut: f.cut })
-        })),
-        evidence: [...this.evidenceMap.values()].map(e => encodeEvidence(e))
-      }
-      return { pos, bytes: encodeSnapshot(snap) }
+      return { pos, bytes: encodeSnapshot(snapshotOf(pos, this.replica.feeds.values(), this.replica.evidenceMap.values())) }
     })
     if (taken === undefined) return
     await writeSnapshotFile(this.dir, taken.bytes)
@@ -560,40 +369,20 @@ export class StateStore extends EventEmitter<StoreEvents> {
     this.log.debug('wrote a snapshot of the state', { records: taken.pos.records, bytes: taken.bytes.length })
   }
 
-  /**
-   * The changes (and the evidence) a peer whose frontier is `theirs` lacks: the founder's feed
-   * first (a joining host needs the genesis before anything else), then each feed from where the
-   * peer is. Where the peer's hash at its position differs from ours, our change at that position
-   * goes first: it shows the peer the equivocation.
-   */
+  /** The changes a peer whose frontier is `theirs` lacks (crdt/frontier.ts). */
   changesFor (theirs: ReadonlyMap<string, { seq: number, hash16: string }>, upTo?: ReadonlyMap<string, number>): SignedChange[] {
-    const out: SignedChange[] = []
-    const feeds = [...this.feedMap.values()].sort((a, b) => Number(b.author === this.founderPeer) - Number(a.author === this.founderPeer) || cmp(a.author, b.author))
-    for (const f of feeds) {
-      // `upTo`: no further than this host announced (a sync peer takes nothing it was not told of;
-      // changes applied since the announcement go in the next sync).
-      const last = upTo === undefined ? f.seq : Math.min(f.seq, upTo.get(f.author) ?? 0)
-      const t = theirs.get(f.author)
-      const from = Math.max(0, t?.seq ?? 0)
-      if (t !== undefined && from > 0 && from <= last && (f.hashAt(from) as string).slice(0, 16) !== t.hash16) {
-        const fork = f.changeAt(from)
-        if (fork !== undefined) out.push(fork)
-      }
-      if (from >= last) continue
-      out.push(...f.changesAfter(from).slice(0, last - from))
-    }
-    return out
+    return changesFor(this, theirs, upTo)
   }
 
   /** Encoded evidence the peer does not list. */
   evidenceFor (theirs: ReadonlySet<string>): Uint8Array[] {
-    return [...this.evidenceMap.values()].filter(e => !theirs.has(e.id)).map(e => encodeEvidence(e))
+    return this.evidence().filter(e => !theirs.has(e.id)).map(e => encodeEvidence(e))
   }
 
   /** History of every feed, oldest first (the audit log). */
   history (): Array<{ hash: string, author: string, time: number, message: string | null, seq: number }> {
     const out: Array<{ hash: string, author: string, time: number, message: string | null, seq: number }> = []
-    for (const f of this.feedMap.values()) {
+    for (const f of this.replica.feeds.values()) {
       for (const m of A.getChangesMetaSince(f.doc, [])) out.push({ hash: m.hash, author: f.author, time: m.time, message: m.message, seq: m.seq })
     }
     return out.sort((a, b) => a.time - b.time || cmp(a.author, b.author) || a.seq - b.seq)
@@ -609,25 +398,7 @@ export class StateStore extends EventEmitter<StoreEvents> {
 
 const EMPTY: MeshDoc = { mesh: undefined as unknown as MeshDoc['mesh'], members: {}, hosts: {}, requests: new Map() }
 
-/** A change as the change log holds it (for tools that write a log directly, e.g. the bench). */
-export function logRecordOf (s: SignedChange): Uint8Array {
-  return record(RECORD_CHANGE, encodeSignedChange(s))
-}
 
-function record (type: number, body: Uint8Array): Uint8Array {
-  const out = new Uint8Array(body.length + 1)
-  out[0] = type
-  out.set(body, 1)
-  return out
-}
-
-/** The feed's first change founded a mesh: its genesis names the author and derives the id. */
-function validGenesisIn (feed: Feed): boolean {
-  const m = feed.doc.mesh as unknown as Record<string, unknown> | undefined
-  if (m === undefined || m === null) return false
-  const founder = String(m.founder)
-  return founder === feed.author && String(m.id) === meshIdFor(founder, String(m.nonce))
-}
 
 /**
  * The snapshot of a state dir, loaded, if it is intact and covers a prefix of this log. Any other

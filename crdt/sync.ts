@@ -168,13 +168,15 @@ class Allowance {
   private readonly gap = new Map<string, { from: number, to: number, fork: boolean }>()
   private evidence: number
 
-  constructor (store: StateStore, theirs: Hello) {
-    const ours = new Map(store.frontier().map(e => [e.author, e]))
+  /**
+   * `announced`: the frontier our HELLO told them, what they send from (not our frontier now: a
+   * concurrent sync may have brought us further since, and that is no fault of theirs).
+   */
+  constructor (store: StateStore, theirs: Hello, announced: ReadonlyMap<string, number>) {
     for (const t of theirs.frontier) {
-      const o = ours.get(t.author)
       // They may send the changes we lack, and their change at our position (a fork proof). Not
       // capped at a cut we hold: they may not know of it yet, and changes past it are ignored here.
-      this.gap.set(t.author, { from: Math.max(1, o?.seq ?? 1), to: t.seq, fork: true })
+      this.gap.set(t.author, { from: Math.max(1, announced.get(t.author) ?? 1), to: t.seq, fork: true })
     }
     const known = new Set(store.evidence().map(e => e.id))
     // What they listed, plus one per feed: they may catch an equivocation in what we send them.
@@ -200,11 +202,11 @@ class Allowance {
  */
 export interface SyncOptions { budget?: (author: string, bytes: number) => boolean }
 
-async function receive (lp: Lp, store: StateStore, from: string, theirs: Hello, stats: SyncStats, signal: AbortSignal, opts: SyncOptions = {}): Promise<void> {
+async function receive (lp: Lp, store: StateStore, from: string, theirs: Hello, announced: ReadonlyMap<string, number>, stats: SyncStats, signal: AbortSignal, opts: SyncOptions = {}): Promise<void> {
   const budget = opts.budget === undefined ? undefined : (author: string, bytes: number): boolean => author !== from || (opts.budget as NonNullable<SyncOptions['budget']>)(author, bytes)
-  const allow = new Allowance(store, theirs)
+  const allow = new Allowance(store, theirs, announced)
   let count = 0
-  const limit = theirs.frontier.reduce((n, t) => n + Math.max(0, t.seq - (store.feeds.get(t.author)?.seq ?? 0)) + 1, 0)
+  const limit = theirs.frontier.reduce((n, t) => n + Math.max(0, t.seq - (announced.get(t.author) ?? 0)) + 1, 0)
   for (;;) {
     const { type, body } = await readFrame(lp, signal)
     stats.bytesReceived += body.length + 1
@@ -277,7 +279,7 @@ export async function syncInitiator (stream: Stream, store: StateStore, remote: 
     throw new SyncError('WRONG_MESH', `${remote} is in mesh ${theirs.mesh}, this host in ${store.meshId}`)
   }
   if (store.meshId === undefined && store.joining !== undefined) store.joining = theirs.mesh
-  await receive(lp, store, remote, theirs, stats, sig, opts)
+  await receive(lp, store, remote, theirs, mine.announced, stats, sig, opts)
   await send(lp, store, theirs, mine.announced, stats, sig)
   await stream.close({ signal: sig })
   return stats
@@ -305,7 +307,7 @@ export async function syncResponder (stream: Stream, store: StateStore, remote: 
     const mine = hello(store)
     await write(lp, mine.bytes, sig)
     await send(lp, store, theirs, mine.announced, stats, sig)
-    await receive(lp, store, remote, theirs, stats, sig, opts)
+    await receive(lp, store, remote, theirs, mine.announced, stats, sig, opts)
     await stream.close({ signal: sig })
   } catch (err: any) {
     log.debug('sync with peer failed', { peer: remote, error: err.message })

@@ -27,7 +27,9 @@ export class ViewCache {
   private readonly src: ViewSource
   private built?: { key: string, view: StateView }
   private readonly records = new Map<string, { version: number, read: Read<HostRecord | undefined> }>()
-  private readonly events = new Map<string, { version: number, events: FoldEvent[], problems: string[] }>()
+  private readonly events = new Map<string, { epoch: number, read: number, events: FoldEvent[], problems: string[] }>()
+  /** Events whose `seen` names only changes this host holds: that stays so (feeds only grow). */
+  private readonly ready = new WeakSet<FoldEvent>()
   private foldCache?: { key: string, fold: Fold, genesis: MeshGenesis | undefined }
   /** Stored requests never change: read once per (via, id). */
   private readonly requestCache = new Map<string, Read<StoredRequest | undefined>>()
@@ -50,23 +52,29 @@ export class ViewCache {
     return k
   }
 
+  /**
+   * The feed's membership events, read incrementally: they are append-only and immutable (the
+   * feed's rules), so only events added since the last read are parsed, unless the feed was
+   * rebuilt (its epoch moved).
+   */
   private feedEvents (f: Feed): { events: FoldEvent[], problems: string[] } {
-    const c = this.events.get(f.author)
-    if (c?.version === f.version) return c
-    const events: FoldEvent[] = []
-    const problems: string[] = []
-    const raw = f.doc.events
-    if (raw !== undefined && !Array.isArray(raw)) problems.push('events: expected a list')
-    else if (raw !== undefined) {
-      for (let i = 0; i < raw.length; i++) {
-        const r = readEvent(raw[i], `events[${i}]`)
-        problems.push(...r.problems)
-        if (r.value !== undefined) events.push({ author: f.author, seq: f.eventSeq[i] ?? 0, index: i, event: r.value })
-      }
+    let c = this.events.get(f.author)
+    if (c === undefined || c.epoch !== f.epoch) {
+      c = { epoch: f.epoch, read: 0, events: [], problems: [] }
+      this.events.set(f.author, c)
     }
-    const out = { version: f.version, events, problems }
-    this.events.set(f.author, out)
-    return out
+    const raw = f.doc.events
+    if (raw !== undefined && !Array.isArray(raw)) {
+      if (c.read === 0) { c.problems.push('events: expected a list'); c.read = -1 }
+      return c
+    }
+    for (let i = Math.max(0, c.read); raw !== undefined && i < raw.length; i++) {
+      const r = readEvent(raw[i], `events[${i}]`)
+      c.problems.push(...r.problems)
+      if (r.value !== undefined) c.events.push({ author: f.author, seq: f.eventSeq[i] ?? 0, index: i, event: r.value })
+      c.read = i + 1
+    }
+    return c
   }
 
   private record (f: Feed): Read<HostRecord | undefined> {
@@ -106,7 +114,8 @@ export class ViewCache {
         founder,
         events: allEvents,
         cuts,
-        holds: (peer, seq, h16) => feeds.get(peer)?.hashAt(seq)?.startsWith(h16) === true
+        holds: (peer, seq, h16) => feeds.get(peer)?.hashAt(seq)?.startsWith(h16) === true,
+        ready: this.ready
       })
       this.foldCache = { key: eventsKey, fold: f, genesis }
     }

@@ -19,10 +19,10 @@ import { randomBytes } from 'node:crypto'
 import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
-import { normalizeFingerprint, isFingerprint, type Fingerprint } from './fingerprint.ts'
+import { normalizeFingerprint, isFingerprint, type Fingerprint } from '../protocol/fingerprint.ts'
 import { keyVerifier, type KeyVerifierOptions, type SignatureVerifier } from './verify.ts'
 
-export type { Fingerprint } from './fingerprint.ts'
+export type { Fingerprint } from '../protocol/fingerprint.ts'
 // Verification lives in keys/verify.ts (signatures, and the key's validity at given dates).
 export {
   verifyDetached, verifyWithOpenpgp, keyVerifier, checkSigningKeyAt, requestDates,

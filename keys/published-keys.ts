@@ -28,7 +28,7 @@
 import * as openpgp from 'openpgp'
 import { createHash } from 'node:crypto'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
-import { normalizeFingerprint, type Fingerprint } from './fingerprint.ts'
+import { normalizeFingerprint, type Fingerprint } from '../protocol/fingerprint.ts'
 import { parseKeys } from './keyring.ts'
 
 const { enums } = openpgp

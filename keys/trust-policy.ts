@@ -13,7 +13,7 @@
  * // { ok: false, reason: 'quota-vcpus', detail: 'key … would use 10 vCPUs here; its quota is 8' }
  */
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
-import { isFingerprint, normalizeFingerprint, type Fingerprint } from './fingerprint.ts'
+import { isFingerprint, normalizeFingerprint, type Fingerprint } from '../protocol/fingerprint.ts'
 
 export interface TrustEntry {
   fingerprint: Fingerprint

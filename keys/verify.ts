@@ -32,7 +32,7 @@
  */
 import * as openpgp from 'openpgp'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
-import { normalizeFingerprint, type Fingerprint } from './fingerprint.ts'
+import { normalizeFingerprint, type Fingerprint } from '../protocol/fingerprint.ts'
 import { fastEd25519Eligible, verifyEd25519Packet } from './ed25519-verify.ts'
 
 const { enums } = openpgp

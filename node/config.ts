@@ -10,10 +10,10 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
 
 import { DEFAULT_CONFIG, DEFAULT_STATE, DEFAULT_SOCKET } from './paths.ts'
-import { parseNetworkConfig, NETWORK_KEYS, type NetworkConfig } from './net/config.ts'
+import { parseNetworkConfig, NETWORK_KEYS, type NetworkConfig } from './network/index.ts'
 
 export const DEFAULT_LISTEN = ['/ip4/0.0.0.0/tcp/9777']
-/** The image side channel (node/bulk.ts): every interface, next to the libp2p port. */
+/** The image side channel (node/compute/images/bulk.ts): every interface, next to the libp2p port. */
 export const DEFAULT_IMAGE_LISTEN = ':9779'
 
 export interface DaemonConfig {
@@ -29,7 +29,7 @@ export interface DaemonConfig {
   listen: string[]
   /** Addresses other hosts should dial, when the listen addresses are not reachable as such (NAT). */
   announce: string[]
-  /** Seconds between liveness beats to directly connected members (node/liveness.ts). @default 10 */
+  /** Seconds between liveness beats to directly connected members (node/mesh/liveness.ts). @default 10 */
   heartbeatInterval: number
   /** Seconds between attempts to reconnect to members we are not connected to. @default 5 */
   reconnectInterval: number
@@ -37,17 +37,17 @@ export interface DaemonConfig {
   socketGroup?: string
   /** Labels that VM pins (`--on k=v`) match. @default {} */
   labels: Record<string, string>
-  /** What this host offers to VMs; each defaults to what the machine has (see node/resources.ts). */
+  /** What this host offers to VMs; each defaults to what the machine has (see node/compute/resources.ts). */
   capacity: { vcpus?: number, memMiB?: number, diskGiB?: number }
   /** Guest architectures this host runs. @default the machine's own */
   arch?: string[]
   /** How VMs run here: qemu (default), libvirt, or none (a control-plane-only host). */
   hypervisor: 'qemu' | 'libvirt' | 'none'
-  /** The data plane (keys network, wireguard_*, underlay_mtu: see node/net/config.ts). */
+  /** The data plane (keys network, wireguard_*, underlay_mtu: see node/network/config.ts). */
   network: NetworkConfig
   /** HOST:PORT for Prometheus metrics at /metrics (node/metrics.ts). @default undefined: off */
   metricsListen?: string
-  /** HOST:PORT of the image side channel (node/bulk.ts). @default ":9779"; undefined: off */
+  /** HOST:PORT of the image side channel (node/compute/images/bulk.ts). @default ":9779"; undefined: off */
   imageListen?: string
 }
 

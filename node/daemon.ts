@@ -1,13 +1,12 @@
 /**
- * `picocloud daemon`: resolves the configuration, starts the node and the local API, and stops both
+ * `picocloud daemon`: resolves the configuration, starts the host and the local API, and stops both
  * cleanly on SIGINT/SIGTERM.
  */
 import { resolveConfig, type ConfigFlags } from './config.ts'
 import { createLogger } from './log.ts'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
-import { PicocloudNode } from './node.ts'
-import { ApiServer } from './api/server.ts'
-import { routes, consoleUpgrade } from './api/routes.ts'
+import { PicocloudHost } from './host.ts'
+import { ApiServer, routes, consoleUpgrade } from './api/index.ts'
 import type { MetricsServer } from './metrics.ts'
 
 export async function runDaemon (flags: ConfigFlags): Promise<void> {
@@ -26,7 +25,7 @@ export async function runDaemon (flags: ConfigFlags): Promise<void> {
       throw new PicocloudError(ErrorCode.Config, `cannot serve metrics on ${config.metricsListen}: ${err.code === 'EADDRINUSE' ? 'the address is in use' : err.code === 'EADDRNOTAVAIL' ? 'no interface has that address' : err.message}. Change metrics_listen (or --metrics-listen), or set it to "" to turn metrics off`)
     }
   }
-  const node = await PicocloudNode.create(config, log)
+  const node = await PicocloudHost.create(config, log)
   if (metrics !== undefined) metrics.registry = (await import('./metrics.ts')).registerNodeMetrics(node)
   await node.start()
   const api = new ApiServer(config.socket, routes(node), log.forComponent('api'))

@@ -13,10 +13,10 @@
  */
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import type { PicocloudNode } from './node.ts'
+import type { PicocloudHost } from './host.ts'
 import type { Logger } from './log.ts'
 import { parseListenAddress } from './config.ts'
-import { vmStatus } from './views.ts'
+import { vmStatus } from './control/index.ts'
 
 export type MetricType = 'gauge' | 'counter' | 'summary' | 'untyped'
 export type Labels = Record<string, string>
@@ -115,7 +115,7 @@ export function metricsOf (owner: object): MetricsRegistry {
   return r
 }
 
-/** The shape reconcilers keep their timings in (node/reconciler/vms.ts `stats`). */
+/** The shape reconcilers keep their timings in (node/compute/reconciler.ts `stats`). */
 export interface ReconcileStatsLike { passes: number, errors: number, lastMs: number, totalMs: number }
 
 /** Passes, errors and durations of one reconciler, labelled by component. */
@@ -145,7 +145,7 @@ function count<T> (items: Iterable<T>, key: (t: T) => string | undefined): Map<s
  * The node's own metrics: membership, peers, VMs, requests, changes, images, reconcilers. Counters
  * of changes start when this is called (at daemon start).
  */
-export function registerNodeMetrics (node: PicocloudNode, registry: MetricsRegistry = metricsOf(node)): MetricsRegistry {
+export function registerNodeMetrics (node: PicocloudHost, registry: MetricsRegistry = metricsOf(node)): MetricsRegistry {
   const changes = { local: 0, remote: 0 }
   const rejected = { misbehaviour: 0, other: 0 }
   node.store.on('change', ({ changes: cs, local }) => { changes[local ? 'local' : 'remote'] += cs.length })
@@ -157,14 +157,14 @@ export function registerNodeMetrics (node: PicocloudNode, registry: MetricsRegis
     const status = node.status()
     const peers = new Set(status.peers.map(p => p.peerId))
     const members = Object.values(doc.members ?? {}).filter(m => m.expelled === undefined).length
-    const hosts = node.hosts()
+    const hosts = node.membership.hosts()
     return [
       single('picocloud_info', 'This daemon: version, peer id and mesh (value 1).', 'gauge', 1, { version: status.version, peer_id: node.peerId, mesh: node.store.meshId ?? '' }),
       single('picocloud_uptime_seconds', 'Seconds since the daemon started.', 'gauge', Math.round((Date.now() - started) / 1000)),
       single('picocloud_peers_connected', 'Peers with an open libp2p connection to this host.', 'gauge', peers.size),
       single('picocloud_members', 'Members of the mesh (not expelled), this host included.', 'gauge', members),
       single('picocloud_hosts_reachable', 'Members connected or heard recently, this host included.', 'gauge', hosts.filter(h => h.reachable).length),
-      single('picocloud_penalised_peers', 'Peers with a misbehaviour score.', 'gauge', node.penalties.list().length),
+      single('picocloud_penalised_peers', 'Peers with a misbehaviour score.', 'gauge', node.mesh.penaltyList().length),
       single('picocloud_state_changes', 'Signed changes in the replicated state.', 'gauge', node.store.changeCount),
       single('picocloud_state_pending_changes', 'Received changes waiting for their dependencies.', 'gauge', node.store.pendingCount),
       single('picocloud_state_log_bytes', 'Size of the change log on disk.', 'gauge', node.store.logBytes),
@@ -175,7 +175,7 @@ export function registerNodeMetrics (node: PicocloudNode, registry: MetricsRegis
 
   registry.register(() => {
     if (!node.store.inMesh) return []
-    const world = node.scheduler.world()
+    const world = node.control.world()
     const vms = [...world.vms.values()]
     const here = vms.filter(v => v.host === node.peerId)
     const requests = [...world.requests.values()]
@@ -195,7 +195,7 @@ export function registerNodeMetrics (node: PicocloudNode, registry: MetricsRegis
   })
 
   registry.register(() => {
-    const s = node.requests.submitted
+    const s = node.control.requests.submitted
     return [
       single('picocloud_requests_accepted_total', 'Requests submitted through this host\'s socket and accepted into the state.', 'counter', s.accepted),
       byLabel('picocloud_requests_refused_total', 'Requests submitted through this host\'s socket and refused, by error code (e.g. BAD_SIGNATURE, REQUEST_EXPIRED).', 'counter', 'code', s.refused)
@@ -203,16 +203,16 @@ export function registerNodeMetrics (node: PicocloudNode, registry: MetricsRegis
   })
 
   registry.register(async () => {
-    const held = await node.images.list()
+    const held = await node.compute.images.list()
     return [
-      single('picocloud_image_fetched_bytes_total', 'Image bytes received from peers since start.', 'counter', node.images.stats.downloadedBytes),
+      single('picocloud_image_fetched_bytes_total', 'Image bytes received from peers since start.', 'counter', node.compute.images.stats.downloadedBytes),
       single('picocloud_images_stored', 'Images in this host\'s store.', 'gauge', held.length),
       single('picocloud_images_stored_bytes', 'Bytes of the images in this host\'s store.', 'gauge', held.reduce((a, i) => a + i.size, 0))
     ]
   })
 
-  registry.register(reconcileCollector('vm', () => node.reconciler?.stats))
-  registry.register(reconcileCollector('net', () => (node as unknown as { network?: { stats?: ReconcileStatsLike } }).network?.stats))
+  registry.register(reconcileCollector('vm', () => node.compute.reconciler?.stats))
+  registry.register(reconcileCollector('net', () => node.network.stats()))
   return registry
 }
 

@@ -16,7 +16,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { PicocloudError, ErrorCode } from './errors.ts'
 import { canonicalize, parseCanonical } from './canonical-json.ts'
 import { isRequestKind, validateBody, type RequestKind, type RequestBodies } from './requests.ts'
-import { isFingerprint, type Fingerprint } from '../keys/fingerprint.ts'
+import { isFingerprint, type Fingerprint } from './fingerprint.ts'
 
 /** Hex sha256 of the payload bytes. */
 export type RequestId = string & { readonly __requestId: true }

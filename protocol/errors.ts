@@ -54,7 +54,7 @@ export const ErrorCode = {
   Internal: 'INTERNAL',
   Config: 'BAD_CONFIG',
   Usage: 'USAGE',
-  // Data plane: addressing, network plan and network drivers (node/net, node/drivers/network)
+  // Data plane: addressing, network plan and network drivers (node/network, node/network/drivers)
   BadNetworkPlan: 'BAD_NETWORK_PLAN',
   NetworkDriver: 'NETWORK_DRIVER_ERROR',
   WireguardUnavailable: 'WIREGUARD_UNAVAILABLE',
@@ -83,7 +83,7 @@ export const ErrorCode = {
   KeyRevoked: 'KEY_REVOKED',
   KeyExpired: 'KEY_EXPIRED',
   KeyNotValid: 'KEY_NOT_VALID',
-  // Hypervisor drivers and the image store (node/drivers/hypervisor, node/drivers/images)
+  // Hypervisor drivers and the image store (node/compute/hypervisor, node/compute/images)
   BadVmSpec: 'BAD_VM_SPEC',
   VmNotFound: 'VM_NOT_FOUND',
   VmStartFailed: 'VM_START_FAILED',

@@ -12,7 +12,7 @@ import {
   object, string, integer, boolean, oneOf, array, map, optional, compact, invalid,
   parseIpv4, parseIpv6, parseCidr, type StringRule
 } from './validate.ts'
-import { isFingerprint, type Fingerprint } from '../keys/fingerprint.ts'
+import { isFingerprint, type Fingerprint } from './fingerprint.ts'
 
 export const REQUEST_KINDS = [
   'vm.create', 'vm.start', 'vm.stop', 'vm.destroy', 'vm.nic.add', 'vm.nic.remove', 'vm.modify',

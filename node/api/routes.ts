@@ -1,30 +1,33 @@
 /**
- * The routes of the local API, each a thin handler: validate the body, call the node.
+ * The routes of the local API, each a thin handler: validate the body, call the subsystem that
+ * owns the thing (membership and liveness: mesh; requests, VMs, networks, trust: control; images,
+ * logs, consoles: compute; where a network is built: network).
  */
-import type { PicocloudNode } from '../node.ts'
+import type { PicocloudHost } from '../host.ts'
 import { decodeSegment, type Route } from './server.ts'
 import { parseAdmitBody, parseExpelBody, parseInitBody, parseJoinBody, parseTrustBody, parseSelector, API_PREFIX } from '../../protocol/api.ts'
-import { normalizeFingerprint } from '../../keys/fingerprint.ts'
+import { normalizeFingerprint } from '../../protocol/fingerprint.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 
-export function routes (node: PicocloudNode): Route[] {
+export function routes (host: PicocloudHost): Route[] {
+  const { mesh, membership, control, compute, network } = host
   const p = (path: string): string => API_PREFIX + path
   return [
-    { method: 'GET', path: p('/status'), handler: () => node.status() },
-    { method: 'GET', path: p('/id'), handler: () => node.id() },
-    { method: 'GET', path: p('/hosts'), handler: () => node.hosts() },
-    { method: 'GET', path: p('/history'), handler: () => node.history() },
-    { method: 'POST', path: p('/init'), handler: async ({ body }) => await node.init(parseInitBody(body).name) },
+    { method: 'GET', path: p('/status'), handler: () => host.status() },
+    { method: 'GET', path: p('/id'), handler: () => host.id() },
+    { method: 'GET', path: p('/hosts'), handler: () => membership.hosts() },
+    { method: 'GET', path: p('/history'), handler: () => membership.history() },
+    { method: 'POST', path: p('/init'), handler: async ({ body }) => await host.init(parseInitBody(body).name) },
     {
       method: 'POST',
       path: p('/admit'),
-      handler: async ({ body }) => { const b = parseAdmitBody(body); return await node.admit(b.peerId, b.name) }
+      handler: async ({ body }) => { const b = parseAdmitBody(body); return await membership.admit(b.peerId, b.name) }
     },
-    { method: 'POST', path: p('/join'), handler: async ({ body }) => await node.join(parseJoinBody(body).address) },
+    { method: 'POST', path: p('/join'), handler: async ({ body }) => await host.join(parseJoinBody(body).address) },
     {
       method: 'POST',
       path: p('/expel'),
-      handler: async ({ body }) => { const b = parseExpelBody(body); return await node.expel(b.peer, b.reason) }
+      handler: async ({ body }) => { const b = parseExpelBody(body); return await membership.expel(b.peer, b.reason) }
     },
     {
       method: 'POST',
@@ -33,30 +36,36 @@ export function routes (node: PicocloudNode): Route[] {
         const b = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>
         for (const k of Object.keys(b)) if (k !== 'admit' && k !== 'expellers') throw new PicocloudError(ErrorCode.BadRequest, `unknown field "${k}" (allowed: admit, expellers)`)
         if (b.expellers !== undefined && (!Array.isArray(b.expellers) || b.expellers.some(e => typeof e !== 'string'))) throw new PicocloudError(ErrorCode.BadRequest, 'field "expellers" must be a list of peer ids or host names')
-        return await node.setPolicy({ admit: b.admit as any, expellers: b.expellers as string[] | undefined })
+        await membership.setPolicy({ admit: b.admit as any, expellers: b.expellers as string[] | undefined })
+        return host.status()
       }
     },
-    { method: 'POST', path: p('/requests'), handler: async ({ body }) => await node.submit(body) },
-    { method: 'GET', path: p('/requests/:id'), handler: ({ params }) => node.request(params.id) },
+    { method: 'POST', path: p('/requests'), handler: async ({ body }) => await control.submit(body) },
+    { method: 'GET', path: p('/requests/:id'), handler: ({ params }) => control.request(params.id) },
     {
       method: 'GET',
       path: p('/vms'),
-      handler: ({ query }) => node.vms({
+      handler: ({ query }) => control.vms({
         selector: parseSelector(query.getAll('selector')),
         owner: query.get('owner') === null ? undefined : normalizeFingerprint(query.get('owner') as string),
         all: query.get('all') === '1'
       })
     },
-    { method: 'GET', path: p('/vms/:ref'), handler: ({ params, query }) => node.vm(params.ref, query.get('owner') ?? undefined) },
+    { method: 'GET', path: p('/vms/:ref'), handler: ({ params, query }) => {
+        const vm = control.vm(params.ref, query.get('owner') ?? undefined)
+        const progress = compute.progressOf(vm)
+        return progress === undefined ? vm : { ...vm, progress }
+      }
+    },
     {
       method: 'POST',
       path: p('/vms/:ref/operator-stop'),
-      handler: async ({ params, body }) => await node.operatorStop(params.ref, typeof (body as any)?.reason === 'string' ? (body as any).reason : '')
+      handler: async ({ params, body }) => await control.operatorStop(params.ref, typeof (body as any)?.reason === 'string' ? (body as any).reason : '')
     },
     {
       method: 'GET',
       path: p('/vms/:ref/logs'),
-      handler: async ({ params, query }) => await node.vmLogs(params.ref, Math.min(Number(query.get('bytes') ?? 65536) || 65536, 16 * 1024 * 1024))
+      handler: async ({ params, query }) => await compute.vmLogs(params.ref, Math.min(Number(query.get('bytes') ?? 65536) || 65536, 16 * 1024 * 1024))
     },
     {
       method: 'PUT',
@@ -65,20 +74,24 @@ export function routes (node: PicocloudNode): Route[] {
       handler: async ({ req, query }) => {
         const format = query.get('format') ?? undefined
         if (format !== undefined && format !== 'raw' && format !== 'qcow2') throw new PicocloudError(ErrorCode.BadImage, `unknown image format ${JSON.stringify(format)}: use raw or qcow2`)
-        return await node.addImage(req, { format, name: query.get('name') ?? undefined, sha256: query.get('sha256') ?? undefined })
+        return await compute.addImage(req, { format, name: query.get('name') ?? undefined, sha256: query.get('sha256') ?? undefined })
       }
     },
-    { method: 'GET', path: p('/images'), handler: () => node.imageList() },
-    { method: 'GET', path: p('/nets'), handler: () => node.nets() },
-    { method: 'GET', path: p('/nets/:name'), handler: ({ params }) => node.net(params.name) },
-    { method: 'GET', path: p('/trust'), handler: async () => await node.trustList() },
-    { method: 'POST', path: p('/trust'), handler: async ({ body }) => await node.trustAdd(parseTrustBody(body)) },
-    { method: 'DELETE', path: p('/trust/:fpr'), handler: async ({ params }) => await node.trustRemove(params.fpr) },
+    { method: 'GET', path: p('/images'), handler: () => control.imageList() },
+    { method: 'GET', path: p('/nets'), handler: () => control.nets() },
+    { method: 'GET', path: p('/nets/:name'), handler: ({ params }) => {
+        const { entry, ...net } = control.net(params.name)
+        return { ...net, presence: network.presence(entry.id) }
+      }
+    },
+    { method: 'GET', path: p('/trust'), handler: async () => await control.trustList() },
+    { method: 'POST', path: p('/trust'), handler: async ({ body }) => await control.trustAdd(parseTrustBody(body)) },
+    { method: 'DELETE', path: p('/trust/:fpr'), handler: async ({ params }) => await control.trustRemove(params.fpr) },
     // Test hooks, only when PICOCLOUD_TEST_HOOKS=1: cut this host off from peers (a partition).
     ...(process.env.PICOCLOUD_TEST_HOOKS === '1'
       ? [
-          { method: 'POST' as const, path: p('/test/partition'), handler: async ({ body }: { body: unknown }) => await node.partition(((body as any)?.peers ?? []) as string[]) },
-          { method: 'POST' as const, path: p('/test/heal'), handler: () => node.heal() }
+          { method: 'POST' as const, path: p('/test/partition'), handler: async ({ body }: { body: unknown }) => await mesh.partition(((body as any)?.peers ?? []) as string[]) },
+          { method: 'POST' as const, path: p('/test/heal'), handler: () => mesh.heal() }
         ]
       : []),
     {
@@ -87,10 +100,10 @@ export function routes (node: PicocloudNode): Route[] {
       handler: ({ res, req }) => {
         // Newline-delimited JSON, one event a line, until the client goes away.
         res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-cache' })
-        res.write(JSON.stringify({ type: 'hello', time: new Date().toISOString(), peerId: node.peerId }) + '\n')
+        res.write(JSON.stringify({ type: 'hello', time: new Date().toISOString(), peerId: host.peerId }) + '\n')
         const onEvent = (e: unknown): void => { res.write(JSON.stringify(e) + '\n') }
-        node.on('event', onEvent)
-        req.on('close', () => node.off('event', onEvent))
+        host.on('event', onEvent)
+        req.on('close', () => host.off('event', onEvent))
         return undefined
       }
     }
@@ -101,11 +114,11 @@ export function routes (node: PicocloudNode): Route[] {
  * `GET /v1/vms/:ref/console` with `Connection: Upgrade`: the socket becomes the VM's serial
  * console (only for VMs on this host; the socket is the host operator's).
  */
-export function consoleUpgrade (node: PicocloudNode): NonNullable<import('./server.ts').ApiServer['onUpgrade']> {
+export function consoleUpgrade (host: PicocloudHost): NonNullable<import('./server.ts').ApiServer['onUpgrade']> {
   return async (req, socket) => {
     const m = /^\/v1\/vms\/([^/]+)\/console$/.exec(new URL(req.url ?? '/', 'http://picocloud').pathname)
     if (m === null) throw new PicocloudError(ErrorCode.NotFound, 'only the VM console can be upgraded to', 404)
-    const { path } = node.consoleSocket(decodeSegment(m[1]))
+    const { path } = host.compute.consoleSocket(decodeSegment(m[1]))
     const { createConnection } = await import('node:net')
     const vm = createConnection(path)
     await new Promise<void>((resolve, reject) => {

@@ -3,7 +3,7 @@
  * commands (host-commands.ts) and the user's (user-commands.ts).
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util'
-import type { ApiClient } from '../api/client.ts'
+import type { ApiClient } from '../api/index.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 
 export interface Io {

@@ -3,11 +3,10 @@
  * its usage, options and help, parses its own arguments and talks to the daemon through the local
  * API. `--json` prints the API's JSON unchanged.
  */
-import { ApiClient } from '../api/client.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { HostView, IdView, StatusView } from '../../protocol/api.ts'
 import { table, ago, short, line } from './output.ts'
-import { print, type Command, type Io } from './command.ts'
+import { print, type Command } from './command.ts'
 
 const statusText = (s: StatusView): string => {
   const lines = [
@@ -195,7 +194,7 @@ export const hostCommands: Command[] = [
     usage: 'picocloud demo',
     description: 'Runs what this machine can: the control plane always; real VMs when run as root with QEMU and the boot-disk tools installed (sudo bash .ci/install-system-packages). Missing parts are named and skipped.',
     run: async () => {
-      const { runDemo } = await import('../demo.ts')
+      const { runDemo } = await import('../demo/index.ts')
       const code = await runDemo()
       if (code !== 0) throw new PicocloudError('DEMO_FAILED', 'the demo did not finish cleanly (see above)')
     }

@@ -2,7 +2,7 @@
  * `picocloud` command-line entry. Exit codes: 0 success, 1 the operation failed (the daemon said
  * why), 2 usage error, 3 the daemon could not be reached.
  */
-import { ApiClient } from '../api/client.ts'
+import { ApiClient } from '../api/index.ts'
 import { cliSocket } from '../paths.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import { commands, commandHelp, parseCommand, type Io } from './commands.ts'

@@ -4,9 +4,9 @@
  */
 import { createInterface } from 'node:readline'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
-import type { ApiClient } from '../api/client.ts'
+import type { ApiClient } from '../api/index.ts'
 import type { StatusView } from '../../protocol/api.ts'
-import type { RequestView, VmView } from '../views.ts'
+import type { RequestView, VmView } from '../control/index.ts'
 import type { RequestKind } from '../../protocol/requests.ts'
 import { line } from './output.ts'
 
@@ -23,7 +23,7 @@ export async function keyring (): Promise<typeof import('../../keys/keyring.ts')
 /** The signing key: --key, then PICOCLOUD_KEY, then the only secret key in the keyring. */
 export async function chooseKey (opts: SignOptions): Promise<string> {
   const k = await keyring()
-  const { normalizeFingerprint } = await import('../../keys/fingerprint.ts')
+  const { normalizeFingerprint } = await import('../../protocol/fingerprint.ts')
   const wanted = opts.key ?? process.env.PICOCLOUD_KEY
   if (wanted !== undefined && wanted !== '') return normalizeFingerprint(wanted)
   const secret = (await k.listKeys(k.dir)).filter(i => i.hasSecret && !i.revoked && !i.expired)

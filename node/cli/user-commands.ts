@@ -5,7 +5,7 @@
 import { readFile, writeFile } from 'node:fs/promises'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { HostView } from '../../protocol/api.ts'
-import type { RequestView, VmView } from '../views.ts'
+import type { RequestView, VmView } from '../control/index.ts'
 import type { Command } from './command.ts'
 import { table, short, line } from './output.ts'
 import { keyring, buildSigned, waitForOutcome, waitForVm, outcomeText, chooseKey, meshId, signBytes } from './sign.ts'
@@ -192,7 +192,7 @@ export const userCommands: Command[] = [
     optionHelp: { issuer: 'fingerprint of the key that will sign (default: PICOCLOUD_KEY, or the only secret key)', output: 'write to this file instead of stdout', lifetime: 'minutes until it expires (default 10, at most 60)' },
     run: async ({ positionals, values, io, api }) => {
       const { buildPayload } = await import('../../protocol/envelope.ts')
-      const { normalizeFingerprint } = await import('../../keys/fingerprint.ts')
+      const { normalizeFingerprint } = await import('../../protocol/fingerprint.ts')
       const spec = parseSpec(await readText(positionals[0], 'request file'))
       const issuer = values.issuer === undefined ? await chooseKey({}) : normalizeFingerprint(values.issuer)
       const payload = buildPayload(spec.kind, spec.body, { mesh: await meshId(api), issuer, now: Date.now(), lifetimeMs: (int(values.lifetime, '--lifetime') ?? 10) * 60_000 })

@@ -136,7 +136,7 @@ describe('adversarial: a corrupt record in the middle of a real daemon\'s change
       await waitFor(async () => (await d.hosts()).some(h => h.peerId === newcomer), { timeoutMs: 20_000, what: `${d.name} to see bravo's new admission` })
       const s = await d.status()
       expect(s.state.equivocations, d.name).toEqual([])
-      expect(s.penalties.map(p => p.peerId), d.name).toEqual([])
+      expect(s.penalties.map(p => `${p.peerId}: ${p.offences.map(o => o.reason).join('; ')}`), d.name).toEqual([])
     }
     expect((await bravo.status()).expelled).toBeNull()
   })

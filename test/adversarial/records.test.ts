@@ -17,7 +17,7 @@ import { waitFor } from '../helpers/wait.ts'
 import { joinAttacker, addressOf, waitForFeed, type NetAttacker } from '../helpers/attacker.ts'
 import { makeUser, type User } from '../helpers/users.ts'
 import { scalars } from '../../crdt/schema.ts'
-import type { VmView } from '../../node/views.ts'
+import type { VmView } from '../../node/control/views.ts'
 import type { HostView } from '../../protocol/api.ts'
 
 const CONFIG = 'hypervisor = "none"\nvcpus = 64\nmem_mib = 65536\ndisk_gib = 1000\nheartbeat_interval = 0.5\nreconnect_interval = 0.5\n'

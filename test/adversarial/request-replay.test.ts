@@ -21,7 +21,7 @@ import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
 import { waitFor } from '../helpers/wait.ts'
 import { joinAttacker, addressOf, waitForFeed, type NetAttacker } from '../helpers/attacker.ts'
 import { makeUser, signedRequest, type User } from '../helpers/users.ts'
-import type { RequestView, VmView } from '../../node/views.ts'
+import type { RequestView, VmView } from '../../node/control/views.ts'
 
 async function syncAll (stores: StateStore[]): Promise<void> {
   for (const a of stores) for (const b of stores) if (a !== b) await sync(a, b)

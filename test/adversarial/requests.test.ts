@@ -19,7 +19,7 @@ import { joinAttacker, addressOf, waitForFeed, type NetAttacker } from '../helpe
 import { makeUser, makeUserAt, signedRequest, type User } from '../helpers/users.ts'
 import { scalars } from '../../crdt/schema.ts'
 import { requestId } from '../../protocol/envelope.ts'
-import type { RequestView, VmView } from '../../node/views.ts'
+import type { RequestView, VmView } from '../../node/control/views.ts'
 
 const BASE = 'hypervisor = "none"\ndisk_gib = 1000\nheartbeat_interval = 0.5\nreconnect_interval = 0.5\n'
 const BIG = `${BASE}vcpus = 64\nmem_mib = 65536\n`

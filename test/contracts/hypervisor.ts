@@ -8,7 +8,7 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest'
 import { randomBytes } from 'node:crypto'
 import { waitFor } from '../helpers/wait.ts'
-import { tapName, vmMac, vmName, type HypervisorDriver, type VmSpec } from '../../node/drivers/hypervisor/types.ts'
+import { tapName, vmMac, vmName, type HypervisorDriver, type VmSpec } from '../../node/compute/hypervisor/types.ts'
 
 export interface HypervisorContractEnv {
   driver: HypervisorDriver

@@ -12,10 +12,10 @@ import { mkdtemp, rm, access, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { randomBytes } from 'node:crypto'
-import { QemuDriver, processAlive as alive } from '../../node/drivers/hypervisor/qemu.ts'
-import { realExec } from '../../node/drivers/exec.ts'
-import { type VmSpec } from '../../node/drivers/hypervisor/types.ts'
-import { tinyImage, readLog, BOOT_LINE, DISK_LABEL, type TinyImage } from '../helpers/tiny-image.ts'
+import { QemuDriver, processAlive as alive } from '../../node/compute/hypervisor/qemu.ts'
+import { realExec } from '../../node/exec.ts'
+import { type VmSpec } from '../../node/compute/hypervisor/types.ts'
+import { tinyImage, readLog, BOOT_LINE, DISK_LABEL, type TinyImage } from '../../node/demo/tiny-image.ts'
 import { waitFor } from '../helpers/wait.ts'
 import { runHypervisorContract, baseSpec, newVmId } from '../contracts/hypervisor.ts'
 
@@ -133,7 +133,7 @@ describe.skipIf(!available)('qemu driver (real)', () => {
       const spec = specFor(img, newVmId())
       const script = join(stateDir, 'daemon.ts')
       await writeFile(script, `
-        import { QemuDriver } from ${JSON.stringify(new URL('../../node/drivers/hypervisor/qemu.ts', import.meta.url).pathname)}
+        import { QemuDriver } from ${JSON.stringify(new URL('../../node/compute/hypervisor/qemu.ts', import.meta.url).pathname)}
         const d = new QemuDriver({ stateDir: ${JSON.stringify(stateDir)} })
         const vm = await d.start(JSON.parse(process.argv[2]))
         console.log(JSON.stringify(vm))

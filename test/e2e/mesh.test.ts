@@ -15,10 +15,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
 import { createTopology, netnsUnavailableReason, wireguardUnavailableReason, type Topology } from '../helpers/netns.ts'
-import { bootDisk, hasBootDiskTools } from '../helpers/boot-disk.ts'
-import { BOOT_LINE } from '../helpers/tiny-image.ts'
+import { bootDisk, hasBootDiskTools } from '../../node/demo/boot-disk.ts'
+import { BOOT_LINE } from '../../node/demo/tiny-image.ts'
 import { waitFor } from '../helpers/wait.ts'
-import type { RequestView, VmView } from '../../node/views.ts'
+import type { RequestView, VmView } from '../../node/control/views.ts'
 
 const reason = await netnsUnavailableReason(['dnsmasq', 'qemu-system-x86_64']) ?? await wireguardUnavailableReason() ?? await hasBootDiskTools()
 if (reason !== undefined) console.log(`skipping the end-to-end test: ${reason}`)

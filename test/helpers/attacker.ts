@@ -8,7 +8,7 @@
  *   of the feed, with extra dependencies (a chosen causal past): what the feed rules forbid.
  * - `craft`: a change re-encoded field by field (any sequence number, any dependencies).
  * - `event`: membership events with a chosen (or missing) `seen`.
- * - Over libp2p (`NetAttacker`): a node from node/p2p.ts with the member's key, the sync protocol
+ * - Over libp2p (`NetAttacker`): a node from node/mesh/p2p.ts with the member's key, the sync protocol
  *   driven frame by frame (`RawSync`: announce anything, send anything, dribble, never end), and
  *   gossip of any bytes on the mesh's change topic.
  *
@@ -36,7 +36,7 @@ import { SYNC_PROTOCOL, MAX_FRAME, syncInitiator, type SyncStats } from '../../c
 import { seenNow } from '../../crdt/membership.ts'
 import { scalars, type MembershipEvent, type Seen } from '../../crdt/schema.ts'
 import { actorForPeer, peerForActor } from '../../keys/peer-key.ts'
-import { createP2PNode, type P2PNode } from '../../node/p2p.ts'
+import { createP2PNode, type P2PNode } from '../../node/mesh/p2p.ts'
 import { silentLogger } from '../../node/log.ts'
 import type { TestDaemon } from './daemon.ts'
 import { waitFor } from './wait.ts'

@@ -20,7 +20,7 @@ import { admit, expel, foundMesh, publishHostRecord, seenNow, setMeshPolicy } fr
 import { scalars, type Seen } from '../../crdt/schema.ts'
 import { deriveWorld, hostViews, placementRequests, type World } from '../../crdt/world.ts'
 import { assign } from '../../crdt/placement.ts'
-import { listVms, vmView, requestView } from '../../node/views.ts'
+import { listVms, vmView, requestView } from '../../node/control/views.ts'
 import { readHostRecord, readStoredRequest } from '../../crdt/records.ts'
 import { Stores, sync, hostRecord } from './stores.ts'
 import { forge, craft, badSignature, signedBy, event, pushEvents, peerOf } from './attacker.ts'
@@ -420,7 +420,7 @@ export class Run {
     const core = (s: string): void => { this.out.core.push(s) }
     const [h0] = this.honest
     // (a) convergence.
-    // What beats compare (node/anti-entropy.ts sorts it): frontier and evidence.
+    // What beats compare (node/mesh/anti-entropy.ts sorts it): frontier and evidence.
     const digests = this.honest.map(h => [...h.digestInput()].sort().join())
     if (new Set(digests).size !== 1) core(`frontiers differ: ${this.honest.map((h, i) => `H${i}: ${h.frontier().map(e => `${this.name(e.author)}@${e.seq}`).join(' ')} evidence ${h.evidence().map(e => `${this.name(e.author)}@${e.seq}:${e.id.slice(0, 6)}`).join(',')}`).join(' | ')}`)
     const views = this.honest.map(h => viewJson(h))

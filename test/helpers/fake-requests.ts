@@ -1,7 +1,7 @@
 /**
  * Requests for state-level tests, with a stand-in for OpenPGP: real payloads (protocol/envelope.ts
  * `buildPayload`, canonical, id = sha256) whose "signature" is the text `ok:<issuer>`, judged by the
- * real `validateEnvelope` at each copy's receipt stamp, as node/requests.ts judges stored requests.
+ * real `validateEnvelope` at each copy's receipt stamp, as node/control/requests.ts judges stored requests.
  * A copy whose payload was tampered with has another id, and a copy whose signature is anything
  * else is invalid, as with real signatures. What is left out: key validity over time.
  *
@@ -16,7 +16,7 @@ import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { RequestKind } from '../../protocol/requests.ts'
 import { scalars, type MeshDoc } from '../../crdt/schema.ts'
 import type { Validity } from '../../crdt/world.ts'
-import type { Fingerprint } from '../../keys/fingerprint.ts'
+import type { Fingerprint } from '../../protocol/fingerprint.ts'
 
 export interface FakeRequest { id: string, payload: string, signature: string }
 

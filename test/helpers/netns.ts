@@ -13,8 +13,8 @@ import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { rm } from 'node:fs/promises'
-import { realExec, check, inNetns } from '../../node/drivers/exec.ts'
-import type { Exec } from '../../node/drivers/exec.ts'
+import { realExec, check, inNetns } from '../../node/exec.ts'
+import type { Exec } from '../../node/exec.ts'
 import { waitFor } from './wait.ts'
 
 export interface TestHost {

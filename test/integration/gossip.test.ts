@@ -5,7 +5,7 @@
  */
 import { describe, it, expect, afterAll } from 'vitest'
 import { generateKeyPair } from '@libp2p/crypto/keys'
-import { createP2PNode, type P2PNode } from '../../node/p2p.ts'
+import { createP2PNode, type P2PNode } from '../../node/mesh/p2p.ts'
 import { waitFor } from '../helpers/wait.ts'
 
 const HOSTS = 20

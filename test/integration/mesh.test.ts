@@ -14,7 +14,7 @@ import { waitFor } from '../helpers/wait.ts'
 import { loadOrCreatePeerKey } from '../../keys/peer-key.ts'
 import { StateStore } from '../../crdt/store.ts'
 import { SYNC_PROTOCOL, syncInitiator } from '../../crdt/sync.ts'
-import { createP2PNode, type P2PNode } from '../../node/p2p.ts'
+import { createP2PNode, type P2PNode } from '../../node/mesh/p2p.ts'
 
 const randomPeer = async (): Promise<string> => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()
 

@@ -12,7 +12,7 @@ import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
 import { waitFor } from '../helpers/wait.ts'
 import { buildPayload } from '../../protocol/envelope.ts'
 import { loadPrivateKey, signDetached } from '../../keys/keyring.ts'
-import type { RequestView, VmView } from '../../node/views.ts'
+import type { RequestView, VmView } from '../../node/control/views.ts'
 
 // Plenty of room on every host, fast heartbeats so that a partition is noticed quickly.
 const CONFIG = 'hypervisor = "none"\nvcpus = 64\nmem_mib = 65536\ndisk_gib = 1000\nheartbeat_interval = 0.5\nreconnect_interval = 0.5\n'

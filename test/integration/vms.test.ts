@@ -10,9 +10,9 @@ import { mkdir, readFile, readdir, rm, writeFile, copyFile, stat } from 'node:fs
 import { join } from 'node:path'
 import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
 import { waitFor } from '../helpers/wait.ts'
-import { bootDisk, hasBootDiskTools } from '../helpers/boot-disk.ts'
-import { BOOT_LINE } from '../helpers/tiny-image.ts'
-import type { RequestView, VmView } from '../../node/views.ts'
+import { bootDisk, hasBootDiskTools } from '../../node/demo/boot-disk.ts'
+import { BOOT_LINE } from '../../node/demo/tiny-image.ts'
+import type { RequestView, VmView } from '../../node/control/views.ts'
 
 const missing = process.getuid?.() !== 0 ? 'needs root (taps, QEMU)' : await hasBootDiskTools()
 if (missing !== undefined) console.warn(`skipping real VM tests: ${missing}`)

@@ -10,10 +10,10 @@ import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { ChildProcess } from 'node:child_process'
-import { check, realExec } from '../../node/drivers/exec.ts'
-import type { Exec } from '../../node/drivers/exec.ts'
-import { tapName, vmMac } from '../../node/drivers/hypervisor/types.ts'
-import { networkMtu } from '../../node/net/addressing.ts'
+import { check, realExec } from '../../node/exec.ts'
+import type { Exec } from '../../node/exec.ts'
+import { tapName, vmMac } from '../../node/compute/hypervisor/types.ts'
+import { networkMtu } from '../../node/network/addressing.ts'
 import type { StatusView } from '../../protocol/api.ts'
 import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
 import { createTopology, netnsUnavailableReason, wireguardUnavailableReason, waitForOutput, stopChild } from '../helpers/netns.ts'
@@ -120,7 +120,7 @@ describe.skipIf(reason !== undefined)('private networks across hosts, through th
     for (const c of children) await stopChild(c).catch(() => {})
     await mesh?.stopAll()
     await topo?.cleanup() // wireguard-go, dnsmasq and every other process of the namespaces
-    // The daemons' claims on their WireGuard interface names (node/reconciler/network.ts, claimInterface).
+    // The daemons' claims on their WireGuard interface names (node/network/reconciler.ts, claimInterface).
     for (const h of topo?.hosts ?? []) await rm(`/run/picocloud/net-${h.wgIfname}.pid`, { force: true })
     if (dir !== undefined) await rm(dir, { recursive: true, force: true })
   }, 60_000)

@@ -11,22 +11,26 @@ import { connect, type Socket } from 'node:net'
 import { EventEmitter } from 'node:events'
 import { ApiServer, type ApiLimits } from '../../node/api/server.ts'
 import { routes } from '../../node/api/routes.ts'
-import type { PicocloudNode } from '../../node/node.ts'
+import type { PicocloudHost } from '../../node/host.ts'
 import { silentLogger } from '../../node/log.ts'
 
-/** Just what the routes under test call. */
+/** Just what the routes under test call: a host and the subsystems they reach. */
 class StubNode extends EventEmitter {
   peerId = '12D3KooWstub'
   uploaded = 0
   status (): unknown { return { ok: true } }
-  async admit (): Promise<unknown> { return { admitted: true } }
-  async addImage (source: AsyncIterable<Uint8Array>): Promise<unknown> {
-    for await (const chunk of source) this.uploaded += chunk.length
-    return { sha256: 'x', format: 'raw', size: this.uploaded }
+  membership = { admit: async (): Promise<unknown> => ({ admitted: true }) }
+  compute = {
+    addImage: async (source: AsyncIterable<Uint8Array>): Promise<unknown> => {
+      for await (const chunk of source) this.uploaded += chunk.length
+      return { sha256: 'x', format: 'raw', size: this.uploaded }
+    }
   }
 
-  vm (): unknown { throw new Error('not reached') }
-  request (): unknown { throw new Error('not reached') }
+  control = {
+    vm: (): unknown => { throw new Error('not reached') },
+    request: (): unknown => { throw new Error('not reached') }
+  }
 }
 
 /** A raw connection to the socket: what it received when the server closed it. */
@@ -66,7 +70,7 @@ describe('local API server', () => {
     dir = await mkdtemp(join(tmpdir(), 'pc-api-'))
     socket = join(dir, 'api.sock')
     node = new StubNode()
-    server = new ApiServer(socket, routes(node as unknown as PicocloudNode), silentLogger, limits)
+    server = new ApiServer(socket, routes(node as unknown as PicocloudHost), silentLogger, limits)
     await server.start()
   })
   afterAll(async () => {

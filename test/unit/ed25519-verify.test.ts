@@ -9,7 +9,7 @@ import { describe, it, expect, beforeAll } from 'vitest'
 import * as openpgp from 'openpgp'
 import { verifyDetached, verifyWithOpenpgp, fingerprintOf, type VerifiedSignature } from '../../keys/keyring.ts'
 import { fastEd25519Eligible } from '../../keys/ed25519-verify.ts'
-import type { Fingerprint } from '../../keys/fingerprint.ts'
+import type { Fingerprint } from '../../protocol/fingerprint.ts'
 import { makeKey, signAt, revokeAt, revokeSubkeyAt, openpgpVerifyAt, reason, at } from '../helpers/pgp-keys.ts'
 
 const bytes = (s: string): Uint8Array => new TextEncoder().encode(s)

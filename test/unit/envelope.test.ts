@@ -9,7 +9,7 @@ import {
 import { canonicalize } from '../../protocol/canonical-json.ts'
 import { generateKey, loadPrivateKey, signDetached, keyringVerifier } from '../../keys/keyring.ts'
 import { PicocloudError } from '../../protocol/errors.ts'
-import type { Fingerprint } from '../../keys/fingerprint.ts'
+import type { Fingerprint } from '../../protocol/fingerprint.ts'
 
 const MESH = 'mesh-test'
 const ISSUER = 'A'.repeat(40) as Fingerprint

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest'
-import { FakeHypervisor } from '../../node/drivers/hypervisor/fake.ts'
+import { FakeHypervisor } from '../../node/compute/hypervisor/fake.ts'
 import { runHypervisorContract, baseSpec, newVmId } from '../contracts/hypervisor.ts'
 
 let last: FakeHypervisor

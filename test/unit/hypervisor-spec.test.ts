@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest'
-import { tapName, vmMac, vmName, validateSpec } from '../../node/drivers/hypervisor/types.ts'
-import { qemuArgs, SANDBOX } from '../../node/drivers/hypervisor/qemu.ts'
+import { tapName, vmMac, vmName, validateSpec } from '../../node/compute/hypervisor/types.ts'
+import { qemuArgs, SANDBOX } from '../../node/compute/hypervisor/qemu.ts'
 import { baseSpec } from '../contracts/hypervisor.ts'
 
 const id = '0123456789abcdef'

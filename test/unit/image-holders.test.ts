@@ -17,15 +17,15 @@ import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { lpStream, type LengthPrefixedStream } from 'it-length-prefixed-stream'
 import type { Stream } from '@libp2p/interface'
-import { ImageStore } from '../../node/drivers/images/store.ts'
+import { ImageStore } from '../../node/compute/images/store.ts'
 import {
   IMAGE_PROTOCOL, serveImage, fetchImage, holders, HolderHistory, TransferWatchdog,
   HolderStalledError, HolderTooSlowError, type FetchOptions
-} from '../../node/images.ts'
-import { BulkServer, sealRecord, RECORD_BYTES, type BulkOffer } from '../../node/bulk.ts'
+} from '../../node/compute/images/transfer.ts'
+import { BulkServer, sealRecord, RECORD_BYTES, type BulkOffer } from '../../node/compute/images/bulk.ts'
 import { createLogger } from '../../node/log.ts'
 import type { StateStore } from '../../crdt/store.ts'
-import type { P2PNode } from '../../node/p2p.ts'
+import type { P2PNode } from '../../node/mesh/p2p.ts'
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex')
 const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v))

@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { createHash, randomBytes } from 'node:crypto'
-import { ImageStore, detectFormat } from '../../node/drivers/images/store.ts'
+import { ImageStore, detectFormat } from '../../node/compute/images/store.ts'
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex')
 

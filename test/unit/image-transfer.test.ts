@@ -1,6 +1,6 @@
 /**
  * Image transfer between two real libp2p nodes on loopback: over the bulk side channel
- * (node/bulk.ts) when it works, over the libp2p stream when it does not, always resumable and
+ * (node/compute/images/bulk.ts) when it works, over the libp2p stream when it does not, always resumable and
  * sha256-verified; and the side channel's own rules (one-time tokens, authenticated records).
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
@@ -13,11 +13,11 @@ import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
-import { ImageStore } from '../../node/drivers/images/store.ts'
-import { IMAGE_PROTOCOL, serveImage, fetchImage } from '../../node/images.ts'
-import { BulkServer, bulkReceive, sealRecord, RecordOpener, startBulkServer, RECORD_BYTES, MAX_RECORD_BYTES, BULK_MAGIC, type BulkOffer } from '../../node/bulk.ts'
+import { ImageStore } from '../../node/compute/images/store.ts'
+import { IMAGE_PROTOCOL, serveImage, fetchImage } from '../../node/compute/images/transfer.ts'
+import { BulkServer, bulkReceive, sealRecord, RecordOpener, startBulkServer, RECORD_BYTES, MAX_RECORD_BYTES, BULK_MAGIC, type BulkOffer } from '../../node/compute/images/bulk.ts'
 import { createLogger, silentLogger } from '../../node/log.ts'
-import type { P2PNode } from '../../node/p2p.ts'
+import type { P2PNode } from '../../node/mesh/p2p.ts'
 import { waitFor } from '../helpers/wait.ts'
 
 const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true } catch { return false } }

@@ -8,7 +8,7 @@ import {
   keyringDir, resolvePassphrase, generateKey, importKeys, listKeys, exportKey, removeKey, findPublicKey,
   loadPrivateKey, signDetached, verifyDetached, keyringVerifier, parseKeys
 } from '../../keys/keyring.ts'
-import { normalizeFingerprint, type Fingerprint } from '../../keys/fingerprint.ts'
+import { normalizeFingerprint, type Fingerprint } from '../../protocol/fingerprint.ts'
 import { buildPayload, validateEnvelope } from '../../protocol/envelope.ts'
 import * as openpgp from 'openpgp'
 import { PicocloudError } from '../../protocol/errors.ts'

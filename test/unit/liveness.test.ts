@@ -1,6 +1,6 @@
 import { describe, it, expect, vi, afterEach } from 'vitest'
-import { isSilent, Liveness, SILENT_INTERVALS } from '../../node/liveness.ts'
-import { headsDigest, sameDigest, DivergenceWatch, DIGEST_BYTES } from '../../node/anti-entropy.ts'
+import { isSilent, Liveness, SILENT_INTERVALS } from '../../node/mesh/liveness.ts'
+import { headsDigest, sameDigest, DivergenceWatch, DIGEST_BYTES } from '../../node/mesh/anti-entropy.ts'
 
 describe('liveness', () => {
   it('a peer is alive for three intervals after its last beat, then down', () => {

@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest'
-import { AuthorRateLimit } from '../../node/rate-limit.ts'
+import { AuthorRateLimit } from '../../node/mesh/rate-limit.ts'
 import { Stores } from '../helpers/stores.ts'
 import { publishHostRecord } from '../../crdt/membership.ts'
 

@@ -1,7 +1,7 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest'
 import { createHash } from 'node:crypto'
 import { Stores, sync } from '../helpers/stores.ts'
-import { Scheduler } from '../../node/scheduler.ts'
+import { Scheduler } from '../../node/control/scheduler.ts'
 import { validateBody } from '../../protocol/requests.ts'
 import { rank } from '../../crdt/placement.ts'
 import { scalars } from '../../crdt/schema.ts'

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest'
-import { seedFiles } from '../../node/drivers/hypervisor/seed.ts'
+import { seedFiles } from '../../node/compute/hypervisor/seed.ts'
 
 describe('cloud-init NoCloud seed', () => {
   it('names the VM, installs the owner\'s SSH keys and configures each NIC by MAC (DHCP or the static address)', () => {

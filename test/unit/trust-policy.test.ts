@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest'
 import { emptyPolicy, addEntry, removeEntry, findEntry, admits, validatePolicy, NO_USAGE } from '../../keys/trust-policy.ts'
-import { normalizeFingerprint } from '../../keys/fingerprint.ts'
+import { normalizeFingerprint } from '../../protocol/fingerprint.ts'
 import { PicocloudError } from '../../protocol/errors.ts'
 
 const ADA = 'A1'.repeat(20)

@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest'
-import { planVms, type VmTarget, type PlanInput } from '../../node/reconciler/vm-plan.ts'
-import type { VmObserved, VmSpec } from '../../node/drivers/hypervisor/types.ts'
+import { planVms, type VmTarget, type PlanInput } from '../../node/compute/vm-plan.ts'
+import type { VmObserved, VmSpec } from '../../node/compute/hypervisor/types.ts'
 
 const id = 'ab'.repeat(32)
 const name = 'pc-abababab'

@@ -78,7 +78,7 @@ describe('the WireGuard key derived from the peer key', () => {
   })
 
   it('maps an Ed25519 key and its negation (sign bit of x flipped) to one WireGuard key', async () => {
-    // Why a member counts for WireGuard only once it has written its own record (node/reconciler/network.ts):
+    // Why a member counts for WireGuard only once it has written its own record (node/network/reconciler.ts):
     // anyone can admit the negated peer id, but nobody holds its private key.
     const id = peerIdFromPrivateKey(await generateKeyPair('Ed25519'))
     const raw = new Uint8Array(id.publicKey.raw); raw[31] ^= 0x80

@@ -4,7 +4,7 @@ import {
   meshPrefix, hostSubnet, assignOverlayAddresses, overlayAddress, findAddressCollisions, parseIpv6, formatIpv6,
   assignVnis, rawVni, bridgeName, vxlanName, isOurIfname, checkIfname, networkMtu, wireguardMtu, deriveMac,
   isReservedInterfaceId, VNI_MIN, VNI_MAX, IFNAME_MAX
-} from '../../../node/net/addressing.ts'
+} from '../../../node/network/addressing.ts'
 
 describe('mesh prefix and host addresses', () => {
   it('is a ULA /48 under fd00::/8, stable for a mesh id', () => {

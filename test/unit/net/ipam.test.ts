@@ -2,8 +2,8 @@ import { describe, it, expect } from 'vitest'
 import fc from 'fast-check'
 import {
   allocateIpv4, parseIpv4, formatIpv4, parseSubnet4, parseSubnet6, inSubnet4, hostInterfaceIds6, hostRegionSize
-} from '../../../node/net/ipam.ts'
-import type { IpamVm } from '../../../node/net/ipam.ts'
+} from '../../../node/network/ipam.ts'
+import type { IpamVm } from '../../../node/network/ipam.ts'
 
 const code = expect.objectContaining({ code: 'BAD_NETWORK_PLAN' })
 

@@ -1,10 +1,10 @@
 import { describe, it, expect } from 'vitest'
 import nacl from 'tweetnacl'
-import { planHost, diff } from '../../../node/net/plan.ts'
-import type { ActualState, PlanInput, PlanNetwork } from '../../../node/net/plan.ts'
-import { assignOverlayAddresses, assignVnis, bridgeName, vxlanName } from '../../../node/net/addressing.ts'
-import { fakeNetworkDriver } from '../../../node/drivers/network/fake.ts'
-import { reconcileNetwork } from '../../../node/net/reconcile.ts'
+import { planHost, diff } from '../../../node/network/plan.ts'
+import type { ActualState, PlanInput, PlanNetwork } from '../../../node/network/plan.ts'
+import { assignOverlayAddresses, assignVnis, bridgeName, vxlanName } from '../../../node/network/addressing.ts'
+import { fakeNetworkDriver } from '../../../node/network/drivers/fake.ts'
+import { reconcileNetwork } from '../../../node/network/reconcile.ts'
 
 const b64 = (b: Uint8Array): string => Buffer.from(b).toString('base64')
 const keys = ['A', 'B', 'C'].map(() => nacl.box.keyPair())

@@ -1,12 +1,12 @@
 import { describe, it, expect } from 'vitest'
 import nacl from 'tweetnacl'
-import { planHost } from '../../../node/net/plan.ts'
-import type { PlanInput, PlanNetwork, PlanVm } from '../../../node/net/plan.ts'
-import { assignOverlayAddresses } from '../../../node/net/addressing.ts'
-import { fakeNetworkDriver } from '../../../node/drivers/network/fake.ts'
-import { parseNftTable } from '../../../node/drivers/network/linux.ts'
-import { reconcileNetwork } from '../../../node/net/reconcile.ts'
-import { renderFirewall } from '../../../node/net/services.ts'
+import { planHost } from '../../../node/network/plan.ts'
+import type { PlanInput, PlanNetwork, PlanVm } from '../../../node/network/plan.ts'
+import { assignOverlayAddresses } from '../../../node/network/addressing.ts'
+import { fakeNetworkDriver } from '../../../node/network/drivers/fake.ts'
+import { parseNftTable } from '../../../node/network/drivers/linux.ts'
+import { reconcileNetwork } from '../../../node/network/reconcile.ts'
+import { renderFirewall } from '../../../node/network/services.ts'
 
 const b64 = (b: Uint8Array): string => Buffer.from(b).toString('base64')
 const keys = ['A', 'B', 'C'].map(() => nacl.box.keyPair())

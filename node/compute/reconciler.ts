@@ -1,0 +1,258 @@
+/**
+ * The VM reconciler of this host: from the derived world, the VMs placed here become real VMs
+ * through the hypervisor driver, and what the driver observes is reported in this host's record.
+ * Observe → plan (node/compute/vm-plan.ts) → apply the smallest change → report. Runs on every
+ * state change and every few seconds; passes never overlap; a failed action is reported, never
+ * thrown. A restart of the daemon adopts running VMs: the driver finds them by name.
+ */
+import { join } from 'node:path'
+import { vmName, tapName, vmMac, type HypervisorDriver, type VmSpec, type VmObserved } from './hypervisor/types.ts'
+import type { ImageStore } from './images/store.ts'
+import type { StateStore } from '../../crdt/store.ts'
+import type { World, VmEntry } from '../../crdt/world.ts'
+import { optString, scalars, type HostVm } from '../../crdt/schema.ts'
+import { assignVnis, bridgeName } from '../network/index.ts'
+import { planVms, type VmTarget, type VmReport } from './vm-plan.ts'
+import type { Logger } from '../log.ts'
+
+export interface VmReconcilerInit {
+  store: StateStore
+  driver: HypervisorDriver
+  images: ImageStore
+  world: () => World
+  log: Logger
+  /** Fetches an image from peers (node/compute/images/transfer.ts); resolves when it is in the local store. */
+  fetch: (vmId: string, sha256: string) => Promise<void>
+  /** Writes a cloud-init seed for the VM and returns its path, or undefined for none. */
+  seed?: (vm: VmEntry, spec: VmSpec) => Promise<string | undefined>
+  /** Stop a local VM nobody placed here after this long. @default 60000 */
+  orphanGraceMs?: number
+  /** @default 5000 */
+  intervalMs?: number
+  /** Awaited before VMs start (the data plane makes the bridges their NICs join). */
+  beforeStart?: () => Promise<void>
+}
+
+const FETCH_RETRY_MS = 5000
+
+export interface ReconcileStats { passes: number, errors: number, lastMs: number, totalMs: number }
+
+export class VmReconciler {
+  private readonly init: VmReconcilerInit
+  private running?: Promise<void>
+  private again = false
+  private timer?: NodeJS.Timeout
+  private readonly orphanSince = new Map<string, number>()
+  private readonly fetching = new Map<string, Promise<void>>()
+  /** Last fetch failure per image, retried after FETCH_RETRY_MS (a good holder may come back). */
+  private readonly fetchErrors = new Map<string, { reason: string, at: number }>()
+  private readonly actionErrors = new Map<string, string>()
+  /** Crash backoff per VM: 2 s after the first crash, doubling to 5 min. */
+  private readonly crashes = new Map<string, { count: number, notBefore: number, pid?: number }>()
+  readonly stats: ReconcileStats = { passes: 0, errors: 0, lastMs: 0, totalMs: 0 }
+
+  constructor (init: VmReconcilerInit) {
+    this.init = init
+  }
+
+  start (): void {
+    this.timer = setInterval(() => this.kick(true), this.init.intervalMs ?? 5000)
+    this.timer.unref()
+    this.kick(true)
+  }
+
+  stop (): void {
+    clearInterval(this.timer)
+  }
+
+  /**
+   * Runs a pass soon. A pass caused by a state change that left this host's VMs as they were is
+   * skipped (no look at the hypervisor); `observe` forces one (the periodic pass, a fetch done, a
+   * crash backoff over), so a VM that died is still noticed within the interval.
+   */
+  kick (observe = false): void {
+    this.observeNext ||= observe
+    if (this.running !== undefined) { this.again = true; return }
+    this.running = (async () => {
+      // Later than the scheduler's pass, and once for a burst of changes.
+      await new Promise(resolve => setTimeout(resolve, 20))
+      do {
+        this.again = false
+        const t0 = performance.now()
+        const observe = this.observeNext
+        this.observeNext = false
+        try {
+          await this.pass(observe)
+        } catch (err: any) {
+          this.stats.errors++
+          this.init.log.error('VM reconcile pass failed', { error: err.message })
+        }
+        const ms = performance.now() - t0
+        this.stats.passes++; this.stats.lastMs = ms; this.stats.totalMs += ms
+      } while (this.again)
+    })().finally(() => { this.running = undefined })
+  }
+
+  async idle (): Promise<void> {
+    while (this.running !== undefined) await this.running
+  }
+
+  /** The spec of a VM placed here, when its image is in the local store. */
+  private async spec (world: World, vm: VmEntry): Promise<{ spec?: VmSpec, image: VmTarget['image'] }> {
+    const ref = vm.spec.image
+    const img = ref.startsWith('sha256:') ? [...world.images.values()].find(i => i.sha256 === ref.slice(7)) : world.images.get(ref)
+    const sha256 = img?.sha256 ?? (ref.startsWith('sha256:') ? ref.slice(7) : undefined)
+    if (sha256 === undefined) return { image: { present: false, error: `image ${ref} is not known in this mesh (add it with \`picocloud image add\`)` } }
+    const fetchError = this.fetchErrors.get(sha256)
+    if (fetchError !== undefined && Date.now() - fetchError.at > FETCH_RETRY_MS) this.fetchErrors.delete(sha256)
+    if (!(await this.init.images.has(sha256))) return { image: { sha256, present: false, error: this.fetchErrors.get(sha256)?.reason } }
+    const info = await this.init.images.info(sha256)
+    const vnis = assignVnis([...world.nets.values()].map(n => n.id))
+    const spec: VmSpec = {
+      id: vm.id,
+      name: vmName(vm.id),
+      vcpus: vm.needs.vcpus,
+      memMiB: vm.needs.memMiB,
+      arch: vm.spec.arch,
+      disk: { baseImage: this.init.images.path(sha256), format: info?.format ?? img?.format ?? 'raw', sizeGiB: vm.needs.diskGiB },
+      nics: vm.nics.map((n, i) => {
+        const net = world.nets.get(n.net)
+        const vni = net === undefined ? undefined : vnis.get(net.id)
+        return { mac: vmMac(vm.id, i), tap: tapName(vm.id, i), ...(vni === undefined ? {} : { bridge: bridgeName(vni) }) }
+      }),
+      restart: vm.spec.restart
+    }
+    const seed = await this.init.seed?.(vm, spec)
+    if (seed !== undefined) spec.seed = seed
+    return { spec, image: { sha256, present: true } }
+  }
+
+  private observeNext = false
+  private lastInputs = ''
+
+  private async pass (observe: boolean): Promise<void> {
+    const { store, driver, log } = this.init
+    if (!store.inMesh) return
+    const self = store.self
+    const world = this.init.world()
+    const mineInState = store.doc.hosts?.[self]?.vms ?? {}
+    const targets: VmTarget[] = []
+    const lostHere = new Set<string>()
+    for (const vm of world.vms.values()) {
+      const name = vmName(vm.id)
+      const placedHere = vm.host === self
+      if (!placedHere) {
+        // Destroyed VMs that were ours, and VMs a better-ranked host won, go at once.
+        if (vm.desired === 'destroyed' && mineInState[vm.id] !== undefined) targets.push({ id: vm.id, name, want: 'destroyed', restart: 'never', image: { present: true } })
+        else if (vm.desired !== 'destroyed' && vm.host !== null) lostHere.add(name)
+        continue
+      }
+      // Start only once the claim has settled (the scheduler then writes the first report).
+      if (mineInState[vm.id] === undefined) continue
+      const operatorStop = mineInState[vm.id]?.operatorStop
+      const want = vm.desired === 'running' && operatorStop === undefined ? 'running' : vm.desired === 'destroyed' ? 'destroyed' : 'stopped'
+      const { spec, image } = want === 'running' ? await this.spec(world, vm) : { spec: undefined, image: { present: true } }
+      targets.push({ id: vm.id, name, want, restart: vm.spec.restart, spec, image })
+    }
+    const inputs = JSON.stringify([targets, [...lostHere]])
+    if (!observe && inputs === this.lastInputs) return
+    this.lastInputs = inputs
+    const observed = await driver.list()
+    const now = Date.now()
+    for (const o of observed) if (!this.orphanSince.has(o.name)) this.orphanSince.set(o.name, now)
+    for (const name of this.orphanSince.keys()) if (!observed.some(o => o.name === name)) this.orphanSince.delete(name)
+    for (const o of observed) {
+      const old = this.crashes.get(o.name)
+      if (o.state === 'running' && old !== undefined && now - old.notBefore > 600_000) this.crashes.delete(o.name)
+      if (o.state !== 'crashed') continue
+      const c = this.crashes.get(o.name)
+      if (c !== undefined && c.pid === o.pid) continue
+      const count = (c?.count ?? 0) + 1
+      this.crashes.set(o.name, { count, pid: o.pid, notBefore: now + Math.min(2000 * 2 ** (count - 1), 300_000) })
+      log.warn('VM crashed', { vm: o.name, reason: o.reason, restartInMs: Math.min(2000 * 2 ** (count - 1), 300_000) })
+      setTimeout(() => this.kick(true), Math.min(2000 * 2 ** (count - 1), 300_000) + 50).unref()
+    }
+    const restartNotBefore = new Map([...this.crashes].map(([n, c]) => [n, c.notBefore]))
+    const plan = planVms({ targets, observed, now, orphanSince: this.orphanSince, orphanGraceMs: this.init.orphanGraceMs ?? 60_000, lostHere, restartNotBefore })
+    for (const o of plan.orphans) if (o.seenMs === 0) log.warn('a VM runs here that the state does not place here; it will be stopped after the grace period', { vm: o.name })
+
+    const reports = new Map(plan.reports)
+    if (plan.actions.some(a => a.type === 'start' && a.spec.nics.some(n => n.bridge !== undefined))) {
+      await this.init.beforeStart?.().catch((err: any) => { log.warn('data plane not ready before VM start', { error: err.message }) })
+    }
+    for (const a of plan.actions) {
+      try {
+        switch (a.type) {
+          case 'fetch':
+            this.startFetch(a.id, a.sha256)
+            break
+          case 'start': {
+            const o = await driver.start(a.spec)
+            this.actionErrors.delete(a.id)
+            reports.set(a.id, observedReport(o))
+            log.info('started VM', { vm: a.spec.name, pid: o.pid })
+            break
+          }
+          case 'stop':
+            await driver.stop(a.name)
+            reports.set(a.id, { status: 'stopped' })
+            log.info('stopped VM', { vm: a.name })
+            break
+          case 'destroy':
+            await driver.destroy(a.name)
+            log.info('destroyed VM', { vm: a.name })
+            break
+          case 'stop-orphan':
+            await driver.stop(a.name)
+            log.warn('stopped a VM that the state does not place here', { vm: a.name })
+            break
+        }
+      } catch (err: any) {
+        this.stats.errors++
+        const id = 'id' in a ? a.id : undefined
+        log.error(`VM ${a.type} failed`, { vm: 'name' in a ? a.name : a.id, error: err.message })
+        if (id !== undefined) reports.set(id, { status: 'failed', reason: err.message })
+      }
+    }
+    await this.report(reports, mineInState)
+  }
+
+  private startFetch (vmId: string, sha256: string): void {
+    if (this.fetching.has(sha256)) return
+    const p = this.init.fetch(vmId, sha256)
+      .then(() => { this.fetchErrors.delete(sha256) })
+      .catch((err: any) => { this.fetchErrors.set(sha256, { reason: err.message, at: Date.now() }) })
+      .finally(() => { this.fetching.delete(sha256); this.kick(true) })
+    this.fetching.set(sha256, p)
+  }
+
+  /** Writes status changes only, in one signed change. */
+  private async report (reports: Map<string, VmReport>, current: Record<string, HostVm>): Promise<void> {
+    const changed = [...reports].filter(([id, r]) => {
+      const cur = current[id]
+      return cur === undefined || optString(cur.status) !== r.status || optString(cur.reason) !== r.reason
+    })
+    if (changed.length === 0) return
+    const { store } = this.init
+    const at = new Date().toISOString()
+    await store.change(`report ${changed.map(([id, r]) => `${id.slice(0, 8)}=${r.status}`).join(' ')}`, d => {
+      const rec = d.host
+      if (rec === undefined) return
+      rec.vms ??= {}
+      for (const [id, r] of changed) {
+        const prev = current[id]
+        const next: HostVm = { status: r.status, since: at }
+        if (r.reason !== undefined) next.reason = r.reason
+        if (prev?.operatorStop !== undefined && r.status !== 'destroyed') next.operatorStop = prev.operatorStop
+        rec.vms[id] = scalars(next)
+      }
+    })
+  }
+}
+
+function observedReport (o: VmObserved): VmReport {
+  if (o.state === 'running' || o.state === 'paused') return { status: 'running' }
+  return { status: 'failed', reason: o.reason ?? `the VM is ${o.state} right after start` }
+}
+
+export const seedDir = (stateDir: string, name: string): string => join(stateDir, 'vms', name)

@@ -1,0 +1,182 @@
+/**
+ * The control plane of one host: signed requests (taken in through the socket, judged wherever
+ * stored), the world they make (VMs, networks, images, outcomes), placement (this host's claims),
+ * the operator's trust policy, and the views the API shows of all that.
+ *
+ * @example
+ * const control = new Control({ store, log, isUp: peer => mesh.isUp(peer) })
+ * await control.start()
+ * await control.submit(envelope)
+ */
+import type { StateStore } from '../../crdt/store.ts'
+import type { World, NetEntry } from '../../crdt/world.ts'
+import { isActiveMember, scalars } from '../../crdt/schema.ts'
+import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
+import type { TrustEntry } from '../../keys/trust-policy.ts'
+import type { Logger } from '../log.ts'
+import { RequestBook } from './requests.ts'
+import { Scheduler } from './scheduler.ts'
+import { trustAdd, trustRemove, trustList, republishKeys, type TrustAddInput, type TrustView } from './trust.ts'
+import { listVms, findVm, vmView, requestView, type VmFilter, type VmView, type RequestView } from './views.ts'
+
+export interface ControlInit {
+  store: StateStore
+  log: Logger
+  /** Whether a peer is up as this host sees it (the mesh's liveness). */
+  isUp: (peer: string) => boolean
+}
+
+export interface NetView { name: string, owner: string, subnet: unknown, mode: string, gateway: unknown, vms: string[], hosts: string[], created: string }
+
+export class Control {
+  readonly requests: RequestBook
+  readonly scheduler: Scheduler
+  private readonly store: StateStore
+  private readonly log: Logger
+
+  constructor (init: ControlInit) {
+    const { store, log } = init
+    this.store = store
+    this.log = log
+    this.requests = new RequestBook(store, log.forComponent('requests'))
+    this.scheduler = new Scheduler({ store, book: this.requests, up: init.isUp, log: log.forComponent('scheduler') })
+    this.requests.onVerified = () => this.scheduler.verdictsChanged()
+    this.requests.onKeysChanged = fprs => {
+      if (!store.inMesh || !isActiveMember(store.doc, store.self)) return
+      republishKeys(store, fprs, async f => await this.requests.mergedKey(f))
+        .then(n => { if (n > 0) log.info('republished merged keys (a revocation or update from another host)', { keys: n }) })
+        .catch(err => log.warn('could not republish merged keys', { error: err.message }))
+    }
+  }
+
+  /** The world derived from the replicated state (cached per state version). */
+  world (): World { return this.scheduler.world() }
+
+  /**
+   * Judges every stored request, then places. Other subsystems (VMs, the data plane) start only
+   * after this: before it the world would lack VMs, and a restarted host would tear down networks
+   * and VMs that are right.
+   */
+  async start (): Promise<void> {
+    await this.requests.verifyPending()
+    this.scheduler.kick()
+  }
+
+  /** The state changed, or hosts came and went: judge what is new and place again. */
+  stateChanged (): void {
+    void this.requests.verifyPending()
+    this.scheduler.kick()
+  }
+
+  peersChanged (): void { this.scheduler.kick() }
+
+  async submit (envelope: unknown): Promise<RequestView> {
+    const { id } = await this.requests.submit(envelope)
+    await this.requests.verifyPending()
+    return this.request(id)
+  }
+
+  request (id: string): RequestView {
+    const world = this.world()
+    const matches = [...world.requests.keys()].filter(k => k === id || (id.length >= 8 && k.startsWith(id)))
+    if (matches.length !== 1) {
+      throw new PicocloudError(ErrorCode.NotFound, matches.length === 0 ? `no request ${id} in the state of this host` : `${matches.length} requests start with ${id}; give more of the id`, 404)
+    }
+    return requestView(this.store.doc, world.requests.get(matches[0]) as NonNullable<ReturnType<typeof world.requests.get>>)
+  }
+
+  vms (filter: VmFilter): VmView[] {
+    return listVms(this.store.doc, this.world(), filter)
+  }
+
+  vm (ref: string, owner?: string): VmView & { history: RequestView[] } {
+    const world = this.world()
+    const vm = findVm(world, ref, owner)
+    const history = vm.requests.map(id => world.requests.get(id)).filter(r => r !== undefined).map(r => requestView(this.store.doc, r))
+    return { ...vmView(this.store.doc, vm), history }
+  }
+
+  nets (): NetView[] {
+    const world = this.world()
+    return [...world.nets.values()].sort((a, b) => a.name.localeCompare(b.name)).map(n => {
+      const users = [...world.vms.values()].filter(v => v.desired !== 'destroyed' && v.rejected === undefined && v.nics.some(x => x.net === n.name))
+      return {
+        name: n.name,
+        owner: n.owner,
+        subnet: n.spec.subnet,
+        mode: n.spec.mode,
+        gateway: n.spec.gateway,
+        vms: users.map(v => v.name),
+        hosts: [...new Set(users.map(v => v.host).filter((h): h is string => h !== null))].sort(),
+        created: new Date(n.created).toISOString()
+      }
+    })
+  }
+
+  /** One network, with its entry (its id names it in the hosts' records). */
+  net (name: string): NetView & { entry: NetEntry } {
+    const n = this.nets().find(x => x.name === name)
+    const entry = this.world().nets.get(name)
+    if (n === undefined || entry === undefined) throw new PicocloudError(ErrorCode.NotFound, `no network ${name} (see \`picocloud net list\`)`, 404)
+    return { ...n, entry }
+  }
+
+  imageList (): Array<{ name: string, sha256: string, format: string, sizeBytes: number, owner: string, arch: string, holders: string[] }> {
+    return [...this.world().images.values()].sort((a, b) => a.name.localeCompare(b.name)).map(i => ({
+      name: i.name,
+      sha256: i.sha256,
+      format: i.format,
+      sizeBytes: i.sizeBytes,
+      owner: i.owner,
+      arch: i.arch,
+      holders: Object.entries(this.store.doc.hosts ?? {}).filter(([, r]) => r.images?.[i.sha256] !== undefined).map(([p, r]) => r.name || p).sort()
+    }))
+  }
+
+  async trustAdd (input: TrustAddInput): Promise<TrustEntry> {
+    const entry = await trustAdd(this.store, input)
+    this.log.info('trusted key', { fingerprint: entry.fingerprint })
+    return entry
+  }
+
+  async trustRemove (fpr: string): Promise<{ fingerprint: string }> {
+    const r = await trustRemove(this.store, fpr)
+    this.log.info('no longer trusts key', { fingerprint: r.fingerprint })
+    return r
+  }
+
+  async trustList (): Promise<TrustView[]> {
+    const world = this.world()
+    const self = this.store.self
+    return await trustList(this.store, fpr => {
+      const u = { vms: 0, vcpus: 0, memMiB: 0, diskGiB: 0 }
+      for (const vm of world.vms.values()) {
+        if (vm.host !== self || vm.owner !== fpr || vm.desired === 'destroyed') continue
+        u.vms++; u.vcpus += vm.needs.vcpus; u.memMiB += vm.needs.memMiB; u.diskGiB += vm.needs.diskGiB
+      }
+      return u
+    })
+  }
+
+  /** The host operator stops a VM that runs here (socket authority, no signature). */
+  async operatorStop (ref: string, reason: string): Promise<VmView> {
+    const vm = findVm(this.world(), ref)
+    const self = this.store.self
+    if (vm.host !== self) {
+      throw new PicocloudError(ErrorCode.NotAllowed, `VM ${vm.name} does not run on this host (it runs on ${vm.host ?? 'no host'}); a host operator may stop only VMs on their own host`, 403)
+    }
+    const at = new Date().toISOString()
+    await this.store.change(`operator stops ${vm.id}`, d => {
+      const rec = d.host
+      if (rec === undefined) return
+      rec.vms ??= {}
+      rec.vms[vm.id] = scalars({ status: 'stopped', since: at, reason: `stopped by the host operator: ${reason || 'no reason given'}`, operatorStop: { at, reason } })
+    })
+    this.log.info('operator stopped VM', { vm: vm.id, reason })
+    return vmView(this.store.doc, findVm(this.world(), vm.id))
+  }
+
+  stop (): void {
+    this.scheduler.stop()
+  }
+}

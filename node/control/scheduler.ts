@@ -1,0 +1,210 @@
+/**
+ * Placement without a controller, this host's part: from the derived world, claim the VMs this
+ * host ranks first for (among hosts it believes up), confirm a claim once it has settled with no
+ * better-ranked claimant, withdraw claims a better-ranked host won, and record the final rejection
+ * of requests this host received that nobody can take. All of it in one signed change per pass.
+ */
+import { deriveWorld, allClaims, hostViews, placementRequests, settledHosts, type World } from '../../crdt/world.ts'
+import { assign, resolveClaims, placeOne, type Claim } from '../../crdt/placement.ts'
+import type { StateStore } from '../../crdt/store.ts'
+import { scalars } from '../../crdt/schema.ts'
+import type { RequestBook } from './requests.ts'
+import type { Logger } from '../log.ts'
+
+const KICK_DELAY_MS = 5
+
+export interface SchedulerInit {
+  store: StateStore
+  book: RequestBook
+  /** Whether a peer is up as this host sees it (heartbeats, connections). */
+  up: (peer: string) => boolean
+  log: Logger
+  /** How long a claim stands unchallenged before the VM counts as placed. @default 150 */
+  settleMs?: number
+  /**
+   * How long a VM may stay unclaimed before the host ranked next claims it (and the one after,
+   * twice as long…): a host ranked first that is up but never claims cannot keep a VM unplaced.
+   * @default 5000
+   */
+  fallbackMs?: number
+}
+
+export class Scheduler {
+  private readonly init: SchedulerInit
+  private readonly settleMs: number
+  private readonly fallbackMs: number
+  /** When this host first saw each VM unclaimed (its own clock: only when to claim depends on it). */
+  private readonly unclaimedSince = new Map<string, { since: number, due: number }>()
+  private cached?: { heads: string, world: World }
+  private running: Promise<void> | undefined
+  private again = false
+  private timer?: NodeJS.Timeout
+
+  constructor (init: SchedulerInit) {
+    this.init = init
+    this.settleMs = init.settleMs ?? 150
+    this.fallbackMs = init.fallbackMs ?? 5000
+  }
+
+  /** The world derived from the current state (cached per state version). */
+  world (): World {
+    const { store, book } = this.init
+    const heads = `${store.version}|${this.verdictVersion}`
+    if (this.cached?.heads !== heads) this.cached = { heads, world: deriveWorld(store.doc, (id, via) => book.get(id, via)) }
+    return this.cached.world
+  }
+
+  private verdictVersion = 0
+  /** New verification verdicts change the world without a state change. */
+  verdictsChanged (): void {
+    this.verdictVersion++
+    this.kick()
+  }
+
+  /** Runs a pass soon; passes never overlap. */
+  /**
+   * Runs a pass soon. Deferred to a later turn of the event loop so that the change that caused
+   * it is forwarded and reported first, and so that a burst of changes costs one pass.
+   */
+  kick (): void {
+    if (this.running !== undefined) { this.again = true; return }
+    this.running = (async () => {
+      await new Promise(resolve => setTimeout(resolve, KICK_DELAY_MS))
+      do {
+        this.again = false
+        try { await this.pass() } catch (err: any) { this.init.log.error('scheduler pass failed', { error: err.message }) }
+      } while (this.again)
+    })().finally(() => { this.running = undefined })
+  }
+
+  async idle (): Promise<void> { await this.running }
+
+  private async pass (): Promise<void> {
+    const { store } = this.init
+    if (!store.inMesh) return
+    const self = store.self
+    const doc = store.doc
+    const world = this.world()
+    const now = Date.now()
+    const mine = doc.hosts?.[self]
+    const myClaims = mine?.claims ?? {}
+    const claimNow: string[] = []
+    const confirm: string[] = []
+    const withdraw: string[] = []
+    const reject: Array<{ id: string, reason: string, reasons?: string }> = []
+
+    // Where unclaimed VMs would go among the hosts that are up: every up host a candidate.
+    const up = (p: string): boolean => p === self || this.init.up(p)
+    const hosts = hostViews(doc, up)
+    const preqs = placementRequests(world.vms.values())
+    const claims: Claim[] = allClaims(doc)
+    const claimed = new Set(claims.map(c => c.requestId))
+    const candidates = [...claims]
+    for (const r of preqs) if (!claimed.has(r.id)) for (const h of hosts) if (h.up === true) candidates.push({ requestId: r.id, peerId: h.peerId })
+    const plan = new Map(resolveClaims(preqs, hosts, candidates).map(a => [a.requestId, a.host]))
+
+    for (const vm of world.vms.values()) {
+      const claim = myClaims[vm.id]
+      const gone = vm.desired === 'destroyed' || vm.rejected !== undefined
+      if (claim !== undefined) {
+        // A destroyed VM keeps its claim until the reconciler has really destroyed it here.
+        const status = mine?.vms?.[vm.id]?.status
+        if (gone && (vm.desired !== 'destroyed' || status === undefined || status === 'destroyed' || status === 'placed')) { withdraw.push(vm.id); continue }
+        if (gone) continue
+        if (vm.host !== self && vm.host !== null) { withdraw.push(vm.id); continue }
+        if (vm.host === self && mine?.vms?.[vm.id] === undefined && now - Date.parse(claim.at) >= this.settleMs) confirm.push(vm.id)
+        continue
+      }
+      if (gone || vm.host !== null) { this.unclaimedSince.delete(vm.id); continue }
+      if (plan.get(vm.id) === self && now < vm.expires) {
+        claimNow.push(vm.id)
+        continue
+      }
+      if (vm.claimants.length === 0 && now < vm.expires && this.fallbackDue(vm.id, preqs, hosts, now)) {
+        this.init.log.warn('claiming a VM the better-ranked hosts left unclaimed', { vm: vm.id.slice(0, 12) })
+        claimNow.push(vm.id)
+        continue
+      }
+      // Nobody can take it, or nobody took it in time: the receiving host makes that final.
+      if (vm.vias.includes(self) && vm.claimants.length === 0 && mine?.rejections?.[vm.id] === undefined) {
+        const outcome = world.requests.get(vm.id)
+        if (outcome?.status === 'rejected') {
+          reject.push({ id: vm.id, reason: 'no host can take it', reasons: JSON.stringify(outcome.reasons) })
+        } else if (now >= vm.expires) {
+          reject.push({ id: vm.id, reason: 'expired before any host could take it (eligible hosts were down)' })
+        }
+      }
+    }
+    if (claimNow.length > 0) {
+      // Where the new VMs would go if every member were up. A host that is first even then has
+      // nobody to wait for: no claim can outrank its own, so it places at once instead of
+      // settling. (Only a host with a different view of eligibility could claim too; the usual
+      // resolution of concurrent claims applies then.) Settling is for a better-ranked host
+      // that seems down from here but may be up.
+      const fixed = settledHosts(new Map(world.vms.entries()), claims)
+      const unopposed = new Map(assign(preqs, hostViews(doc, () => true), { fixed }).map(a => [a.requestId, a.host]))
+      for (const id of claimNow) if (unopposed.get(id) === self) confirm.push(id)
+    }
+    for (const id of [...this.unclaimedSince.keys()]) if (!world.vms.has(id)) this.unclaimedSince.delete(id)
+    if (claimNow.length + confirm.length + withdraw.length + reject.length === 0) {
+      this.armTimer(world, myClaims)
+      return
+    }
+    const at = new Date(now).toISOString()
+    await store.change(`schedule: claim ${claimNow.length}, place ${confirm.length}, withdraw ${withdraw.length}, reject ${reject.length}`, d => {
+      const rec = d.host
+      if (rec === undefined) return
+      rec.claims ??= {}
+      rec.vms ??= {}
+      rec.rejections ??= {}
+      for (const id of claimNow) rec.claims[id] = scalars({ at })
+      for (const id of confirm) rec.vms[id] = scalars({ status: 'placed', since: at })
+      for (const id of withdraw) {
+        delete rec.claims[id]
+        delete rec.vms[id]
+      }
+      for (const r of reject) {
+        rec.rejections[r.id] = scalars(r.reasons === undefined ? { at, reason: r.reason } : { at, reason: r.reason, reasons: r.reasons })
+      }
+    })
+    if (claimNow.length > 0) this.init.log.info('claimed VMs', { vms: claimNow.map(s => s.slice(0, 12)).join(',') })
+    if (withdraw.length > 0) this.init.log.info('withdrew claims', { vms: withdraw.map(s => s.slice(0, 12)).join(',') })
+    this.again = true
+  }
+
+  /**
+   * Whether this host should claim a VM nobody has claimed: it is eligible and ranked k-th (k ≥ 1)
+   * among the eligible hosts that are up, and the VM has been waiting k × fallbackMs. Claims are
+   * only proposals: if the better-ranked host claims after all, the usual resolution decides.
+   */
+  private fallbackDue (id: string, preqs: ReturnType<typeof placementRequests>, hosts: ReturnType<typeof hostViews>, now: number): boolean {
+    const entry = this.unclaimedSince.get(id)
+    if (entry === undefined) { this.unclaimedSince.set(id, { since: now, due: now + this.fallbackMs }); return false }
+    if (now < entry.due) return false
+    const req = preqs.find(r => r.id === id)
+    const rank = req === undefined ? -1 : placeOne(req, hosts.filter(h => h.up === true)).ranking.indexOf(this.init.store.self)
+    // Not eligible here, or first (then the plan already claims): look again later, as hosts come and go.
+    entry.due = rank > 0 ? entry.since + rank * this.fallbackMs : now + this.fallbackMs
+    return rank > 0 && now >= entry.due
+  }
+
+  /** Wakes up when the next claim settles, or when a fallback claim may become due. */
+  private armTimer (world: World, myClaims: Record<string, { at: string }>): void {
+    let next = Infinity
+    for (const { due } of this.unclaimedSince.values()) if (due > Date.now()) next = Math.min(next, due)
+    for (const [id, c] of Object.entries(myClaims)) {
+      const vm = world.vms.get(id)
+      if (vm?.host === this.init.store.self && this.init.store.doc.hosts?.[this.init.store.self]?.vms?.[id] === undefined) {
+        next = Math.min(next, Date.parse(c.at) + this.settleMs)
+      }
+    }
+    if (next === Infinity) return
+    clearTimeout(this.timer)
+    this.timer = setTimeout(() => this.kick(), Math.max(0, next - Date.now()) + 5)
+    this.timer.unref()
+  }
+
+  stop (): void {
+    clearTimeout(this.timer)
+  }
+}

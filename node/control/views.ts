@@ -1,0 +1,95 @@
+/**
+ * What the local API shows of the world: VMs, networks, images and request outcomes, with host
+ * names resolved. Field names are what `--json` prints.
+ */
+import type { World, VmEntry, RequestOutcome } from '../../crdt/world.ts'
+import { optString, type MeshDoc } from '../../crdt/schema.ts'
+import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
+
+export interface VmView {
+  id: string
+  name: string
+  owner: string
+  host: string | null
+  hostName: string | null
+  status: string
+  reason?: string
+  desired: string
+  labels: Record<string, string>
+  image: string
+  vcpus: number
+  memMiB: number
+  diskGiB: number
+  arch: string
+  nics: Array<{ net: string, ip?: string }>
+  claimants: string[]
+  created: string
+  /** False when the VM's host only places VMs and runs none (hypervisor = "none"). */
+  runs: boolean
+}
+
+export interface RequestView extends RequestOutcome {
+  reasons: Array<RequestOutcome['reasons'][number] & { hostName: string | null }>
+}
+
+const hostName = (doc: Partial<MeshDoc>, peer: string | null): string | null =>
+  peer === null ? null : optString(doc.hosts?.[peer]?.name ?? doc.members?.[peer]?.name) ?? null
+
+export function vmStatus (vm: VmEntry): { status: string, reason?: string } {
+  if (vm.rejected !== undefined) return { status: 'rejected', reason: vm.rejected.reasons.map(r => r.detail).join('; ') }
+  if (vm.desired === 'destroyed') return { status: 'destroyed' }
+  if (vm.host === null) return { status: 'pending' }
+  if (vm.report === undefined) return { status: 'claimed' }
+  return { status: vm.report.status, reason: vm.report.reason }
+}
+
+export function vmView (doc: Partial<MeshDoc>, vm: VmEntry): VmView {
+  return {
+    id: vm.id,
+    name: vm.name,
+    owner: vm.owner,
+    host: vm.host,
+    hostName: hostName(doc, vm.host),
+    ...vmStatus(vm),
+    desired: vm.desired,
+    labels: { ...vm.labels },
+    image: vm.spec.image,
+    vcpus: vm.needs.vcpus,
+    memMiB: vm.needs.memMiB,
+    diskGiB: vm.needs.diskGiB,
+    arch: vm.spec.arch,
+    nics: vm.nics.map(n => ({ ...n })),
+    claimants: vm.claimants,
+    created: new Date(vm.created).toISOString(),
+    runs: vm.host === null || doc.hosts?.[vm.host]?.resources?.hypervisor !== 'none'
+  }
+}
+
+export interface VmFilter { selector?: Record<string, string>, owner?: string, all?: boolean }
+
+export function listVms (doc: Partial<MeshDoc>, world: World, f: VmFilter = {}): VmView[] {
+  return [...world.vms.values()]
+    .filter(vm => f.all === true || (vm.desired !== 'destroyed' && vm.rejected === undefined))
+    .filter(vm => f.owner === undefined || vm.owner === f.owner)
+    .filter(vm => Object.entries(f.selector ?? {}).every(([k, v]) => vm.labels[k] === v))
+    .sort((a, b) => a.name.localeCompare(b.name) || a.created - b.created)
+    .map(vm => vmView(doc, vm))
+}
+
+/** A VM by id, id prefix (8+ hex), or name (owner's own first, else unique). */
+export function findVm (world: World, ref: string, owner?: string): VmEntry {
+  const all = [...world.vms.values()]
+  const live = all.filter(v => v.desired !== 'destroyed' && v.rejected === undefined)
+  const byId = all.find(v => v.id === ref) ?? (/^[0-9a-f]{8,}$/.test(ref) ? all.filter(v => v.id.startsWith(ref)) : []).at(0)
+  if (byId !== undefined) return byId
+  const named = live.filter(v => v.name === ref)
+  const own = owner === undefined ? [] : named.filter(v => v.owner === owner)
+  if (own.length === 1) return own[0]
+  if (named.length === 1) return named[0]
+  if (named.length > 1) throw new PicocloudError(ErrorCode.BadRequest, `${named.length} VMs are named ${ref} (owners ${named.map(v => v.owner.slice(-8)).join(', ')}); give the VM id`)
+  throw new PicocloudError(ErrorCode.VmNotFound, `no VM ${ref} (see \`picocloud vm list\`)`, 404)
+}
+
+export function requestView (doc: Partial<MeshDoc>, r: RequestOutcome): RequestView {
+  return { ...r, reasons: r.reasons.map(x => ({ ...x, hostName: hostName(doc, x.host) })) }
+}
