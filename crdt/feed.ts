@@ -85,13 +85,15 @@ export class Feed {
     if (v.change.length > MAX_CHANGE_BYTES) return { ok: false, reason: `change ${v.seq} of ${v.author} is ${v.change.length} bytes (at most ${MAX_CHANGE_BYTES})` }
     const before = this.doc
     let after: A.Doc<FeedDoc>
+    // The feed is a chain and this change follows its head: the patches of applying it are
+    // exactly what it did (no second diff needed).
+    let patches: A.Patch[] = []
     try {
-      [after] = A.applyChanges(before, [v.change])
+      [after] = A.applyChanges(before, [v.change], { patchCallback: p => { patches = p } })
     } catch (err: any) {
       this.rollBack(before, prev)
       return { ok: false, reason: `change does not apply: ${err.message}` }
     }
-    const patches = A.diff(after, prev === undefined ? [] : [prev], [v.hash])
     const problem = checkPatches(before, after, patches, v.seq)
     if (problem !== undefined) {
       this.rollBack(after, prev)

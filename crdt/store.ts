@@ -112,7 +112,7 @@ export class StateStore extends EventEmitter<StoreEvents> {
       refused: (r, from) => { this.refused(r, from) }
     }, init.orphans)
     const replica = this.replica
-    this.view = new ViewCache({ feeds: replica.feeds, get founder () { return replica.founder } })
+    this.view = new ViewCache({ feeds: replica.feeds, get founder () { return replica.founder }, version: () => replica.version })
   }
 
   /**

@@ -13,6 +13,8 @@ import { meshIdFor } from './mesh-id.ts'
 export interface ViewSource {
   feeds: ReadonlyMap<string, Feed>
   founder: string | undefined
+  /** Bumped whenever any feed changes (the replica's version). */
+  version: () => number
 }
 
 export interface StateView {
@@ -25,12 +27,12 @@ export interface StateView {
 
 export class ViewCache {
   private readonly src: ViewSource
-  private built?: { key: string, view: StateView }
+  private built?: { key: number, view: StateView }
   private readonly records = new Map<string, { version: number, read: Read<HostRecord | undefined> }>()
   private readonly events = new Map<string, { epoch: number, read: number, events: FoldEvent[], problems: string[] }>()
   /** Events whose `seen` names only changes this host holds: that stays so (feeds only grow). */
   private readonly ready = new WeakSet<FoldEvent>()
-  private foldCache?: { key: string, fold: Fold, genesis: MeshGenesis | undefined }
+  private foldCache?: { key: string, seqs: string, waiting: boolean, fold: Fold, genesis: MeshGenesis | undefined }
   /** Stored requests never change: read once per (via, id). */
   private readonly requestCache = new Map<string, Read<StoredRequest | undefined>>()
 
@@ -38,18 +40,13 @@ export class ViewCache {
     this.src = src
   }
 
+  /** The view, rebuilt only when the replica changed since (read on every API call and pass). */
   get (): StateView {
-    const key = this.versionKey()
+    const key = this.src.version()
     if (this.built?.key === key) return this.built.view
     const view = this.build()
     this.built = { key, view }
     return view
-  }
-
-  private versionKey (): string {
-    let k = this.src.founder ?? ''
-    for (const [a, f] of this.src.feeds) k += `|${a}:${f.version}:${f.cut ?? ''}`
-    return k
   }
 
   /**
@@ -95,17 +92,22 @@ export class ViewCache {
     const founderFeed = founder === undefined ? undefined : this.src.feeds.get(founder)
     if (founder === undefined || founderFeed === undefined) return { doc: undefined, fold: undefined, genesis: undefined, problems }
 
+    // The fold depends on the events and the cuts; on how far each feed goes only while some event
+    // waits for a change not held yet. So it is computed again only when one of those moved.
     const allEvents: FoldEvent[] = []
     let eventsKey = founder
+    let seqsKey = ''
     const cuts = new Map<string, number>()
     for (const [author, f] of this.src.feeds) {
       const e = this.feedEvents(f)
       note(author, e.problems)
       allEvents.push(...e.events)
-      eventsKey += `|${author}:${e.events.length}:${f.cut ?? ''}:${f.seq}`
+      eventsKey += `|${author}:${f.epoch}:${e.events.length}:${f.cut ?? ''}`
+      seqsKey += `|${f.seq}`
       if (f.cut !== undefined) cuts.set(author, f.cut)
     }
-    if (this.foldCache?.key !== eventsKey) {
+    const stale = this.foldCache === undefined || this.foldCache.key !== eventsKey || (this.foldCache.waiting && this.foldCache.seqs !== seqsKey)
+    if (stale) {
       const g = readGenesis(founderFeed.doc.mesh)
       note(founder, g.problems)
       const genesis = g.value !== undefined && g.value.founder === founder && g.value.id === meshIdFor(founder, g.value.nonce) ? g.value : undefined
@@ -117,9 +119,10 @@ export class ViewCache {
         holds: (peer, seq, h16) => feeds.get(peer)?.hashAt(seq)?.startsWith(h16) === true,
         ready: this.ready
       })
-      this.foldCache = { key: eventsKey, fold: f, genesis }
+      const waiting = [...f.verdicts.values()].some(v => v.waiting === true)
+      this.foldCache = { key: eventsKey, seqs: seqsKey, waiting, fold: f, genesis }
     }
-    const { fold: folded, genesis } = this.foldCache
+    const { fold: folded, genesis } = this.foldCache as NonNullable<typeof this.foldCache>
     for (const [k, v] of folded.verdicts) {
       if (!v.valid && v.waiting !== true) note(k.slice(0, k.indexOf('/')), [`membership event ${k.slice(k.indexOf('/') + 1)} does not count: ${v.reason ?? ''}`])
     }

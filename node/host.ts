@@ -97,11 +97,22 @@ export class PicocloudHost extends EventEmitter<HostEvents> {
       emit
     })
     // What moves whom. Every change of the state: judge and place, reconcile VMs and networks.
+    // Deferred to the next turn of the event loop (and a burst handled at once): a received change
+    // is forwarded by gossip only once its validator returns, and the work a change causes (the
+    // view of the state rebuilt, requests judged) must not sit on that path, hop after hop.
+    let pending: Array<{ changes: Array<{ hash: string, author: string }>, local: boolean }> = []
     store.on('change', ({ changes, local }) => {
-      this.control.stateChanged()
-      this.compute.kick()
-      this.network.kick()
-      emit('state.changed', { local, changes: changes.map(c => ({ hash: c.hash, author: c.author })), heads: store.heads() })
+      if (pending.length === 0) {
+        setImmediate(() => {
+          const batch = pending
+          pending = []
+          this.control.stateChanged()
+          this.compute.kick()
+          this.network.kick()
+          for (const b of batch) emit('state.changed', { ...b, heads: store.heads() })
+        })
+      }
+      pending.push({ changes: changes.map(c => ({ hash: c.hash, author: c.author })), local })
     })
     this.mesh.on('peers', () => this.control.peersChanged())
     this.mesh.on('addresses', () => { void this.membership.publishRecord() })

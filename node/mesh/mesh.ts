@@ -150,9 +150,11 @@ export class Mesh extends EventEmitter<MeshEvents> {
     })
     p2p.addEventListener('self:peer:update', () => { this.emit('addresses') })
 
+    let enforcing = false
     this.store.on('change', ({ changes, local }) => {
       if (local) for (const c of changes) void this.gossip.publishChange(c)
-      this.enforceMembership()
+      // Off the path of the change (a received one is forwarded when its validator returns).
+      if (!enforcing) { enforcing = true; setImmediate(() => { enforcing = false; this.enforceMembership() }) }
     })
     this.store.on('rejected', r => { this.onRejected(r) })
     this.store.on('equivocation', e => {
