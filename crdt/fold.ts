@@ -94,9 +94,8 @@ export function fold (input: FoldInput): Fold {
 
   const seenSeq = (e: FoldEvent, peer: string): number => {
     if (peer === e.author) return e.seq - 1
-    const s = e.event.seen[peer]
-    if (s === undefined) return 0
-    const n = Number(s.slice(0, s.indexOf(':')))
+    const n = seenSeqs(e).get(peer)
+    if (n === undefined) return 0
     return Math.min(n, cuts.get(peer) ?? Infinity)
   }
   /** f happened before e. */
@@ -222,6 +221,18 @@ export function fold (input: FoldInput): Fold {
     members.set(t, m)
   }
   return { founder, policy, members, validSeq: (peer, seq) => memberAt(peer, seq), verdicts }
+}
+
+/** An event's `seen`, parsed once: events are immutable, and a fold asks it again and again. */
+const parsedSeen = new WeakMap<FoldEvent, Map<string, number>>()
+function seenSeqs (e: FoldEvent): Map<string, number> {
+  let m = parsedSeen.get(e)
+  if (m === undefined) {
+    m = new Map()
+    for (const [peer, s] of Object.entries(e.event.seen)) m.set(peer, Number(s.slice(0, s.indexOf(':'))))
+    parsedSeen.set(e, m)
+  }
+  return m
 }
 
 function equivocated (peer: string, cuts: ReadonlyMap<string, number>): { expelled?: MemberState['expelled'] } {

@@ -29,7 +29,7 @@ export class ViewCache {
   private readonly src: ViewSource
   private built?: { key: number, view: StateView }
   private readonly records = new Map<string, { version: number, read: Read<HostRecord | undefined> }>()
-  private readonly events = new Map<string, { epoch: number, read: number, events: FoldEvent[], problems: string[] }>()
+  private readonly events = new Map<string, { epoch: number, version: number, read: number, events: FoldEvent[], problems: string[] }>()
   /** Events whose `seen` names only changes this host holds: that stays so (feeds only grow). */
   private readonly ready = new WeakSet<FoldEvent>()
   private foldCache?: { key: string, seqs: string, waiting: boolean, fold: Fold, genesis: MeshGenesis | undefined }
@@ -57,9 +57,12 @@ export class ViewCache {
   private feedEvents (f: Feed): { events: FoldEvent[], problems: string[] } {
     let c = this.events.get(f.author)
     if (c === undefined || c.epoch !== f.epoch) {
-      c = { epoch: f.epoch, read: 0, events: [], problems: [] }
+      c = { epoch: f.epoch, version: -1, read: 0, events: [], problems: [] }
       this.events.set(f.author, c)
     }
+    // The feed has not moved: nothing new to read (and no walk through its document).
+    if (c.version === f.version) return c
+    c.version = f.version
     const raw = f.doc.events
     if (raw !== undefined && !Array.isArray(raw)) {
       if (c.read === 0) { c.problems.push('events: expected a list'); c.read = -1 }

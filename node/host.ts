@@ -29,6 +29,9 @@ import { Control } from './control/index.ts'
 import { Compute, hostResources } from './compute/index.ts'
 import { DataPlane } from './network/index.ts'
 
+/** How long after a change of the state its consequences are worked out (see the constructor). */
+const REACT_MS = 20
+
 export const VERSION: string = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version
 
 export interface HostEvents {
@@ -96,23 +99,25 @@ export class PicocloudHost extends EventEmitter<HostEvents> {
       resources: async () => await hostResources(config),
       emit
     })
-    // What moves whom. Every change of the state: judge and place, reconcile VMs and networks.
-    // Deferred to the next turn of the event loop (and a burst handled at once): a received change
-    // is forwarded by gossip only once its validator returns, and the work a change causes (the
-    // view of the state rebuilt, requests judged) must not sit on that path, hop after hop.
-    let pending: Array<{ changes: Array<{ hash: string, author: string }>, local: boolean }> = []
+    // What moves whom. Every change of the state: told at once; then, after REACT_MS (and a burst
+    // handled at once), judge and place, reconcile VMs and networks, drop expelled peers. A
+    // received change is forwarded by gossip once its validator returns; the work it causes (the
+    // view rebuilt, requests judged, plans made) must not compete, on every host at once, with
+    // that forwarding, hop after hop. On 2 cores shared by 10 daemons this took the p50 of a change
+    // reaching all 10 from 31 ms to 26 ms (npm run bench -- --only dissemination).
+    let reacting = false
     store.on('change', ({ changes, local }) => {
-      if (pending.length === 0) {
-        setImmediate(() => {
-          const batch = pending
-          pending = []
-          this.control.stateChanged()
-          this.compute.kick()
-          this.network.kick()
-          for (const b of batch) emit('state.changed', { ...b, heads: store.heads() })
-        })
-      }
-      pending.push({ changes: changes.map(c => ({ hash: c.hash, author: c.author })), local })
+      emit('state.changed', { local, changes: changes.map(c => ({ hash: c.hash, author: c.author })), heads: store.heads() })
+      if (reacting) return
+      reacting = true
+      setTimeout(() => {
+        reacting = false
+        if (this.stopping) return
+        this.mesh.enforceMembership()
+        this.control.stateChanged()
+        this.compute.kick()
+        this.network.kick()
+      }, REACT_MS).unref()
     })
     this.mesh.on('peers', () => this.control.peersChanged())
     this.mesh.on('addresses', () => { void this.membership.publishRecord() })

@@ -150,11 +150,9 @@ export class Mesh extends EventEmitter<MeshEvents> {
     })
     p2p.addEventListener('self:peer:update', () => { this.emit('addresses') })
 
-    let enforcing = false
+    // Membership is enforced by the composition root (node/host.ts), off the path of the change.
     this.store.on('change', ({ changes, local }) => {
       if (local) for (const c of changes) void this.gossip.publishChange(c)
-      // Off the path of the change (a received one is forwarded when its validator returns).
-      if (!enforcing) { enforcing = true; setImmediate(() => { enforcing = false; this.enforceMembership() }) }
     })
     this.store.on('rejected', r => { this.onRejected(r) })
     this.store.on('equivocation', e => {
@@ -327,7 +325,7 @@ export class Mesh extends EventEmitter<MeshEvents> {
   }
 
   /** After any state change: drop connections to peers that are no longer members. */
-  private enforceMembership (): void {
+  enforceMembership (): void {
     if (this.p2p === undefined) return
     for (const conn of this.p2p.getConnections()) {
       const peer = conn.remotePeer.toString()
