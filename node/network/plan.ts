@@ -367,7 +367,7 @@ export function planHost (input: PlanInput): DesiredState {
     const bridge = bridgeName(vni)
     const services = planServices(n, self.peerId, bridge, netMtu, input.runtimeDir)
     if (services.hostSubnet4 !== undefined) hostSubnets4.push({ name: n.name, subnet: services.hostSubnet4 })
-    if (services.firewall !== undefined) firewallNets.push(services.firewall)
+    firewallNets.push(services.firewall)
     networks.push({
       networkId: n.id,
       name: n.name,
@@ -428,7 +428,7 @@ interface ServicesPlan {
   gateway4?: string
   vmAddresses4: Record<string, string>
   dnsmasq?: DesiredDnsmasq
-  firewall?: FirewallNetwork
+  firewall: FirewallNetwork
   /** Subnet this host has an IPv4 address in. */
   hostSubnet4?: Subnet4
 }
@@ -533,16 +533,15 @@ function planServices (n: PlanNetwork, self: string, bridge: string, mtu: number
     dnsmasq = { dir, config, hash: shortHash(config) }
   }
   const guardHost = bridgeAddresses.length > 0
-  const firewall: FirewallNetwork | undefined = guardHost || nat
-    ? { bridge, guardHost, dhcp4, ...(nat && subnet4 !== undefined ? { nat4: subnet4.cidr } : {}) }
-    : undefined
+  // Every network on this host has its rules, also one the host has no address in (isolation).
+  const firewall: FirewallNetwork = { bridge, guardHost, dhcp4, ...(nat && subnet4 !== undefined ? { nat4: subnet4.cidr } : {}) }
   bridgeAddresses.sort(compareStrings)
   return {
     bridgeAddresses,
     ...(gateway4 !== undefined ? { gateway4 } : {}),
     vmAddresses4,
     ...(dnsmasq !== undefined ? { dnsmasq } : {}),
-    ...(firewall !== undefined ? { firewall } : {}),
+    firewall,
     ...(hostAddr4 !== undefined && subnet4 !== undefined ? { hostSubnet4: subnet4 } : {})
   }
 }
@@ -696,7 +695,7 @@ export function diff (desired: DesiredState, actual: ActualState): Step[] {
   const fw = desired.firewall
   const afw = actual.firewall
   if (fw === undefined) {
-    if (afw !== undefined) steps.push({ type: 'firewall.delete', description: 'delete nftables table inet pc-net (no NAT or host guard needed)' })
+    if (afw !== undefined) steps.push({ type: 'firewall.delete', description: 'delete nftables table inet pc-net (no network on this host)' })
   } else if (afw === undefined || afw.hash !== fw.hash || !sameRules(afw.rules, fw.rules)) {
     steps.push({ type: 'firewall.replace', ruleset: fw.ruleset, hash: fw.hash, description: `${afw === undefined ? 'create' : 'replace'} nftables table inet pc-net (${Object.entries(fw.rules).map(([c, k]) => `${c}: ${k} rules`).join(', ')})` })
   }

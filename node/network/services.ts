@@ -14,6 +14,7 @@
  * const text = renderDnsmasqConfig({ networkId: 'n1', name: 'lan', bridge: 'pc-br00abcd', dir: '/var/lib/picocloud/net/n1', mtu: 1370, dhcp4: { … } })
  */
 import { createHash } from 'node:crypto'
+import { BRIDGE_PREFIX } from './addressing.ts'
 
 export const FIREWALL_FAMILY = 'inet'
 export const FIREWALL_TABLE = 'pc-net'
@@ -124,8 +125,16 @@ export interface RenderedFirewall {
 }
 
 /**
- * The whole `inet pc-net` table for this host, or undefined when it needs none. Its hash is kept
- * in the table comment so the driver can tell whether the table that is there is this one.
+ * The whole `inet pc-net` table for this host, or undefined when it needs none (no network here).
+ * Its hash is kept in the table comment so the driver can tell whether the table that is there is
+ * this one.
+ *
+ * Networks are isolated: the host routes a network's packets only out of its default route
+ * (`host-nat`) and only their replies back in. Any other packet the host would route from or into
+ * a network's bridge is dropped, whoever sent it and whatever address it claims, so networks of
+ * different owners never reach each other through a host (also on a host that has no address on
+ * a network: a VM can still aim a frame at the bridge's MAC). Traffic inside one network (same
+ * bridge in and out, as br_netfilter shows bridged frames) is left alone.
  */
 export function renderFirewall (networks: readonly FirewallNetwork[]): RenderedFirewall | undefined {
   const sorted = [...networks].sort((a, b) => a.bridge < b.bridge ? -1 : a.bridge > b.bridge ? 1 : 0)
@@ -140,11 +149,15 @@ export function renderFirewall (networks: readonly FirewallNetwork[]): RenderedF
       input.push(`iifname ${br} ct state established,related accept`)
       input.push(`iifname ${br} drop`)
     }
+    forward.push(`iifname ${br} oifname ${br} accept`)
+    forward.push(`iifname ${br} oifname "${BRIDGE_PREFIX}*" drop`)
     if (n.nat4 !== undefined) {
       forward.push(`iifname ${br} ip saddr ${n.nat4} accept`)
       forward.push(`oifname ${br} ip daddr ${n.nat4} ct state established,related accept`)
       post.push(`ip saddr ${n.nat4} oifname != ${br} masquerade`)
     }
+    forward.push(`iifname ${br} drop`)
+    forward.push(`oifname ${br} drop`)
   }
   if (input.length + forward.length + post.length === 0) return undefined
   const chain = (name: string, hook: string, type: string, prio: string, rules: string[]): string[] => rules.length === 0

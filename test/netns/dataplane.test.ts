@@ -153,7 +153,8 @@ describe.skipIf(reason !== undefined)('data plane in network namespaces', () => 
 
   it('removing the networks removes every bridge and VXLAN on every host', async () => {
     const steps = await reconcileAll(() => [])
-    expect(steps.map(s => s.every(x => x.type === 'link.delete'))).toEqual([true, true, true])
+    expect(steps.map(s => s.every(x => x.type === 'link.delete' || x.type === 'firewall.delete'))).toEqual([true, true, true])
+    for (const i of [0, 1, 2]) expect((await topo.hosts[i].exec('nft', ['list', 'table', 'inet', 'pc-net'])).code).not.toBe(0)
     for (const s of await Promise.all([0, 1, 2].map(state))) {
       expect(s.links.filter(l => l.ifname.startsWith('pc-br') || l.ifname.startsWith('pc-vx'))).toEqual([])
       expect(s.fdb).toEqual([])

@@ -55,7 +55,8 @@ describe('diff', () => {
     const steps = diff(d, { links: [{ ifname: 'pc-tap1', ifindex: 5, kind: 'tun', mtu: 1500, up: false, addresses: [] }], fdb: [] })
     expect(steps.map(s => s.type)).toEqual([
       'wg.create', 'wg.configure', 'link.set', 'addr.add', 'link.set', 'wg.peer.set', 'wg.peer.set',
-      'bridge.create', 'vxlan.create', 'link.set', 'link.set', 'link.set', 'link.set', 'link.set', 'fdb.add'
+      'bridge.create', 'vxlan.create', 'link.set', 'link.set', 'link.set', 'link.set', 'link.set', 'fdb.add',
+      'firewall.replace' // every network has its isolation rules
     ])
     expect(steps.find(s => s.type === 'link.set' && s.ifname === 'pc-tap1' && s.master !== undefined)).toMatchObject({ master: bridgeName(vni), mtu: 1370 })
     for (const s of steps) expect(s.description).not.toContain(d.wireguard.privateKey)
@@ -98,7 +99,8 @@ describe('diff', () => {
     expect(steps.map(s => s.description)).toEqual([
       `delete vxlan ${vxlanName(vni)} (not desired)`,
       `delete bridge ${bridgeName(vni)} (not desired)`,
-      expect.stringMatching(/^remove peer .* from pc-wg0 \(not a member\)$/)
+      expect.stringMatching(/^remove peer .* from pc-wg0 \(not a member\)$/),
+      'delete nftables table inet pc-net (no network on this host)'
     ])
     expect([...driver.links.keys()].sort()).toEqual(['br-other', 'pc-tap1', 'pc-vmtap', 'pc-wg0'])
     expect(driver.links.get('pc-tap1')!.master).toBeUndefined()
@@ -114,7 +116,7 @@ describe('diff', () => {
       ],
       fdb: [{ ifname: n.vxlan.ifname, dst: n.fdb[0] }]
     }
-    const steps = diff({ ...d, wireguard: d.wireguard }, actual).filter(s => !('ifname' in s) || !s.ifname.startsWith('pc-wg'))
+    const steps = diff({ ...d, wireguard: d.wireguard }, actual).filter(s => (!('ifname' in s) || !s.ifname.startsWith('pc-wg')) && s.type !== 'firewall.replace')
     expect(steps.map(s => s.description)).toEqual([
       `delete vxlan ${n.vxlan.ifname} (settings changed, will be recreated)`,
       `create VXLAN ${n.vxlan.ifname} VNI ${n.vni} local ${n.vxlan.local} port 4789 for network lan (VNI ${n.vni}), MTU 1370`,
@@ -131,7 +133,7 @@ describe('diff', () => {
       wireguard: { ifname: 'pc-wg0', privateKey: b64(keys[1].secretKey), listenPort: 1, peers: [] },
       fdb: []
     }
-    const steps = diff({ ...d, networks: [] }, actual)
+    const steps = diff({ ...d, networks: [], firewall: undefined }, actual)
     expect(steps.map(s => s.description)).toEqual([
       'set private key and listen port 51820 on pc-wg0',
       'pc-wg0: MTU 1420 → 1440',

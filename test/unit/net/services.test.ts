@@ -54,7 +54,29 @@ describe('planHost: network services', () => {
     expect(d.ipv4Forwarding).toBe(true)
     expect(d.firewall!.ruleset).toContain(`ip saddr 10.10.0.0/24 oifname != "${a.bridge.ifname}" masquerade`)
     expect(d.firewall!.ruleset).toContain(`iifname "${a.bridge.ifname}" udp dport 67 accept`)
-    expect(d.firewall!.rules).toEqual({ input: 4, forward: 2, postrouting: 1 })
+    expect(d.firewall!.rules).toEqual({ input: 4, forward: 6, postrouting: 1 })
+  })
+  it('isolates every network on the host: nothing is routed between two, nor from or into one but host-nat and its replies', () => {
+    const two = planHost(input({ networks: [net(), net({ id: 'net-2', name: 'lan2', subnet4: '10.20.0.0/24', mode: 'static', gateway: 'none', vms: [], localTaps: ['pc-tap2'] })] }))
+    const [b1, b2] = two.networks.map(n => `"${n.bridge.ifname}"`)
+    expect(two.networks[1].bridgeAddresses).toEqual([]) // no address on lan2: still its rules
+    const rules = two.firewall!.ruleset
+    const forward = rules.slice(rules.indexOf('chain forward')).split('\n').map(l => l.trim())
+    const at = (rule: string): number => { const i = forward.indexOf(rule); expect(i, rule).toBeGreaterThan(-1); return i }
+    // Inside one network (bridged frames under br_netfilter) first, then another network: dropped,
+    // before host-nat's accept could let it through and masquerade it.
+    expect(at(`iifname ${b1} oifname ${b1} accept`)).toBeLessThan(at(`iifname ${b1} oifname "pc-br*" drop`))
+    expect(at(`iifname ${b1} oifname "pc-br*" drop`)).toBeLessThan(at(`iifname ${b1} ip saddr 10.10.0.0/24 accept`))
+    expect(at(`iifname ${b1} ip saddr 10.10.0.0/24 accept`)).toBeLessThan(at(`iifname ${b1} drop`))
+    for (const b of [b2]) {
+      expect(at(`iifname ${b} oifname "pc-br*" drop`)).toBeLessThan(at(`iifname ${b} drop`))
+      at(`oifname ${b} drop`)
+    }
+    expect(two.firewall!.ruleset).not.toMatch(/iifname "pc-br[0-9a-f]+" ip saddr 10\.20/)
+    // A host that carries only a network without addresses still gets the table.
+    const bare = planHost(input({ networks: [net({ mode: 'static', gateway: 'none', vms: [] })] }))
+    expect(bare.networks[0].bridgeAddresses).toEqual([])
+    expect(bare.firewall!.rules).toEqual({ forward: 4 })
   })
   it('gateway none sends no router; gateway { vm } sends that VM\'s address; neither NATs', () => {
     const none = planHost(input({ networks: [net({ gateway: 'none' })] }))
@@ -83,7 +105,7 @@ describe('planHost: network services', () => {
     const d = planHost(input({ networks: [net({ mode: 'static', gateway: 'none' })] }))
     expect(d.networks[0]).toMatchObject({ bridgeAddresses: [], vmAddresses4: { 'vm-3': '10.10.0.3' } })
     expect(d.networks[0].dnsmasq).toBeUndefined()
-    expect(d.firewall).toBeUndefined()
+    expect(d.firewall!.rules).toEqual({ forward: 4 }) // isolation only: no host guard, no NAT
     expect(() => planHost(input({ networks: [net({ mode: 'static', vms: [...vms, { id: 'vm-9', mac: '02:00:00:00:00:09', ip: '10.10.0.3', hostPeerId: 'peer-a' }] })] }))).toThrow(code)
   })
   it('does not serve or NAT networks this host does not carry', () => {
