@@ -150,8 +150,20 @@ function sortedHosts (hosts: readonly HostView[]): HostView[] {
   return sorted
 }
 
-function placeWith (req: PlacementRequest, hosts: readonly HostView[], tallies: ReadonlyMap<string, Tally>): Placement {
-  const decisions = hosts.map(h => decide(req, h, tallies.get(h.peerId) ?? freshTally(h)))
+/**
+ * Whether a placed VM stays where it is: only while its host is a member and up. A host's trust
+ * policy, quotas, labels or capacity changing later govern new placements only; a running VM is
+ * never evicted by them (its host's operator can move it away on purpose, see the scheduler's
+ * `evict`). Its resources are still counted there.
+ */
+function decideKept (h: HostView): HostDecision {
+  if (h.member === false) return { peerId: h.peerId, eligible: false, reason: 'not-member', detail: 'host is not a member of the mesh' }
+  if (h.up === false) return { peerId: h.peerId, eligible: false, reason: 'down', detail: 'host is not reachable' }
+  return { peerId: h.peerId, eligible: true }
+}
+
+function placeWith (req: PlacementRequest, hosts: readonly HostView[], tallies: ReadonlyMap<string, Tally>, kept = false): Placement {
+  const decisions = hosts.map(h => kept ? decideKept(h) : decide(req, h, tallies.get(h.peerId) ?? freshTally(h)))
   return { requestId: req.id, decisions, ranking: rank(req.id, decisions.filter(d => d.eligible).map(d => d.peerId)) }
 }
 
@@ -188,17 +200,18 @@ const NONE: ReadonlySet<string> = new Set()
 
 /**
  * Serve requests in two stages over one set of running tallies. Stage 1: every request with a
- * settled host, in processing order, to its best-ranked eligible settled host, so that placed VMs
- * are counted before anything else. Stage 2: the rest — including a placed VM none of whose
- * hosts is eligible any more — in processing order, against what stage 1 left. Stage 1 does not
+ * settled host, in processing order, to its best-ranked settled host that is still a member and
+ * up (`decideKept`), so that placed VMs are counted before anything else. Stage 2: the rest —
+ * including a placed VM none of whose hosts is a member and up any more — in processing order,
+ * against what stage 1 left. Stage 1 does not
  * look at stage-2 requests at all, which is what makes backdating useless.
  */
 function assignStaged (requests: readonly PlacementRequest[], hosts: readonly HostView[],
   candidates: (requestId: string) => Candidates): Assignment[] {
   const sorted = sortedHosts(hosts)
   const tallies = new Map(sorted.map(h => [h.peerId, freshTally(h)]))
-  const serve = (req: PlacementRequest, allowed: Allowed): Assignment => {
-    const { decisions, ranking } = placeWith(req, sorted, tallies)
+  const serve = (req: PlacementRequest, allowed: Allowed, kept = false): Assignment => {
+    const { decisions, ranking } = placeWith(req, sorted, tallies, kept)
     const host = ranking.find(p => allowed === undefined || allowed.has(p)) ?? null
     if (host !== null) addUsage(tallies.get(host) as Tally, req.issuer, req.needs)
     return { requestId: req.id, host, decisions }
@@ -208,7 +221,7 @@ function assignStaged (requests: readonly PlacementRequest[], hosts: readonly Ho
   for (const req of order) {
     const { settled } = candidates(req.id)
     if (settled.size === 0) continue
-    const a = serve(req, settled)
+    const a = serve(req, settled, true)
     if (a.host !== null) placed.set(req.id, a)
   }
   // `map` runs in order, so stage 2 is served in processing order too.
@@ -218,7 +231,7 @@ function assignStaged (requests: readonly PlacementRequest[], hosts: readonly Ho
 export interface AssignOptions {
   /**
    * VMs already placed: request id → the host running it. Each is counted on that host before
-   * any other request (if that host is still eligible for it; if not, it is placed like the
+   * any other request (while that host is a member and up; if not, it is placed like the
    * others), so new requests are decided against the room the placed VMs leave.
    * @default nothing fixed
    */
@@ -257,9 +270,9 @@ export interface Claim {
  * Settle claims made concurrently (or on both sides of a partition). First every request with a
  * settled claim, in `processingOrder`, goes to its best-ranked settled claimant that is still
  * eligible; then the others, in `processingOrder`, each to its best-ranked claimant still
- * eligible in what is left. A request whose settled claimants are all ineligible (host down,
- * trust revoked) joins the others. The claimants that lose withdraw (and stop the VM if they
- * started it). A request nobody claimed gets `host: null` here — it is not rejected, merely not
+ * eligible in what is left. A settled claimant stays eligible while it is a member and up,
+ * whatever its policy says now; a request whose settled claimants are all expelled or down joins
+ * the others. The claimants that lose withdraw (and stop the VM if they started it). A request nobody claimed gets `host: null` here — it is not rejected, merely not
  * yet claimed. Duplicate claims are harmless; one of them settled makes the pair settled.
  */
 export function resolveClaims (requests: readonly PlacementRequest[], hosts: readonly HostView[], claims: readonly Claim[]): Assignment[] {

@@ -105,17 +105,29 @@ function shuffle<T> (xs: readonly T[], seed: number): T[] {
 
 // ---------------------------------------------------------------- invariant checks
 
-function checkNoOvercommit (requests: PlacementRequest[], hosts: HostView[], result: Assignment[]): void {
+/**
+ * No new placement over-commits a host: capacity, quotas, trust and networks hold for what is
+ * placed anew, counted on top of what the host runs (`used`) and the placed VMs it keeps (`kept`:
+ * "requestId/peerId" of settled claims, which stay whatever the host's policy or capacity say now).
+ */
+function checkNoOvercommit (requests: PlacementRequest[], hosts: HostView[], result: Assignment[], kept: ReadonlySet<string> = new Set()): void {
   const byId = new Map(requests.map(r => [r.id, r]))
   for (const h of hosts) {
-    const mine = result.filter(a => a.host === h.peerId).map(a => byId.get(a.requestId)!)
+    const all = result.filter(a => a.host === h.peerId)
+    const mine = all.map(a => byId.get(a.requestId)!)
+    const fresh = all.filter(a => !kept.has(`${a.requestId}/${h.peerId}`)).map(a => byId.get(a.requestId)!)
+    if (all.length > 0) {
+      expect(h.up).not.toBe(false)
+      expect(h.member).not.toBe(false)
+    }
+    if (fresh.length === 0) continue
     const sum = (k: keyof Resources): number => h.used[k] + mine.reduce((s, r) => s + r.needs[k], 0)
     expect(sum('vcpus')).toBeLessThanOrEqual(h.capacity.vcpus)
     expect(sum('memMiB')).toBeLessThanOrEqual(h.capacity.memMiB)
     expect(sum('diskGiB')).toBeLessThanOrEqual(h.capacity.diskGiB)
     for (const key of KEYS) {
+      if (!fresh.some(r => r.issuer === key)) continue
       const placed = mine.filter(r => r.issuer === key)
-      if (placed.length === 0) continue
       const entry = findEntry(h.policy, key)
       expect(entry, 'only trusted keys are placed').toBeDefined()
       const u = h.usageByIssuer[key] ?? { vms: 0, vcpus: 0, memMiB: 0, diskGiB: 0 }
@@ -125,15 +137,14 @@ function checkNoOvercommit (requests: PlacementRequest[], hosts: HostView[], res
       if (entry!.maxMemMiB !== undefined) expect(u.memMiB + total('memMiB')).toBeLessThanOrEqual(entry!.maxMemMiB)
       if (entry!.maxDiskGiB !== undefined) expect(u.diskGiB + total('diskGiB')).toBeLessThanOrEqual(entry!.maxDiskGiB)
       if (entry!.networks !== undefined) {
-        for (const r of placed) for (const n of r.needs.networks) expect(entry!.networks).toContain(n)
+        for (const r of fresh.filter(r => r.issuer === key)) for (const n of r.needs.networks) expect(entry!.networks).toContain(n)
       }
-    }
-    if (mine.length > 0) {
-      expect(h.up).not.toBe(false)
-      expect(h.member).not.toBe(false)
     }
   }
 }
+
+/** "requestId/peerId" of every settled claim. */
+const keptPairs = (claims: readonly Claim[]): Set<string> => new Set(claims.filter(c => c.settled === true).map(c => `${c.requestId}/${c.peerId}`))
 
 // ---------------------------------------------------------------- tests
 
@@ -323,6 +334,28 @@ describe('placed VMs are never displaced (review issue 12, point 10)', () => {
   const reasonOn = (out: Assignment[], r: PlacementRequest, peer: string): string | undefined =>
     out.find(a => a.requestId === r.id)?.decisions.find(d => d.peerId === peer)?.reason
 
+  it('a placed VM stays when its host stops trusting the key, narrows its networks, quota or capacity; new ones do not come', () => {
+    const onLan = { ...victim, needs: { ...victim.needs, networks: ['lan'] } }
+    const settled: Claim[] = [{ requestId: onLan.id, peerId: H, settled: true }]
+    const changes: Array<[string, Partial<HostView>]> = [
+      ['trust removed', { policy: addEntry(emptyPolicy(), { fingerprint: KEYS[1] }) }],
+      ['networks narrowed', { policy: addEntry(emptyPolicy(), { fingerprint: KEYS[0], networks: ['dmz'] }) }],
+      ['quota lowered', { policy: addEntry(emptyPolicy(), { fingerprint: KEYS[0], maxVms: 1 }) }],
+      ['capacity lowered', { capacity: { vcpus: 1, memMiB: 512, diskGiB: 1 } }]
+    ]
+    const later = vm('later', T + MINUTE, KEYS[0], 1)
+    for (const [what, over] of changes) {
+      const out = resolveClaims([onLan, later], [host(H, over)], [...settled, { requestId: later.id, peerId: H }])
+      expect(hostOf(out, onLan), what).toBe(H)
+      expect(hostOf(out, later), what).toBeNull() // a new VM of that key is judged by the new rules
+    }
+    const pinned = { ...onLan, needs: { ...onLan.needs, pin: { labels: { zone: 'roof' } } } }
+    expect(hostOf(resolveClaims([pinned], [host(H, { labels: { zone: 'cellar' } })], settled), pinned)).toBe(H)
+    // Only an expelled or down host loses it.
+    expect(hostOf(resolveClaims([onLan], [host(H, { member: false })], settled), onLan)).toBeNull()
+    expect(hostOf(resolveClaims([onLan], [host(H, { up: false })], settled), onLan)).toBeNull()
+  })
+
   it('a backdated request does not take a full host from the VM settled there', () => {
     // Only H exists, with room for one: the attacker gets nothing, even if H also claimed it.
     const claims: Claim[] = [{ requestId: victim.id, peerId: H, settled: true }, { requestId: attacker.id, peerId: H }]
@@ -404,16 +437,16 @@ describe('placed VMs are never displaced (review issue 12, point 10)', () => {
       const allClaims = claims.map(c => lateIds.has(c.requestId) ? { ...c, settled: false } : c)
       const before = new Map(resolveClaims(old, hosts, oldClaims).map(a => [a.requestId, a]))
       const after = resolveClaims([...late, ...old], hosts, allClaims)
-      checkNoOvercommit([...late, ...old], hosts, after)
+      checkNoOvercommit([...late, ...old], hosts, after, keptPairs(allClaims))
       const afterById = new Map(after.map(a => [a.requestId, a]))
       for (const r of old) {
         const settled = settledHosts(oldClaims, r.id)
         const b = before.get(r.id)!
         if (b.host !== null && settled.has(b.host)) expect(afterById.get(r.id)).toEqual(b)
-        // Alone on its settled hosts, it keeps the best of them that is eligible on its own.
-        const shared = old.some(o => o.id !== r.id && [...settledHosts(oldClaims, o.id)].some(p => settled.has(p)))
-        const best = placeOne(r, hosts).ranking.find(p => settled.has(p))
-        if (!shared && best !== undefined) expect(afterById.get(r.id)?.host).toBe(best)
+        // It keeps the best-ranked of its settled hosts that is a member and up, whatever their
+        // policy, capacity or the other VMs there.
+        const best = rank(r.id, hosts.filter(h => h.member !== false && h.up !== false && settled.has(h.peerId)).map(h => h.peerId))[0]
+        if (best !== undefined) expect(afterById.get(r.id)?.host).toBe(best)
       }
     }), { numRuns: 300 })
   })
@@ -425,7 +458,7 @@ describe('placed VMs are never displaced (review issue 12, point 10)', () => {
       for (const a of out) {
         if (a.host !== null) expect(claims.map(c => [c.requestId, c.peerId])).toContainEqual([a.requestId, a.host])
       }
-      checkNoOvercommit(requests, hosts, out)
+      checkNoOvercommit(requests, hosts, out, keptPairs(claims))
       // One settled host per request, every host claiming every request: the same as assign with those fixed.
       const fixed = new Map<string, string>()
       for (const c of [...claims].sort((x, y) => x.peerId < y.peerId ? -1 : x.peerId > y.peerId ? 1 : 0)) if (c.settled === true && !fixed.has(c.requestId)) fixed.set(c.requestId, c.peerId)
@@ -434,7 +467,7 @@ describe('placed VMs are never displaced (review issue 12, point 10)', () => {
       expect(resolveClaims(requests, hosts, everyone)).toEqual(ideal)
       const shuffledFixed = new Map(shuffle([...fixed], seed))
       expect(assign(shuffle(requests, seed), shuffle(hosts, seed + 1), { fixed: shuffledFixed })).toEqual(ideal)
-      checkNoOvercommit(requests, hosts, ideal)
+      checkNoOvercommit(requests, hosts, ideal, new Set([...fixed].map(([r, p]) => `${r}/${p}`)))
     }), { numRuns: 300 })
   })
 })
