@@ -151,19 +151,24 @@ function sortedHosts (hosts: readonly HostView[]): HostView[] {
 }
 
 /**
- * Whether a placed VM stays where it is: only while its host is a member and up. A host's trust
- * policy, quotas, labels or capacity changing later govern new placements only; a running VM is
- * never evicted by them (its host's operator can move it away on purpose, see the scheduler's
- * `evict`). Its resources are still counted there.
+ * Whether a placed VM stays where it is: while its host is a member and up and still meets what
+ * the VM itself asks (its pin, its architecture). The host's own trust policy, quotas and
+ * capacity changing later govern new placements only: a running VM is never evicted by them (its
+ * host's operator can move it away on purpose, see the scheduler's `evict`), and its resources
+ * are still counted there. What the VM asks is checked again because a claim is what its author
+ * says: a member that reports a VM pinned elsewhere as placed on itself must not keep it.
  */
-function decideKept (h: HostView): HostDecision {
-  if (h.member === false) return { peerId: h.peerId, eligible: false, reason: 'not-member', detail: 'host is not a member of the mesh' }
-  if (h.up === false) return { peerId: h.peerId, eligible: false, reason: 'down', detail: 'host is not reachable' }
-  return { peerId: h.peerId, eligible: true }
+function decideKept (req: PlacementRequest, h: HostView): HostDecision {
+  const d = decide(req, h, freshTally(h))
+  const policyOnly = d.eligible || !KEPT_REASONS.has(d.reason as HostReason)
+  return policyOnly ? { peerId: h.peerId, eligible: true } : d
 }
 
+/** What still unseats a placed VM: everything but the host's policy, quotas and capacity. */
+const KEPT_REASONS: ReadonlySet<HostReason> = new Set(['not-member', 'down', 'pin-host', 'pin-labels', 'architecture'])
+
 function placeWith (req: PlacementRequest, hosts: readonly HostView[], tallies: ReadonlyMap<string, Tally>, kept = false): Placement {
-  const decisions = hosts.map(h => kept ? decideKept(h) : decide(req, h, tallies.get(h.peerId) ?? freshTally(h)))
+  const decisions = hosts.map(h => kept ? decideKept(req, h) : decide(req, h, tallies.get(h.peerId) ?? freshTally(h)))
   return { requestId: req.id, decisions, ranking: rank(req.id, decisions.filter(d => d.eligible).map(d => d.peerId)) }
 }
 

@@ -143,6 +143,14 @@ function checkNoOvercommit (requests: PlacementRequest[], hosts: HostView[], res
   }
 }
 
+/** Whether a host keeps a VM it has placed: member, up, and what the VM asks (pin, architecture). */
+function keeps (r: PlacementRequest, h: HostView): boolean {
+  const pin = r.needs.pin
+  return h.member !== false && h.up !== false && h.arch.includes(r.needs.arch) &&
+    (pin?.host === undefined || pin.host === h.peerId) &&
+    Object.entries(pin?.labels ?? {}).every(([k, v]) => h.labels[k] === v)
+}
+
 /** "requestId/peerId" of every settled claim. */
 const keptPairs = (claims: readonly Claim[]): Set<string> => new Set(claims.filter(c => c.settled === true).map(c => `${c.requestId}/${c.peerId}`))
 
@@ -349,8 +357,14 @@ describe('placed VMs are never displaced (review issue 12, point 10)', () => {
       expect(hostOf(out, onLan), what).toBe(H)
       expect(hostOf(out, later), what).toBeNull() // a new VM of that key is judged by the new rules
     }
+    // What the VM itself asks still holds: a claim is only what its author says.
     const pinned = { ...onLan, needs: { ...onLan.needs, pin: { labels: { zone: 'roof' } } } }
-    expect(hostOf(resolveClaims([pinned], [host(H, { labels: { zone: 'cellar' } })], settled), pinned)).toBe(H)
+    expect(hostOf(resolveClaims([pinned], [host(H, { labels: { zone: 'roof' } })], settled), pinned)).toBe(H)
+    expect(hostOf(resolveClaims([pinned], [host(H, { labels: { zone: 'cellar' } })], settled), pinned)).toBeNull()
+    const elsewhere = { ...onLan, needs: { ...onLan.needs, pin: { host: G } } }
+    expect(hostOf(resolveClaims([elsewhere], [host(H), host(G)], settled), elsewhere)).toBeNull() // H's settled claim is void
+    const arm = { ...onLan, needs: { ...onLan.needs, arch: 'aarch64' } }
+    expect(hostOf(resolveClaims([arm], [host(H)], settled), arm)).toBeNull()
     // Only an expelled or down host loses it.
     expect(hostOf(resolveClaims([onLan], [host(H, { member: false })], settled), onLan)).toBeNull()
     expect(hostOf(resolveClaims([onLan], [host(H, { up: false })], settled), onLan)).toBeNull()
@@ -445,7 +459,7 @@ describe('placed VMs are never displaced (review issue 12, point 10)', () => {
         if (b.host !== null && settled.has(b.host)) expect(afterById.get(r.id)).toEqual(b)
         // It keeps the best-ranked of its settled hosts that is a member and up, whatever their
         // policy, capacity or the other VMs there.
-        const best = rank(r.id, hosts.filter(h => h.member !== false && h.up !== false && settled.has(h.peerId)).map(h => h.peerId))[0]
+        const best = rank(r.id, hosts.filter(h => settled.has(h.peerId) && keeps(r, h)).map(h => h.peerId))[0]
         if (best !== undefined) expect(afterById.get(r.id)?.host).toBe(best)
       }
     }), { numRuns: 300 })
