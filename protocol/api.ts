@@ -192,7 +192,7 @@ export interface TrustBody {
 
 export function parseTrustBody (v: unknown): TrustBody {
   const o = object(v)
-  only(o, ['publicKey', 'fingerprint', 'maxVms', 'maxVcpus', 'maxMemMiB', 'maxDiskGiB', 'networks'])
+  only(o, ['publicKey', 'fingerprint', 'maxVms', 'maxVcpus', 'maxMemMiB', 'maxDiskGiB', 'networks', 'evict'])
   const out: TrustBody = { publicKey: str(o, 'publicKey', false, 1024 * 1024), fingerprint: str(o, 'fingerprint', false) }
   for (const k of ['maxVms', 'maxVcpus', 'maxMemMiB', 'maxDiskGiB'] as const) {
     const n = o[k]
@@ -206,6 +206,20 @@ export function parseTrustBody (v: unknown): TrustBody {
   }
   if (out.publicKey === undefined && out.fingerprint === undefined) throw new PicocloudError(ErrorCode.BadRequest, 'give "publicKey" (armored) or "fingerprint"')
   return out
+}
+
+/** `evict` of a trust body: move away the key's VMs the new entry no longer admits. @default false */
+export function parseEvict (v: unknown): boolean {
+  const e = object(v).evict
+  if (e !== undefined && typeof e !== 'boolean') throw new PicocloudError(ErrorCode.BadRequest, 'field "evict" must be true or false')
+  return e === true
+}
+
+/** `?evict=1` of `DELETE /v1/trust/:fpr`. */
+export function parseEvictQuery (v: string | null): boolean {
+  if (v === null || v === '0' || v === 'false') return false
+  if (v === '1' || v === 'true') return true
+  throw new PicocloudError(ErrorCode.BadRequest, `query "evict" must be 1 or 0, got ${JSON.stringify(v)}`)
 }
 
 /** `k=v` selectors (repeatable) into a map; a selector without `=` is an error. */

@@ -5,7 +5,7 @@
  */
 import type { PicocloudHost } from '../host.ts'
 import { decodeSegment, type Route } from './server.ts'
-import { parseAdmitBody, parseExpelBody, parseInitBody, parseJoinBody, parseTrustBody, parseSelector, API_PREFIX } from '../../protocol/api.ts'
+import { parseAdmitBody, parseExpelBody, parseInitBody, parseJoinBody, parseTrustBody, parseEvict, parseEvictQuery, parseSelector, API_PREFIX } from '../../protocol/api.ts'
 import { normalizeFingerprint } from '../../protocol/fingerprint.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 
@@ -85,8 +85,8 @@ export function routes (host: PicocloudHost): Route[] {
       }
     },
     { method: 'GET', path: p('/trust'), handler: async () => await control.trustList() },
-    { method: 'POST', path: p('/trust'), handler: async ({ body }) => await control.trustAdd(parseTrustBody(body)) },
-    { method: 'DELETE', path: p('/trust/:fpr'), handler: async ({ params }) => await control.trustRemove(params.fpr) },
+    { method: 'POST', path: p('/trust'), handler: async ({ body }) => await control.trustAdd(parseTrustBody(body), { evict: parseEvict(body) }) },
+    { method: 'DELETE', path: p('/trust/:fpr'), handler: async ({ params, query }) => await control.trustRemove(params.fpr, { evict: parseEvictQuery(query.get('evict')) }) },
     // Test hooks, only when PICOCLOUD_TEST_HOOKS=1: cut this host off from peers (a partition).
     ...(process.env.PICOCLOUD_TEST_HOOKS === '1'
       ? [

@@ -5,7 +5,7 @@
 import { readFile, writeFile } from 'node:fs/promises'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { HostView } from '../../protocol/api.ts'
-import type { RequestView, VmView } from '../control/index.ts'
+import type { RequestView, VmView, EvictOutcome } from '../control/index.ts'
 import type { Command } from './command.ts'
 import { table, short, line } from './output.ts'
 import { keyring, buildSigned, waitForOutcome, waitForVm, outcomeText, chooseKey, meshId, signBytes } from './sign.ts'
@@ -75,6 +75,18 @@ async function resolveHost (api: Parameters<Command['run']>[0]['api'], ref: stri
   throw new PicocloudError(ErrorCode.Usage, m.length === 0 ? `no host ${ref} in the mesh (see \`picocloud hosts\`)` : `${m.length} hosts are named ${ref}; give the peer id`)
 }
 
+const EVICT_HELP = 'also move away the VMs of this key that run here and that the new policy no longer admits: another host starts each from its image (its disk here is deleted); a VM no other host can take stays'
+
+/** What an eviction did, for people. */
+function evictLines (e: EvictOutcome | undefined): string[] {
+  if (e === undefined) return []
+  if (e.moved.length + e.kept.length === 0) return ['no VM of this key runs here']
+  return [
+    ...e.moved.map(v => `moving ${v.name} away (${v.why}): another host will start it from its image`),
+    ...e.kept.map(v => `${v.name} stays here: ${v.why}`)
+  ]
+}
+
 const vmRow = (v: VmView): string[] => [v.name, v.id.slice(0, 12), v.status, v.hostName ?? '-', short(v.owner), Object.entries(v.labels).map(([k, x]) => `${k}=${x}`).join(',')]
 
 export const userCommands: Command[] = [
@@ -134,11 +146,11 @@ export const userCommands: Command[] = [
   {
     name: 'trust add',
     summary: 'let a key run VMs on this host, within quotas (host operator)',
-    usage: 'picocloud trust add FINGERPRINT|KEYFILE [--max-vms N] [--max-vcpus N] [--max-mem MiB] [--max-disk GiB] [--networks a,b]',
-    description: 'KEYFILE is an armored public key (`gpg --armor --export`, `picocloud key export`). A fingerprint is looked up in your keyring, then among the keys the mesh already knows. A quota not given is unlimited. Trusting a key again replaces its quotas. The policy and the key are published in this host\'s record.',
+    usage: 'picocloud trust add FINGERPRINT|KEYFILE [--max-vms N] [--max-vcpus N] [--max-mem MiB] [--max-disk GiB] [--networks a,b] [--evict]',
+    description: 'KEYFILE is an armored public key (`gpg --armor --export`, `picocloud key export`). A fingerprint is looked up in your keyring, then among the keys the mesh already knows. A quota not given is unlimited. Trusting a key again replaces its quotas; VMs of the key that already run here stay, unless --evict. The policy and the key are published in this host\'s record.',
     positionals: [1, 1],
-    options: { 'max-vms': { type: 'string' }, 'max-vcpus': { type: 'string' }, 'max-mem': { type: 'string' }, 'max-disk': { type: 'string' }, networks: { type: 'string' } },
-    optionHelp: { 'max-vms': 'at most N VMs of this key here', 'max-vcpus': 'at most N vCPUs in all', 'max-mem': 'at most this many MiB of memory in all', 'max-disk': 'at most this many GiB of disk in all', networks: 'comma-separated networks its VMs may use (default: any)' },
+    options: { 'max-vms': { type: 'string' }, 'max-vcpus': { type: 'string' }, 'max-mem': { type: 'string' }, 'max-disk': { type: 'string' }, networks: { type: 'string' }, evict: { type: 'boolean' } },
+    optionHelp: { 'max-vms': 'at most N VMs of this key here', 'max-vcpus': 'at most N vCPUs in all', 'max-mem': 'at most this many MiB of memory in all', 'max-disk': 'at most this many GiB of disk in all', networks: 'comma-separated networks its VMs may use (default: any)', evict: EVICT_HELP },
     run: async ({ positionals, values, g, io, api }) => {
       const arg = positionals[0]
       const body: Record<string, unknown> = {
@@ -146,7 +158,8 @@ export const userCommands: Command[] = [
         maxVcpus: int(values['max-vcpus'], '--max-vcpus'),
         maxMemMiB: int(values['max-mem'], '--max-mem'),
         maxDiskGiB: int(values['max-disk'], '--max-disk'),
-        networks: values.networks === undefined ? undefined : String(values.networks).split(',').filter(Boolean)
+        networks: values.networks === undefined ? undefined : String(values.networks).split(',').filter(Boolean),
+        evict: values.evict === true ? true : undefined
       }
       if (/^(0x)?[0-9a-fA-F ]{40,50}$/.test(arg) && arg.replace(/\s|0x/g, '').length === 40) {
         body.fingerprint = arg
@@ -155,8 +168,8 @@ export const userCommands: Command[] = [
       } else {
         body.publicKey = await readText(arg, 'key file')
       }
-      const e = await api.call<Record<string, unknown>>('POST', '/v1/trust', body)
-      io.out(g.json ? JSON.stringify(e, null, 2) : `this host now trusts ${String(e.fingerprint)}`)
+      const e = await api.call<Record<string, unknown> & { evicted?: EvictOutcome }>('POST', '/v1/trust', body)
+      io.out(g.json ? JSON.stringify(e, null, 2) : [`this host now trusts ${String(e.fingerprint)}`, ...evictLines(e.evicted)].join('\n'))
     }
   },
   {
@@ -173,12 +186,14 @@ export const userCommands: Command[] = [
   },
   {
     name: 'trust remove',
-    summary: 'stop placing new VMs of a key here (host operator); running VMs stay',
-    usage: 'picocloud trust remove FINGERPRINT',
+    summary: 'stop placing new VMs of a key here (host operator); running VMs stay unless --evict',
+    usage: 'picocloud trust remove FINGERPRINT [--evict]',
     positionals: [1, 1],
-    run: async ({ positionals, g, io, api }) => {
-      const r = await api.call<{ fingerprint: string }>('DELETE', `/v1/trust/${encodeURIComponent(positionals[0].replace(/\s/g, ''))}`)
-      io.out(g.json ? JSON.stringify(r) : `this host no longer trusts ${r.fingerprint}`)
+    options: { evict: { type: 'boolean' } },
+    optionHelp: { evict: EVICT_HELP },
+    run: async ({ positionals, values, g, io, api }) => {
+      const r = await api.call<{ fingerprint: string, evicted?: EvictOutcome }>('DELETE', `/v1/trust/${encodeURIComponent(positionals[0].replace(/\s/g, ''))}${values.evict === true ? '?evict=1' : ''}`)
+      io.out(g.json ? JSON.stringify(r) : [`this host no longer trusts ${r.fingerprint}`, ...evictLines(r.evicted)].join('\n'))
     }
   },
   // ——— requests ———

@@ -15,7 +15,7 @@ import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { TrustEntry } from '../../keys/trust-policy.ts'
 import type { Logger } from '../log.ts'
 import { RequestBook } from './requests.ts'
-import { Scheduler } from './scheduler.ts'
+import { Scheduler, type EvictOutcome } from './scheduler.ts'
 import { trustAdd, trustRemove, trustList, republishKeys, type TrustAddInput, type TrustView } from './trust.ts'
 import { listVms, findVm, vmView, requestView, type VmFilter, type VmView, type RequestView } from './views.ts'
 
@@ -133,16 +133,18 @@ export class Control {
     }))
   }
 
-  async trustAdd (input: TrustAddInput): Promise<TrustEntry> {
+  /** With `evict`, the key's VMs here that the new entry no longer admits move away (Scheduler.evict). */
+  async trustAdd (input: TrustAddInput, options: { evict?: boolean } = {}): Promise<TrustEntry & { evicted?: EvictOutcome }> {
     const entry = await trustAdd(this.store, input)
     this.log.info('trusted key', { fingerprint: entry.fingerprint })
-    return entry
+    return options.evict === true ? { ...entry, evicted: await this.scheduler.evict(entry.fingerprint) } : entry
   }
 
-  async trustRemove (fpr: string): Promise<{ fingerprint: string }> {
+  /** Running VMs of the key stay unless `evict`: then those another host can take move away. */
+  async trustRemove (fpr: string, options: { evict?: boolean } = {}): Promise<{ fingerprint: string, evicted?: EvictOutcome }> {
     const r = await trustRemove(this.store, fpr)
     this.log.info('no longer trusts key', { fingerprint: r.fingerprint })
-    return r
+    return options.evict === true ? { ...r, evicted: await this.scheduler.evict(r.fingerprint) } : r
   }
 
   async trustList (): Promise<TrustView[]> {

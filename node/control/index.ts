@@ -5,3 +5,4 @@
 export { Control, type ControlInit, type NetView } from './control.ts'
 export { findVm, vmStatus, type VmView, type RequestView, type VmFilter } from './views.ts'
 export type { TrustView, TrustAddInput } from './trust.ts'
+export type { EvictOutcome } from './scheduler.ts'

@@ -204,7 +204,50 @@ export class Scheduler {
     this.timer.unref()
   }
 
+  /**
+   * The host operator moves away the VMs of `owner` that run here and that this host, by its
+   * policy now (trust, quotas, networks), would no longer take: this host withdraws its claims,
+   * the compute reconciler stops and removes them here, and the host ranked first among the
+   * others claims each, as for a new VM (it starts from its image: no disk moves). A VM that no
+   * other host that is up may take stays here, and is listed with why.
+   */
+  async evict (owner: string): Promise<EvictOutcome> {
+    const { store } = this.init
+    const self = store.self
+    const doc = store.doc
+    const world = this.world()
+    const hosts = hostViews(doc, p => p === self || this.init.up(p))
+    const others = hosts.filter(h => h.peerId !== self && h.up === true)
+    const out: EvictOutcome = { moved: [], kept: [] }
+    for (const req of placementRequests(world.vms.values())) {
+      const vm = world.vms.get(req.id)!
+      if (vm.host !== self || vm.owner !== owner) continue
+      const here = placeOne(req, hosts).decisions.find(d => d.peerId === self)
+      if (here?.eligible !== false) { out.kept.push({ id: vm.id, name: vm.name, why: 'this host still admits it' }); continue }
+      if (placeOne(req, others).ranking.length === 0) { out.kept.push({ id: vm.id, name: vm.name, why: 'no other host that is up can take it' }); continue }
+      out.moved.push({ id: vm.id, name: vm.name, why: here.detail ?? here.reason ?? '' })
+    }
+    if (out.moved.length > 0) {
+      await store.change(`evict ${out.moved.length} VMs of ${owner}`, d => {
+        const rec = d.host
+        if (rec === undefined) return
+        for (const { id } of out.moved) {
+          if (rec.claims !== undefined) delete rec.claims[id]
+          if (rec.vms !== undefined) delete rec.vms[id]
+        }
+      })
+      this.init.log.info('evicted VMs', { owner, vms: out.moved.map(v => v.name).join(',') })
+    }
+    return out
+  }
+
   stop (): void {
     clearTimeout(this.timer)
   }
+}
+
+export interface EvictOutcome {
+  /** Withdrawn here: another host will start them from their image. */
+  moved: Array<{ id: string, name: string, why: string }>
+  kept: Array<{ id: string, name: string, why: string }>
 }
