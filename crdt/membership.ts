@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { PicocloudError, ErrorCode } from '../protocol/errors.ts'
-import { STATE_FORMAT, isActiveMember, mayAdmit, mayExpel, scalars, type HostRecord, type MembershipEvent, type Seen } from './schema.ts'
+import { STATE_FORMAT, isActiveMember, mayAdmit, mayExpel, scalars, storedEvent, type HostRecord, type MembershipEvent, type Seen } from './schema.ts'
 import { meshIdFor } from './mesh-id.ts'
 import type { StateStore } from './store.ts'
 
@@ -25,7 +25,7 @@ export function seenNow (store: StateStore): Seen {
 async function writeEvent (store: StateStore, message: string, event: (seen: Seen) => MembershipEvent): Promise<void> {
   await store.change(message, d => {
     d.events ??= []
-    d.events.push(scalars(event(seenNow(store))))
+    d.events.push(storedEvent(event(seenNow(store))))
   })
 }
 

@@ -152,8 +152,27 @@ export function readHostRecord (raw: unknown): Read<HostRecord | undefined> {
   return { value: rec, problems }
 }
 
+const SEEN_ENTRY = /^([1-9A-HJ-NP-Za-km-z]{40,64})=([1-9][0-9]{0,9}:[0-9a-f]{16})$/
+const MAX_SEEN = 100_000
+
+/**
+ * An event's `seen`: the one string `storedSeen` writes ("peer=seq:hash …"), or the map older
+ * daemons wrote ({ peer: "seq:hash" }); either way every entry is checked, and a peer named twice
+ * is malformed.
+ */
 function seen (v: unknown, path: string): Seen {
-  return map(v, path, 100_000, PEER_ID, (x, p) => string(x, p, { pattern: /^[1-9][0-9]{0,9}:[0-9a-f]{16}$/, what: 'seq:hash' }))
+  if (typeof v !== 'string') return map(v, path, MAX_SEEN, PEER_ID, (x, p) => string(x, p, { pattern: /^[1-9][0-9]{0,9}:[0-9a-f]{16}$/, what: 'seq:hash' }))
+  const out: Seen = {}
+  if (v === '') return out
+  const items = v.split(' ')
+  if (items.length > MAX_SEEN) throw new Error(`${path}: more than ${MAX_SEEN} entries`)
+  for (const item of items) {
+    const m = SEEN_ENTRY.exec(item)
+    if (m === null) throw new Error(`${path}: ${JSON.stringify(item.slice(0, 80))} is not peer=seq:hash`)
+    if (Object.hasOwn(out, m[1])) throw new Error(`${path}: ${m[1]} named twice`)
+    out[m[1]] = m[2]
+  }
+  return out
 }
 
 /** A membership event; undefined (and a problem) when malformed. */

@@ -34,7 +34,7 @@ import { signChangeHash, encodeSignedChange, type SignedChange } from '../../crd
 import { StateStore } from '../../crdt/store.ts'
 import { SYNC_PROTOCOL, MAX_FRAME, syncInitiator, type SyncStats } from '../../crdt/sync.ts'
 import { seenNow } from '../../crdt/membership.ts'
-import { scalars, type MembershipEvent, type Seen } from '../../crdt/schema.ts'
+import { scalars, storedEvent, type MembershipEvent, type Seen } from '../../crdt/schema.ts'
 import { actorForPeer, peerForActor } from '../../keys/peer-key.ts'
 import { createP2PNode, type P2PNode } from '../../node/mesh/p2p.ts'
 import { silentLogger } from '../../node/log.ts'
@@ -114,7 +114,7 @@ export function event (e: { op: 'admit', peer: string, name?: string } | { op: '
 /** A writer for `StateStore.change`/`forge` that appends membership events. */
 export const pushEvents = (...events: MembershipEvent[]) => (d: any): void => {
   d.events ??= []
-  for (const e of events) d.events.push(scalars(e))
+  for (const e of events) d.events.push(storedEvent(e))
 }
 
 /** The `seen` of `store` with some feeds left out (a member pretending not to know them). */

@@ -21,7 +21,7 @@ import { scalars, type Seen } from '../../crdt/schema.ts'
 import { deriveWorld, hostViews, placementRequests, type World } from '../../crdt/world.ts'
 import { assign } from '../../crdt/placement.ts'
 import { listVms, vmView, requestView } from '../../node/control/views.ts'
-import { readHostRecord, readStoredRequest } from '../../crdt/records.ts'
+import { readEvent, readHostRecord, readStoredRequest } from '../../crdt/records.ts'
 import { Stores, sync, hostRecord } from './stores.ts'
 import { forge, craft, badSignature, signedBy, event, pushEvents, peerOf } from './attacker.ts'
 import { fakeRequest, storeRequest, judgeRequests, issuer, trusting, RESOURCES, type FakeRequest } from './fake-requests.ts'
@@ -530,7 +530,7 @@ function founderExpulsionSeen (s: StateStore, peer: string): number | undefined 
     if (String(e?.op) !== 'expel' || String(e?.peer) !== peer) return
     const key = `${founder}/${s.feeds.get(founder)?.eventSeq[i] ?? 0}/${i}`
     if (fold?.verdicts.get(key)?.valid !== true) return
-    const seen = String(e.seen?.[peer] ?? '0:')
+    const seen = readEvent(e, `events[${i}]`).value?.seen[peer] ?? '0:'
     const n = Number(seen.slice(0, seen.indexOf(':')))
     out = out === undefined ? n : Math.max(out, n)
   })
