@@ -71,6 +71,8 @@ export interface VmEntry {
   nics: NicSpec[]
   /** What the owner asked for last. */
   desired: 'running' | 'stopped' | 'destroyed'
+  /** The owner's last stop asked to cut the power (no ACPI shutdown first). */
+  forceStop?: boolean
   created: number
   expires: number
   via: string
@@ -78,6 +80,12 @@ export interface VmEntry {
   vias: string[]
   /** Requests that shaped this VM, in order (its history). */
   requests: string[]
+  /**
+   * Some host (a member or not, now) once took it beyond a bare claim: placed again after its host
+   * is gone (expelled, or evicted it), it is not held to its request's expiry, which only bounds
+   * how long a new request may wait for its first host.
+   */
+  wasPlaced?: boolean
   /** The host that runs it (settled claims), or null. */
   host: string | null
   claimants: string[]
@@ -307,8 +315,8 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: 
         const vm = vmByRef(b.vm, r.issuer)
         if (vm === undefined) { reject('no-such-vm', `no VM ${b.vm}`); break }
         if (vm.owner !== r.issuer) { reject('not-owner', `VM ${vm.name} belongs to ${vm.owner}; only its owner may change it`); break }
-        if (r.kind === 'vm.start') vm.desired = 'running'
-        else if (r.kind === 'vm.stop') vm.desired = 'stopped'
+        if (r.kind === 'vm.start') { vm.desired = 'running'; delete vm.forceStop }
+        else if (r.kind === 'vm.stop') { vm.desired = 'stopped'; vm.forceStop = (r.body as RequestBodies['vm.stop']).force }
         else if (r.kind === 'vm.destroy') vm.desired = 'destroyed'
         else if (r.kind === 'vm.nic.add') {
           const nic = (r.body as RequestBodies['vm.nic.add']).nic
@@ -377,8 +385,13 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: 
   const actual = new Map(resolveClaims(preqs, hosts, claims).map(a => [a.requestId, a]))
   const ideal = new Map(assign(preqs, hosts, { fixed: settledHosts(actual, claims) }).map(a => [a.requestId, a]))
   const decisions = new Map<string, HostDecision[]>()
+  const placedOnce = new Set<string>()
+  for (const rec of Object.values(doc.hosts ?? {})) {
+    for (const [id, r] of Object.entries(rec.vms ?? {})) if (r?.status !== undefined && String(r.status) !== 'claimed') placedOnce.add(id)
+  }
   for (const vm of vms.values()) {
     vm.claimants = claims.filter(c => c.requestId === vm.id).map(c => c.peerId).sort()
+    if (placedOnce.has(vm.id)) vm.wasPlaced = true
     const out = requests.get(vm.id)
     if (vm.rejected !== undefined) {
       if (out !== undefined) { out.status = 'rejected'; out.reasons = vm.rejected.reasons }
@@ -401,7 +414,8 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: 
     decisions.set(vm.id, ds)
     if (out !== undefined) {
       out.reasons = ds.filter(d => !d.eligible).map(d => ({ host: d.peerId, reason: d.reason ?? 'ineligible', detail: d.detail ?? '' }))
-      if (i?.host === null) out.status = 'rejected'
+      // A VM that ran once and lost its host waits for another; its request was fulfilled.
+      if (i?.host === null) out.status = vm.wasPlaced === true ? 'placed' : 'rejected'
     }
   }
   for (const out of requests.values()) { const v = viasOf.get(out.id); if (v !== undefined && v.length > 0) out.vias = v }

@@ -62,7 +62,7 @@ export class PicocloudHost extends EventEmitter<HostEvents> {
     this.store = store
     const emit = (type: string, data: Record<string, unknown> = {}): void => { this.emit('event', { type, time: new Date().toISOString(), ...data }) }
     this.mesh = new Mesh({ config, log, key, store, version: VERSION, emit })
-    this.control = new Control({ store, log, isUp: peer => this.mesh.isUp(peer) })
+    this.control = new Control({ store, log, isUp: peer => this.mesh.isUp(peer), lastSeen: peer => this.mesh.lastSeen(peer) })
     this.network = new DataPlane({
       config: config.network,
       stateDir: config.state,

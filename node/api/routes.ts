@@ -62,6 +62,7 @@ export function routes (host: PicocloudHost): Route[] {
       path: p('/vms/:ref/operator-stop'),
       handler: async ({ params, body }) => await control.operatorStop(params.ref, typeof (body as any)?.reason === 'string' ? (body as any).reason : '')
     },
+    { method: 'POST', path: p('/vms/:ref/operator-start'), handler: async ({ params }) => await control.operatorStart(params.ref) },
     {
       method: 'GET',
       path: p('/vms/:ref/logs'),

@@ -92,7 +92,11 @@ const SETTLED = new Set(['running', 'failed', 'stopped', 'destroyed', 'rejected'
  * After placement, follows the VM until it runs (or fails), drawing the image download as a
  * progress bar on a terminal. Returns the last view.
  */
-export async function waitForVm (api: ApiClient, id: string, timeoutMs: number, err: (s: string) => void): Promise<VmView> {
+/**
+ * Polls a VM until its status is one of `until` (by default any settled one), it runs nowhere
+ * (`hypervisor = "none"`), or the time is up (said on stderr).
+ */
+export async function waitForVm (api: ApiClient, id: string, timeoutMs: number, err: (s: string) => void, until: ReadonlySet<string> = SETTLED): Promise<VmView> {
   const deadline = Date.now() + timeoutMs
   const tty = process.stderr.isTTY
   let drew = false
@@ -104,9 +108,11 @@ export async function waitForVm (api: ApiClient, id: string, timeoutMs: number, 
       process.stderr.write(`\rfetching image [${bar}] ${(vm.progress.received / 2 ** 20).toFixed(1)}/${(vm.progress.total / 2 ** 20).toFixed(1)} MiB`)
       drew = true
     }
-    if (SETTLED.has(vm.status) || !vm.runs || Date.now() > deadline) {
+    // A VM its host's operator stopped does not start whatever its owner asks: no use waiting.
+    const held = vm.operatorStop !== undefined && !until.has('stopped')
+    if (until.has(vm.status) || held || vm.status === 'host-down' || !vm.runs || Date.now() > deadline) {
       if (drew) process.stderr.write('\n')
-      if (Date.now() > deadline && !SETTLED.has(vm.status)) err(line`still ${vm.status} after ${Math.round(timeoutMs / 1000)} s; follow it with \`picocloud vm show ${vm.name}\``)
+      if (Date.now() > deadline && !until.has(vm.status)) err(line`still ${vm.status} after ${Math.round(timeoutMs / 1000)} s; follow it with \`picocloud vm show ${vm.name}\``)
       return vm
     }
     await new Promise(resolve => setTimeout(resolve, 200))

@@ -47,14 +47,33 @@ function int (v: string | undefined, what: string): number | undefined {
 }
 
 /** Signs, submits and (unless --no-wait) waits; exit status 1 when rejected. */
-async function request (args: Parameters<Command['run']>[0], kind: RequestKind, body: unknown): Promise<void> {
+const STOPPED: ReadonlySet<string> = new Set(['stopped', 'failed', 'destroyed', 'rejected'])
+const RUNNING: ReadonlySet<string> = new Set(['running', 'failed', 'destroyed', 'rejected'])
+
+/**
+ * Signs and submits a request, waits for its outcome and prints it. With `until`, a VM request
+ * accepted by the mesh then waits until the VM's status is one of those (unless --no-wait).
+ */
+async function request (args: Parameters<Command['run']>[0], kind: RequestKind, body: unknown, until?: ReadonlySet<string>): Promise<void> {
   const { values, g, io, api } = args
   const env = await buildSigned(api, kind, body, { key: values.key, passphraseFile: values['passphrase-file'] })
   let r = await api.call<RequestView>('POST', '/v1/requests', env)
   if (values['no-wait'] !== true) r = await waitForOutcome(api, r.id, (int(values.timeout, '--timeout') ?? 60) * 1000)
+  if (until !== undefined && values['no-wait'] !== true && r.status === 'accepted' && r.vm !== undefined) {
+    const vm = await waitForVm(api, r.vm, (int(values.timeout, '--timeout') ?? 60) * 1000, io.err, until)
+    if (g.json) io.out(JSON.stringify({ ...r, vm: vm.id, vmStatus: vm.status, vmReason: vm.reason }, null, 2))
+    else io.out([outcomeText(r), line`VM ${vm.name}: ${vm.status}${vm.reason === undefined ? '' : ` (${vm.reason})`}`].join('\n'))
+    if (vm.status === 'failed') throw new PicocloudError('VM_FAILED', `VM ${vm.name} failed on ${vm.hostName ?? '?'}: see \`picocloud vm show ${vm.name}\``)
+    if (vm.operatorStop !== undefined && !until.has(vm.status)) throw new PicocloudError('VM_HELD', `VM ${vm.name} is held stopped by the operator of ${vm.hostName ?? '?'} (${vm.operatorStop.reason || 'no reason given'})`)
+    return
+  }
   if (g.json) io.out(JSON.stringify(r, null, 2))
   else {
     io.out(outcomeText(r))
+    if ((kind === 'vm.nic.add' || kind === 'vm.nic.remove') && r.status === 'accepted' && r.vm !== undefined) {
+      const vm = await api.call<VmView>('GET', `/v1/vms/${r.vm}`)
+      if (vm.status === 'running') io.out(line`the NIC change applies at ${vm.name}'s next start: \`picocloud vm restart ${vm.name}\``)
+    }
     if (r.kind === 'vm.create' && r.status === 'placed') {
       const placed = await api.call<VmView>('GET', `/v1/vms/${r.id}`)
       io.out(line`VM ${placed.name} (${placed.id.slice(0, 12)}) placed on ${placed.hostName ?? placed.host ?? '?'}`)
@@ -350,23 +369,69 @@ export const userCommands: Command[] = [
       io.out(g.json ? JSON.stringify(vm.history, null, 2) : table(['CREATED', 'KIND', 'ISSUER', 'STATUS', 'REQUEST'], vm.history.map(r => [r.created, r.kind, short(r.issuer), r.status, r.id.slice(0, 16)])))
     }
   },
-  ...(['start', 'stop', 'destroy'] as const).map((verb): Command => ({
-    name: `vm ${verb}`,
-    summary: verb === 'stop' ? 'stop a VM (owner; or --operator for a VM on this host)' : `${verb} a VM (owner only)`,
-    usage: `picocloud vm ${verb} NAME|ID${verb === 'stop' ? ' [--operator [--reason TEXT]]' : ''} [--key FPR] [--passphrase-file F] [--no-wait] [--timeout S]`,
+  {
+    name: 'vm stop',
+    summary: 'stop a VM and wait until it is stopped (owner; or --operator for a VM on this host)',
+    usage: 'picocloud vm stop NAME|ID [--force] [--operator [--reason TEXT]] [--key FPR] [--passphrase-file F] [--no-wait] [--timeout S]',
+    description: 'The guest is asked to power off (ACPI) and gets 30 s before its host ends it; --force cuts the power at once. The VM stays stopped until its owner starts it. With --operator, this host\'s operator stops a VM that runs here, without a signed request; only this host\'s operator can lift that (`vm start --operator`).',
     positionals: [1, 1],
-    options: { ...signOpts, ...waitOpts, ...(verb === 'stop' ? { operator: { type: 'boolean' as const }, reason: { type: 'string' as const } } : {}) },
-    optionHelp: { ...signHelp, ...waitHelp, ...(verb === 'stop' ? { operator: 'as this host\'s operator, without a signed request (only VMs on this host)', reason: 'why (with --operator)' } : {}) },
+    options: { ...signOpts, ...waitOpts, force: { type: 'boolean' }, operator: { type: 'boolean' }, reason: { type: 'string' } },
+    optionHelp: { ...signHelp, ...waitHelp, force: 'cut the power at once (no ACPI power-off first)', operator: 'as this host\'s operator, without a signed request (only VMs on this host)', reason: 'why (with --operator)' },
     run: async (args) => {
       const { positionals, values, g, io, api } = args
-      if (verb === 'stop' && values.operator === true) {
+      if (values.operator === true) {
+        if (values.force === true) throw new PicocloudError(ErrorCode.Usage, '--force is for the owner\'s stop; an operator stop ends the VM as the host decides')
         const vm = await api.call<VmView>('POST', `/v1/vms/${encodeURIComponent(positionals[0])}/operator-stop`, { reason: values.reason ?? '' })
-        io.out(g.json ? JSON.stringify(vm, null, 2) : `stopped ${vm.name} on this host (${vm.status})`)
+        io.out(g.json ? JSON.stringify(vm, null, 2) : `stopped ${vm.name} on this host (${vm.status}); \`picocloud vm start --operator ${vm.name}\` lifts it`)
         return
       }
-      await request(args, `vm.${verb}`, verb === 'stop' ? { vm: positionals[0], force: false } : { vm: positionals[0] })
+      if (values.reason !== undefined) throw new PicocloudError(ErrorCode.Usage, '--reason goes with --operator')
+      await request(args, 'vm.stop', { vm: positionals[0], force: values.force === true }, STOPPED)
     }
-  })),
+  },
+  {
+    name: 'vm start',
+    summary: 'start a stopped VM and wait until it runs (owner; or --operator to lift this host\'s own stop)',
+    usage: 'picocloud vm start NAME|ID [--operator] [--key FPR] [--passphrase-file F] [--no-wait] [--timeout S]',
+    description: 'A VM its host\'s operator stopped (`vm stop --operator`) stays stopped whatever its owner asks, until that operator runs `vm start --operator` on that host.',
+    positionals: [1, 1],
+    options: { ...signOpts, ...waitOpts, operator: { type: 'boolean' } },
+    optionHelp: { ...signHelp, ...waitHelp, operator: 'as this host\'s operator: lift the stop this host\'s operator put on a VM here' },
+    run: async (args) => {
+      const { positionals, values, g, io, api } = args
+      if (values.operator === true) {
+        const vm = await api.call<VmView>('POST', `/v1/vms/${encodeURIComponent(positionals[0])}/operator-start`, {})
+        io.out(g.json ? JSON.stringify(vm, null, 2) : `lifted this host's stop of ${vm.name}; it runs again if its owner wants it running (desired: ${vm.desired})`)
+        return
+      }
+      await request(args, 'vm.start', { vm: positionals[0] }, RUNNING)
+    }
+  },
+  {
+    name: 'vm restart',
+    summary: 'stop a VM, wait until it is stopped, start it again and wait until it runs (owner only)',
+    usage: 'picocloud vm restart NAME|ID [--force] [--key FPR] [--passphrase-file F] [--timeout S]',
+    description: 'Two signed requests, vm.stop then vm.start. A NIC added while the VM ran is attached from this start on.',
+    positionals: [1, 1],
+    options: { ...signOpts, timeout: { type: 'string' }, force: { type: 'boolean' } },
+    optionHelp: { ...signHelp, timeout: 'seconds to wait for each step (default 60)', force: 'cut the power at once (no ACPI power-off first)' },
+    run: async (args) => {
+      const { positionals, values } = args
+      await request(args, 'vm.stop', { vm: positionals[0], force: values.force === true }, STOPPED)
+      await request(args, 'vm.start', { vm: positionals[0] }, RUNNING)
+    }
+  },
+  {
+    name: 'vm destroy',
+    summary: 'destroy a VM and its disk (owner only)',
+    usage: 'picocloud vm destroy NAME|ID [--key FPR] [--passphrase-file F] [--no-wait] [--timeout S]',
+    positionals: [1, 1],
+    options: { ...signOpts, ...waitOpts },
+    optionHelp: { ...signHelp, ...waitHelp },
+    run: async (args) => {
+      await request(args, 'vm.destroy', { vm: args.positionals[0] })
+    }
+  },
   {
     name: 'vm nic add',
     summary: 'attach a VM to a network (owner only)',

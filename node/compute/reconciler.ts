@@ -152,7 +152,7 @@ export class VmReconciler {
       const operatorStop = mineInState[vm.id]?.operatorStop
       const want = vm.desired === 'running' && operatorStop === undefined ? 'running' : vm.desired === 'destroyed' ? 'destroyed' : 'stopped'
       const { spec, image } = want === 'running' ? await this.spec(world, vm) : { spec: undefined, image: { present: true } }
-      targets.push({ id: vm.id, name, want, restart: vm.spec.restart, spec, image })
+      targets.push({ id: vm.id, name, want, ...(want === 'stopped' && vm.forceStop === true && operatorStop === undefined ? { force: true } : {}), restart: vm.spec.restart, spec, image })
     }
     const inputs = JSON.stringify([targets, [...lostHere]])
     if (!observe && inputs === this.lastInputs) return
@@ -177,6 +177,9 @@ export class VmReconciler {
     for (const o of plan.orphans) if (o.seenMs === 0) log.warn('a VM runs here that the state does not place here; it will be stopped after the grace period', { vm: o.name })
 
     const reports = new Map(plan.reports)
+    // A guest gets up to 30 s to power off: say "stopping" meanwhile, not after.
+    const stopping = plan.actions.filter(a => a.type === 'stop').map(a => [a.id, reports.get(a.id)] as const)
+    if (stopping.length > 0) await this.report(new Map(stopping.filter((x): x is [string, VmReport] => x[1] !== undefined)), mineInState)
     if (plan.actions.some(a => a.type === 'start' && a.spec.nics.some(n => n.bridge !== undefined))) {
       await this.init.beforeStart?.().catch((err: any) => { log.warn('data plane not ready before VM start', { error: err.message }) })
     }
@@ -194,7 +197,7 @@ export class VmReconciler {
             break
           }
           case 'stop':
-            await driver.stop(a.name)
+            await driver.stop(a.name, a.force ? { timeoutMs: 0 } : {})
             reports.set(a.id, { status: 'stopped' })
             log.info('stopped VM', { vm: a.name })
             break

@@ -14,6 +14,8 @@ export interface VmTarget {
   /** `pc-…` */
   name: string
   want: 'running' | 'stopped' | 'destroyed'
+  /** With want stopped: cut the power at once instead of asking the guest to power off. */
+  force?: boolean
   restart: RestartPolicy
   /** Undefined while the image is not in the local store (or unknown). */
   spec?: VmSpec
@@ -23,7 +25,7 @@ export interface VmTarget {
 export type VmAction =
   | { type: 'fetch', id: string, sha256: string }
   | { type: 'start', id: string, spec: VmSpec }
-  | { type: 'stop', id: string, name: string }
+  | { type: 'stop', id: string, name: string, force: boolean }
   | { type: 'destroy', id: string, name: string }
   | { type: 'stop-orphan', name: string }
 
@@ -65,7 +67,7 @@ export function planVms (input: PlanInput): VmPlan {
     }
     if (t.want === 'stopped') {
       if (o?.state === 'running' || o?.state === 'paused') {
-        actions.push({ type: 'stop', id: t.id, name: t.name })
+        actions.push({ type: 'stop', id: t.id, name: t.name, force: t.force === true })
         reports.set(t.id, { status: 'stopping' })
       } else {
         reports.set(t.id, { status: 'stopped', reason: o?.state === 'crashed' ? o.reason : undefined })

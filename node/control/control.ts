@@ -17,13 +17,15 @@ import type { Logger } from '../log.ts'
 import { RequestBook } from './requests.ts'
 import { Scheduler, type EvictOutcome } from './scheduler.ts'
 import { trustAdd, trustRemove, trustList, republishKeys, type TrustAddInput, type TrustView } from './trust.ts'
-import { listVms, findVm, vmView, requestView, type VmFilter, type VmView, type RequestView } from './views.ts'
+import { listVms, findVm, vmView, requestView, type VmFilter, type VmView, type RequestView, type Liveness } from './views.ts'
 
 export interface ControlInit {
   store: StateStore
   log: Logger
   /** Whether a peer is up as this host sees it (the mesh's liveness). */
   isUp: (peer: string) => boolean
+  /** When this host last heard from a peer (ms since the epoch), if ever. */
+  lastSeen: (peer: string) => number | undefined
 }
 
 export interface NetView { name: string, owner: string, subnet: unknown, mode: string, gateway: unknown, vms: string[], hosts: string[], created: string }
@@ -33,11 +35,13 @@ export class Control {
   readonly scheduler: Scheduler
   private readonly store: StateStore
   private readonly log: Logger
+  private readonly liveness: Liveness
 
   constructor (init: ControlInit) {
     const { store, log } = init
     this.store = store
     this.log = log
+    this.liveness = { isUp: init.isUp, lastSeen: init.lastSeen }
     this.requests = new RequestBook(store, log.forComponent('requests'))
     this.scheduler = new Scheduler({ store, book: this.requests, up: init.isUp, log: log.forComponent('scheduler') })
     this.requests.onVerified = () => this.scheduler.verdictsChanged()
@@ -86,14 +90,14 @@ export class Control {
   }
 
   vms (filter: VmFilter): VmView[] {
-    return listVms(this.store.doc, this.world(), filter)
+    return listVms(this.store.doc, this.world(), filter, this.liveness)
   }
 
   vm (ref: string, owner?: string): VmView & { history: RequestView[] } {
     const world = this.world()
     const vm = findVm(world, ref, owner)
     const history = vm.requests.map(id => world.requests.get(id)).filter(r => r !== undefined).map(r => requestView(this.store.doc, r))
-    return { ...vmView(this.store.doc, vm), history }
+    return { ...vmView(this.store.doc, vm, this.liveness), history }
   }
 
   nets (): NetView[] {
@@ -175,7 +179,32 @@ export class Control {
       rec.vms[vm.id] = scalars({ status: 'stopped', since: at, reason: `stopped by the host operator: ${reason || 'no reason given'}`, operatorStop: { at, reason } })
     })
     this.log.info('operator stopped VM', { vm: vm.id, reason })
-    return vmView(this.store.doc, findVm(this.world(), vm.id))
+    return vmView(this.store.doc, findVm(this.world(), vm.id), this.liveness)
+  }
+
+  /**
+   * The host operator lifts their own stop of a VM on this host: it runs again if its owner wants
+   * it running (the owner's own stop still holds).
+   */
+  async operatorStart (ref: string): Promise<VmView> {
+    const vm = findVm(this.world(), ref)
+    const self = this.store.self
+    if (vm.host !== self) {
+      throw new PicocloudError(ErrorCode.NotAllowed, `VM ${vm.name} does not run on this host (it runs on ${vm.host ?? 'no host'}); a host operator may start only VMs on their own host`, 403)
+    }
+    const report = this.store.doc.hosts?.[self]?.vms?.[vm.id]
+    if (report?.operatorStop === undefined) {
+      throw new PicocloudError(ErrorCode.BadRequest, `VM ${vm.name} was not stopped by this host's operator; its owner starts it (\`picocloud vm start ${vm.name}\`)`, 409)
+    }
+    const at = new Date().toISOString()
+    await this.store.change(`operator starts ${vm.id}`, d => {
+      const rec = d.host
+      if (rec === undefined) return
+      rec.vms ??= {}
+      rec.vms[vm.id] = scalars({ status: 'stopped', since: at, reason: 'the host operator lifted their stop' })
+    })
+    this.log.info('operator lifted their stop of a VM', { vm: vm.id })
+    return vmView(this.store.doc, findVm(this.world(), vm.id), this.liveness)
   }
 
   stop (): void {

@@ -116,17 +116,19 @@ export class Scheduler {
         continue
       }
       if (gone || vm.host !== null) { this.unclaimedSince.delete(vm.id); continue }
-      if (plan.get(vm.id) === self && now < vm.expires) {
+      // A request's expiry bounds the wait for a VM's first host only (see VmEntry.wasPlaced).
+      const open = now < vm.expires || vm.wasPlaced === true
+      if (plan.get(vm.id) === self && open) {
         claimNow.push(vm.id)
         continue
       }
-      if (vm.claimants.length === 0 && now < vm.expires && this.fallbackDue(vm.id, preqs, hosts, now)) {
+      if (vm.claimants.length === 0 && open && this.fallbackDue(vm.id, preqs, hosts, now)) {
         this.init.log.warn('claiming a VM the better-ranked hosts left unclaimed', { vm: vm.id.slice(0, 12) })
         claimNow.push(vm.id)
         continue
       }
       // Nobody can take it, or nobody took it in time: the receiving host makes that final.
-      if (vm.vias.includes(self) && vm.claimants.length === 0 && mine?.rejections?.[vm.id] === undefined) {
+      if (vm.vias.includes(self) && vm.claimants.length === 0 && vm.wasPlaced !== true && mine?.rejections?.[vm.id] === undefined) {
         const outcome = world.requests.get(vm.id)
         if (outcome?.status === 'rejected') {
           reject.push({ id: vm.id, reason: 'no host can take it', reasons: JSON.stringify(outcome.reasons) })
@@ -157,7 +159,10 @@ export class Scheduler {
       rec.claims ??= {}
       rec.vms ??= {}
       rec.rejections ??= {}
-      for (const id of claimNow) rec.claims[id] = scalars({ at })
+      for (const id of claimNow) {
+        rec.claims[id] = scalars({ at })
+        delete rec.vms[id] // what this host said of it before it moved away, if anything
+      }
       for (const id of confirm) rec.vms[id] = scalars({ status: 'placed', since: at })
       for (const id of withdraw) {
         delete rec.claims[id]
@@ -231,9 +236,11 @@ export class Scheduler {
       await store.change(`evict ${out.moved.length} VMs of ${owner}`, d => {
         const rec = d.host
         if (rec === undefined) return
+        rec.vms ??= {}
         for (const { id } of out.moved) {
           if (rec.claims !== undefined) delete rec.claims[id]
-          if (rec.vms !== undefined) delete rec.vms[id]
+          // Kept without a claim: the VM ran here, so another host may take it after its request expired.
+          rec.vms[id] = scalars({ status: 'stopped', since: new Date().toISOString(), reason: 'moved away by the host operator (trust --evict)' })
         }
       })
       this.init.log.info('evicted VMs', { owner, vms: out.moved.map(v => v.name).join(',') })

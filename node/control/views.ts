@@ -26,6 +26,8 @@ export interface VmView {
   created: string
   /** False when the VM's host only places VMs and runs none (hypervisor = "none"). */
   runs: boolean
+  /** Its host's operator stopped it (`vm stop --operator`): only they can lift it. */
+  operatorStop?: { at: string, reason: string }
 }
 
 export interface RequestView extends RequestOutcome {
@@ -35,22 +37,43 @@ export interface RequestView extends RequestOutcome {
 const hostName = (doc: Partial<MeshDoc>, peer: string | null): string | null =>
   peer === null ? null : optString(doc.hosts?.[peer]?.name ?? doc.members?.[peer]?.name) ?? null
 
-export function vmStatus (vm: VmEntry): { status: string, reason?: string } {
+/** How this host sees the others, for `host-down` (the mesh's liveness). */
+export interface Liveness {
+  isUp: (peer: string) => boolean
+  /** When this host last heard from the peer (ms since the epoch), if ever. */
+  lastSeen: (peer: string) => number | undefined
+}
+
+/**
+ * A VM's status as people need it: the host's report, except `host-down` when this host cannot
+ * reach the VM's host (its last report may be stale), `stopping` while a stop is asked and the host
+ * still reports it running, and for a VM its host's operator stopped, how to start it again.
+ */
+export function vmStatus (vm: VmEntry, liveness?: Liveness, now = Date.now()): { status: string, reason?: string } {
   if (vm.rejected !== undefined) return { status: 'rejected', reason: vm.rejected.reasons.map(r => r.detail).join('; ') }
   if (vm.desired === 'destroyed') return { status: 'destroyed' }
   if (vm.host === null) return { status: 'pending' }
+  if (liveness !== undefined && !liveness.isUp(vm.host)) {
+    const seen = liveness.lastSeen(vm.host)
+    const last = vm.report === undefined ? '' : `; its last report: ${vm.report.status}`
+    return { status: 'host-down', reason: `${seen === undefined ? 'its host has not been reachable from here' : `its host has been unreachable for ${Math.round((now - seen) / 1000)} s`}${last}` }
+  }
   if (vm.report === undefined) return { status: 'claimed' }
+  if (vm.desired === 'stopped' && (vm.report.status === 'running' || vm.report.status === 'starting')) return { status: 'stopping', reason: vm.forceStop === true ? 'power cut asked (--force)' : 'the guest was asked to power off' }
+  if (vm.report.operatorStop !== undefined && vm.report.status === 'stopped') {
+    return { status: 'stopped', reason: `${vm.report.reason ?? 'stopped by the host operator'}; it stays stopped until that host's operator runs \`picocloud vm start --operator ${vm.name}\` (or destroy it and create it again)` }
+  }
   return { status: vm.report.status, reason: vm.report.reason }
 }
 
-export function vmView (doc: Partial<MeshDoc>, vm: VmEntry): VmView {
+export function vmView (doc: Partial<MeshDoc>, vm: VmEntry, liveness?: Liveness): VmView {
   return {
     id: vm.id,
     name: vm.name,
     owner: vm.owner,
     host: vm.host,
     hostName: hostName(doc, vm.host),
-    ...vmStatus(vm),
+    ...vmStatus(vm, liveness),
     desired: vm.desired,
     labels: { ...vm.labels },
     image: vm.spec.image,
@@ -61,19 +84,20 @@ export function vmView (doc: Partial<MeshDoc>, vm: VmEntry): VmView {
     nics: vm.nics.map(n => ({ ...n })),
     claimants: vm.claimants,
     created: new Date(vm.created).toISOString(),
-    runs: vm.host === null || doc.hosts?.[vm.host]?.resources?.hypervisor !== 'none'
+    runs: vm.host === null || doc.hosts?.[vm.host]?.resources?.hypervisor !== 'none',
+    ...(vm.report?.operatorStop !== undefined ? { operatorStop: { at: String(vm.report.operatorStop.at), reason: String(vm.report.operatorStop.reason) } } : {})
   }
 }
 
 export interface VmFilter { selector?: Record<string, string>, owner?: string, all?: boolean }
 
-export function listVms (doc: Partial<MeshDoc>, world: World, f: VmFilter = {}): VmView[] {
+export function listVms (doc: Partial<MeshDoc>, world: World, f: VmFilter = {}, liveness?: Liveness): VmView[] {
   return [...world.vms.values()]
     .filter(vm => f.all === true || (vm.desired !== 'destroyed' && vm.rejected === undefined))
     .filter(vm => f.owner === undefined || vm.owner === f.owner)
     .filter(vm => Object.entries(f.selector ?? {}).every(([k, v]) => vm.labels[k] === v))
     .sort((a, b) => a.name.localeCompare(b.name) || a.created - b.created)
-    .map(vm => vmView(doc, vm))
+    .map(vm => vmView(doc, vm, liveness))
 }
 
 /** A VM by id, id prefix (8+ hex), or name (owner's own first, else unique). */

@@ -174,6 +174,26 @@ describe('signed requests, trust and placement', () => {
     await waitFor(async () => (await vms(a)).find(v => v.name === 'web1')?.status === 'stopped', { what: 'A to see web1 stopped by B\'s operator' })
   })
 
+  it('an operator stop holds against the owner\'s start, says so, and only that host\'s operator lifts it', async () => {
+    const start = await a.as(u1.keyring, 'vm', 'start', 'web1')
+    expect(start.code).toBe(1)
+    expect(start.stderr).toMatch(/web1 is held stopped by the operator of bravo \(maintenance\)/)
+    const shown = await a.api.call<VmView>('GET', '/v1/vms/web1')
+    expect(shown).toMatchObject({ status: 'stopped', desired: 'running', operatorStop: { reason: 'maintenance' } })
+    expect(shown.reason).toMatch(/stays stopped until that host's operator runs `picocloud vm start --operator web1`/)
+    const elsewhere = await a.cli('vm', 'start', 'web1', '--operator')
+    expect(elsewhere.code).toBe(1)
+    expect(elsewhere.stderr).toMatch(/does not run on this host/)
+    expect((await b.cli('vm', 'stop', 'web1', '--operator', '--force')).stderr).toMatch(/--force is for the owner's stop/)
+    const lifted = await b.cli('vm', 'start', 'web1', '--operator')
+    expect(lifted.code, lifted.stderr).toBe(0)
+    expect(lifted.stdout).toMatch(/lifted this host's stop of web1; it runs again if its owner wants it running \(desired: running\)/)
+    await waitFor(async () => (await a.api.call<VmView>('GET', '/v1/vms/web1')).operatorStop === undefined, { what: 'A to see the stop lifted' })
+    const again = await b.cli('vm', 'start', 'web1', '--operator')
+    expect(again.code).toBe(1)
+    expect(again.stderr).toMatch(/was not stopped by this host's operator; its owner starts it/)
+  })
+
   it('partition: VMs created on both sides, then healed: states converge and no VM stays placed twice', async () => {
     const ids = await Promise.all([a, b, c].map(async d => (await d.id()).peerId))
     for (const d of [a, b, c]) expect((await d.cli('trust', 'add', u3.keyFile)).code).toBe(0)

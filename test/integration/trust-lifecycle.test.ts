@@ -1,8 +1,9 @@
 /**
- * What a host operator's trust changes do to VMs that already run, across three real daemons:
- * `trust remove` (and trusting a key again with narrower limits) governs new placements only;
- * `--evict` moves away the key's VMs the new policy no longer admits, to a host that admits them,
- * and keeps, with the reason, those no other host can take.
+ * What a host operator's trust changes, and an expulsion, do to VMs that already run, across three
+ * real daemons: `trust remove` (and trusting a key again with narrower limits) governs new
+ * placements only; `--evict` moves away the key's VMs the new policy no longer admits, to a host
+ * that admits them, and keeps, with the reason, those no other host can take; an expelled host's
+ * VMs go to another host, even long after their requests expired.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
@@ -10,7 +11,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
 import { waitFor } from '../helpers/wait.ts'
-import type { VmView } from '../../node/control/views.ts'
+import { makeUser, signedRequest } from '../helpers/users.ts'
+import type { RequestView, VmView } from '../../node/control/views.ts'
 
 const CONFIG = 'hypervisor = "none"\nvcpus = 64\nmem_mib = 65536\ndisk_gib = 1000\nheartbeat_interval = 0.5\nreconnect_interval = 0.5\n'
 
@@ -93,4 +95,39 @@ describe('trust changes and running VMs', () => {
     const again = await a.cli('--json', 'trust', 'remove', fpr, '--evict')
     expect(JSON.parse(again.stdout).evicted).toEqual({ moved: [], kept: [{ id: expect.any(String), name: 'pinned', why: 'no other host that is up can take it' }] })
   }, 60_000)
+
+  it('an evicted VM whose request has expired is still placed again; so is an expelled host\'s VM', async () => {
+    const late = await makeUser(a, dir, 'late')
+    expect((await c.cli('trust', 'add', late.keyFile)).code).toBe(0)
+    const meshId = (await a.status()).mesh?.id as string
+    const create = async (name: string): Promise<{ id: string, expires: number }> => {
+      const env = await signedRequest(late, meshId, 'vm.create', { name, image: 'tiny', type: 'small' }, { lifetimeMs: 5000 })
+      const r = await c.api.call<RequestView>('POST', '/v1/requests', env)
+      return { id: r.id, expires: Date.parse(JSON.parse(env.payload).expires) }
+    }
+    const [gone, moved] = [await create('gone'), await create('moved')]
+    for (const name of ['gone', 'moved']) {
+      await waitFor(async () => (await hostsEverywhere(name)).every(h => h === 'charlie'), { what: `${name} placed on charlie` })
+    }
+    // Both requests expire; only then may other hosts take the VMs.
+    await waitFor(async () => Date.now() > Math.max(gone.expires, moved.expires) + 200, { what: 'both requests to expire' })
+    expect((await b.cli('trust', 'add', late.keyFile)).code).toBe(0)
+    // Evicted by charlie's operator: bravo takes it.
+    const ev = await c.cli('trust', 'remove', late.fpr, '--evict')
+    expect(ev.stdout).toMatch(/moving moved away/)
+    expect(ev.stdout).toMatch(/moving gone away/)
+    for (const name of ['gone', 'moved']) {
+      await waitFor(async () => (await hostsEverywhere(name)).every(h => h === 'bravo'), { what: `${name} placed again on bravo after its request expired` })
+    }
+    expect((await a.api.call<RequestView>('GET', `/v1/requests/${moved.id}`)).status).toBe('placed')
+    // Back on charlie (bravo evicts, charlie trusts again), then charlie is expelled.
+    expect((await c.cli('trust', 'add', late.keyFile)).code).toBe(0)
+    expect((await b.cli('trust', 'remove', late.fpr, '--evict')).code).toBe(0)
+    await waitFor(async () => (await hostsEverywhere('gone')).every(h => h === 'charlie'), { what: 'gone back on charlie' })
+    expect((await b.cli('trust', 'add', late.keyFile)).code).toBe(0)
+    const charlie = (await c.id()).peerId
+    expect((await a.cli('expel', charlie, '--reason', 'test')).code).toBe(0)
+    await waitFor(async () => (await Promise.all([a, b].map(async d => await hostOf(d, 'gone')))).every(h => h === 'bravo'), { what: 'the expelled host\'s VM placed on bravo' })
+    expect((await b.api.call<RequestView>('GET', `/v1/requests/${gone.id}`)).status).toBe('placed')
+  }, 90_000)
 })

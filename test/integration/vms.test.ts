@@ -89,12 +89,26 @@ describe.skipIf(missing !== undefined)('VMs through the daemon, for real (QEMU)'
     expect(elsewhere.stderr).toMatch(/does not run on this host/)
   }, 60_000)
 
-  it('vm stop and vm start work', async () => {
-    const name = `pc-${(await vm(a, 't1')).id.slice(0, 8)}`
-    expect((await as(a, 'vm', 'stop', 't1')).code).toBe(0)
-    await waitFor(async () => (await vm(a, 't1')).status === 'stopped' && qemuPids(name).length === 0, { timeoutMs: 60_000, what: 't1 stopped, no QEMU left' })
-    expect((await as(a, 'vm', 'start', 't1')).code).toBe(0)
-    await waitFor(async () => (await vm(a, 't1')).status === 'running' && qemuPids(name).length === 1, { timeoutMs: 60_000, what: 't1 running again' })
+  it('vm stop and vm start wait for the outcome; the host says "stopping" while the guest powers off; vm restart', async () => {
+    const id = (await vm(a, 't1')).id
+    const name = `pc-${id.slice(0, 8)}`
+    const stop = await as(a, 'vm', 'stop', 't1')
+    expect(stop.code, stop.stderr).toBe(0)
+    expect(stop.stdout).toMatch(/VM t1: stopped/)
+    // It returned once stopped: no QEMU left, and the host had said "stopping" first.
+    expect(qemuPids(name)).toEqual([])
+    const reports = (await a.api.call<Array<{ message: string | null }>>('GET', '/v1/history')).map(h => h.message ?? '').filter(m => m.includes(`${id.slice(0, 8)}=stop`))
+    expect(reports.slice(-2)).toEqual([`report ${id.slice(0, 8)}=stopping`, `report ${id.slice(0, 8)}=stopped`])
+    const start = await as(a, 'vm', 'start', 't1')
+    expect(start.code, start.stderr).toBe(0)
+    expect(start.stdout).toMatch(/VM t1: running/)
+    expect(qemuPids(name)).toHaveLength(1)
+    const before = qemuPids(name)[0]
+    const restart = await as(a, 'vm', 'restart', 't1', '--force')
+    expect(restart.code, restart.stderr).toBe(0)
+    expect(restart.stdout).toMatch(/VM t1: stopped[\s\S]*VM t1: running/)
+    expect(qemuPids(name)).toHaveLength(1)
+    expect(qemuPids(name)[0]).not.toBe(before)
   }, 150_000)
 
   it('kill -9 of the daemon while the VM runs: after restart the same QEMU is adopted, not duplicated, and vm stop still works', async () => {

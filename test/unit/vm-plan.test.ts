@@ -40,7 +40,10 @@ describe('VM plan (observe → diff → smallest change)', () => {
   })
 
   it('stops what should be stopped, destroys what was destroyed, and does nothing twice', () => {
-    expect(plan({ targets: [target({ want: 'stopped' })], observed: [seen('running')] }).actions).toEqual([{ type: 'stop', id, name }])
+    expect(plan({ targets: [target({ want: 'stopped' })], observed: [seen('running')] }).actions).toEqual([{ type: 'stop', id, name, force: false }])
+    const forced = plan({ targets: [target({ want: 'stopped', force: true })], observed: [seen('running')] })
+    expect(forced.actions).toEqual([{ type: 'stop', id, name, force: true }])
+    expect(forced.reports.get(id)?.status).toBe('stopping')
     expect(plan({ targets: [target({ want: 'stopped' })], observed: [seen('stopped')] }).actions).toEqual([])
     expect(plan({ targets: [target({ want: 'destroyed' })], observed: [seen('stopped')] }).actions).toEqual([{ type: 'destroy', id, name }])
     const gone = plan({ targets: [target({ want: 'destroyed' })] })
