@@ -64,10 +64,12 @@ export interface HostView {
   member?: boolean
   /** False when the host's heartbeats have stopped. @default true */
   up?: boolean
+  /** False when the host builds no private networks: no VM with a NIC goes there. @default true */
+  networks?: boolean
 }
 
 export type HostReason = DenyReason | 'capacity-vcpus' | 'capacity-mem' | 'capacity-disk' | 'architecture' |
-'pin-host' | 'pin-labels' | 'not-member' | 'down'
+'pin-host' | 'pin-labels' | 'not-member' | 'down' | 'no-data-plane'
 
 export interface HostDecision {
   peerId: string
@@ -131,6 +133,7 @@ function decide (req: PlacementRequest, h: HostView, t: Tally): HostDecision {
     }
   }
   if (!h.arch.includes(n.arch)) return no('architecture', `host runs ${h.arch.join(', ') || 'no architecture'}, VM needs ${n.arch}`)
+  if (n.networks.length > 0 && h.networks === false) return no('no-data-plane', `host builds no private networks (see its \`picocloud status\`), VM is on ${n.networks.join(', ')}`)
   const admission = admits(h.policy, req.issuer, t.byIssuer.get(req.issuer) ?? NO_USAGE, n)
   if (!admission.ok) return no(admission.reason, admission.detail)
   const free = (k: keyof Resources): number => h.capacity[k] - t.used[k]

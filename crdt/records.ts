@@ -82,6 +82,10 @@ function resources (v: unknown, path: string): HostResources {
     labels: v.labels === undefined ? {} : map(v.labels, `${path}.labels`, 64, LABEL_KEY, (x, p) => string(x, p, LABEL_VALUE))
   }
   if (v.hypervisor !== undefined) out.hypervisor = string(v.hypervisor, `${path}.hypervisor`, { pattern: /^[a-z]{1,16}$/, what: 'a hypervisor name' })
+  if (v.networks !== undefined) {
+    if (typeof v.networks !== 'boolean') throw new Error(`${path}.networks: expected true or false`)
+    out.networks = v.networks
+  }
   return out
 }
 

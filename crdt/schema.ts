@@ -83,6 +83,11 @@ export interface HostResources {
   labels: Record<string, string>
   /** How VMs run on this host; `none` = placement only (a control-plane host, or tests). */
   hypervisor?: string
+  /**
+   * Whether this host builds private networks (root, WireGuard and the tools, network not "none").
+   * False: not eligible for VMs with NICs. Absent (older daemons): taken as able.
+   */
+  networks?: boolean
 }
 
 /** A host's claim that it will run a VM (the vm.create request id names the VM). */

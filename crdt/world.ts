@@ -146,7 +146,8 @@ export function hostViews (doc: Partial<MeshDoc>, up?: (peer: string) => boolean
       policy,
       usageByIssuer: {},
       member: isActiveMember(doc, peer),
-      up: up === undefined ? true : up(peer)
+      up: up === undefined ? true : up(peer),
+      ...(res?.networks === false ? { networks: false } : {})
     })
   }
   return out

@@ -96,7 +96,12 @@ export class PicocloudHost extends EventEmitter<HostEvents> {
       wgPublicKey: wireguard.publicKey,
       version: VERSION,
       wireguard: () => this.network.wireguard(),
-      resources: async () => await hostResources(config),
+      resources: async () => {
+        // Until the data plane has started, what this host said before (no flapping on restart).
+        const prev = store.doc.hosts?.[store.self]?.resources?.networks
+        const networks = this.network.available() ?? (typeof prev === 'boolean' ? prev : undefined)
+        return { ...await hostResources(config), ...(networks === undefined ? {} : { networks }) }
+      },
       emit
     })
     // What moves whom. Every change of the state: told at once; then, after REACT_MS (and a burst
@@ -155,6 +160,8 @@ export class PicocloudHost extends EventEmitter<HostEvents> {
     await this.membership.publishRecord()
     await this.control.start()
     await this.network.start()
+    // Now that the data plane is up (or known to be off): placement must know which it is.
+    await this.membership.publishRecord()
     await this.compute.start()
     this.mesh.beat()
   }

@@ -103,6 +103,10 @@ export interface HostView {
   admittedAt: string
   wgPublicKey: string | null
   version: string | null
+  /** How VMs run there (`qemu`, `libvirt`, `none`), as it says; null before its first record. */
+  hypervisor: string | null
+  /** Whether it builds private networks, as it says; null when it does not say (older daemons). */
+  networks: boolean | null
   /** What is wrong in this host's feed (malformed fields, events that do not count): dropped, held against it. */
   problems: string[]
 }

@@ -172,8 +172,9 @@ export const hostCommands: Command[] = [
       const hosts = await api.call<HostView[]>('GET', '/v1/hosts')
       print(io, g, hosts, () => hosts.length === 0
         ? 'no hosts: this host is not in a mesh yet'
-        : table(['NAME', 'PEER', 'REACHABLE', 'LAST SEEN', 'ADDRESS'], hosts.map(h => [
-          h.name + (h.self ? ' (this host)' : ''), h.peerId, h.reachable ? 'yes' : 'no', ago(h.lastSeen), h.addresses[0] ?? '-'
+        : table(['NAME', 'PEER', 'REACHABLE', 'LAST SEEN', 'VMS', 'NETWORKS', 'ADDRESS'], hosts.map(h => [
+          h.name + (h.self ? ' (this host)' : ''), h.peerId, h.reachable ? 'yes' : 'no', ago(h.lastSeen),
+          h.hypervisor ?? '-', h.networks === null ? '-' : h.networks ? 'yes' : 'no', h.addresses[0] ?? '-'
         ])) + problemsNote(hosts))
     }
   },

@@ -132,6 +132,8 @@ export class Membership {
         admittedAt: m.admittedAt,
         wgPublicKey: wireguardPublicKeyForPeer(peerId),
         version: rec?.version ?? null,
+        hypervisor: rec?.resources?.hypervisor ?? null,
+        networks: typeof rec?.resources?.networks === 'boolean' ? rec.resources.networks : null,
         problems: problems.get(peerId)?.slice(0, 50) ?? []
       }
     }).sort((a, b) => a.name.localeCompare(b.name) || a.peerId.localeCompare(b.peerId))

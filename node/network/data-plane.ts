@@ -98,6 +98,12 @@ export class DataPlane {
     this.reconciler.start()
   }
 
+  /** Whether this host builds private networks; undefined until `start` has found out. */
+  available (): boolean | undefined {
+    if (this.reconciler !== undefined) return true
+    return this.off !== undefined ? false : undefined
+  }
+
   kick (): void { this.reconciler?.kick() }
 
   /** Runs a pass that sees the current state and waits for it (e.g. before a VM needs its bridge). */

@@ -370,6 +370,18 @@ describe('placed VMs are never displaced (review issue 12, point 10)', () => {
     expect(hostOf(resolveClaims([onLan], [host(H, { up: false })], settled), onLan)).toBeNull()
   })
 
+  it('a host that builds no private networks takes no VM with a NIC, but keeps one placed before', () => {
+    const onLan = { ...victim, needs: { ...victim.needs, networks: ['lan'] } }
+    const bare = vm('bare', T, KEYS[0], 1)
+    const out = resolveClaims([onLan, bare], [host(H, { networks: false })], [{ requestId: onLan.id, peerId: H }, { requestId: bare.id, peerId: H }])
+    expect(hostOf(out, onLan)).toBeNull()
+    expect(reasonOn(out, onLan, H)).toBe('no-data-plane')
+    expect(out.find(a => a.requestId === onLan.id)?.decisions[0].detail).toMatch(/builds no private networks.*VM is on lan/)
+    expect(hostOf(out, bare)).toBe(H)
+    // Its data plane broke after the VM was placed: the VM stays (its network may come back).
+    expect(hostOf(resolveClaims([onLan], [host(H, { networks: false })], [{ requestId: onLan.id, peerId: H, settled: true }]), onLan)).toBe(H)
+  })
+
   it('a backdated request does not take a full host from the VM settled there', () => {
     // Only H exists, with room for one: the attacker gets nothing, even if H also claimed it.
     const claims: Claim[] = [{ requestId: victim.id, peerId: H, settled: true }, { requestId: attacker.id, peerId: H }]
