@@ -261,11 +261,15 @@ const netCreate = (v: unknown, path: string): NetCreateBody => {
   if (mode === 'slaac' && (subnet.ipv6 === undefined || parseCidr(subnet.ipv6, 6)?.prefix !== 64)) {
     invalid(`${path}.mode`, 'slaac needs an IPv6 subnet of exactly /64')
   }
+  // host-nat is IPv4 NAT: the default only where there is an IPv4 subnet to NAT.
   const gateway = optional(o, 'gateway', path, (x, p): Gateway => {
     if (typeof x === 'string') return oneOf(x, p, ['host-nat', 'none'] as const)
     const g = object(x, p, ['vm'], ['vm'])
     return { vm: string(g.vm, `${p}.vm`, DNS_LABEL) }
-  }) ?? 'host-nat'
+  }) ?? (subnet.ipv4 === undefined ? 'none' : 'host-nat')
+  if (gateway === 'host-nat' && subnet.ipv4 === undefined) {
+    invalid(`${path}.gateway`, 'host-nat NATs IPv4 out of the hosts and needs an IPv4 subnet; an IPv6-only network takes gateway "none" or a VM')
+  }
   return {
     name: string(o.name, `${path}.name`, DNS_LABEL),
     subnet,

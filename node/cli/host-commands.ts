@@ -88,13 +88,16 @@ export const hostCommands: Command[] = [
     usage: 'picocloud id',
     run: async ({ g, io, api }) => {
       const id = await api.call<IdView>('GET', '/v1/id')
+      const status = g.json ? undefined : await api.call<{ mesh?: { id: string, name?: string } | null }>('GET', '/v1/status')
+      const inMesh = status?.mesh !== undefined && status.mesh !== null
       print(io, g, id, () => [
         `peer key:  ${id.peerId}`,
         'addresses:',
         ...id.addresses.map(a => `  ${a}`),
-        '',
-        `To join a mesh: hand the peer key to a member's operator (\`picocloud admit ${id.peerId}\`),`,
-        'then run `picocloud join <one of the member\'s addresses>` here.'
+        ...(inMesh
+          ? ['', `This host is in mesh ${status?.mesh?.name ?? status?.mesh?.id ?? ''}: a newcomer joins through one of the addresses above, once admitted (\`picocloud admit PEER\`).`]
+          : ['', `To join a mesh: hand the peer key to a member's operator (\`picocloud admit ${id.peerId}\`),`,
+              'then run `picocloud join <one of the member\'s addresses>` here.'])
       ].join('\n'))
     }
   },

@@ -571,7 +571,7 @@ export const userCommands: Command[] = [
     usage: 'picocloud net create NAME (--subnet CIDR | --subnet6 CIDR | both) [--mode static|dhcp|slaac] [--gateway host-nat|none|vm:NAME] [--label k=v]... [--key FPR] [--no-wait]',
     positionals: [1, 1],
     options: { subnet: { type: 'string' }, subnet6: { type: 'string' }, mode: { type: 'string' }, gateway: { type: 'string' }, label: { type: 'string', multiple: true }, ...signOpts, ...waitOpts },
-    optionHelp: { subnet: 'IPv4 subnet, e.g. 10.10.0.0/24', subnet6: 'IPv6 subnet, e.g. fd00:1::/64 (a /64 for slaac)', mode: 'how VMs get addresses (default dhcp)', gateway: 'host-nat (default), none, or vm:NAME', label: 'label k=v (repeatable)', ...signHelp, ...waitHelp },
+    optionHelp: { subnet: 'IPv4 subnet, e.g. 10.10.0.0/24', subnet6: 'IPv6 subnet, e.g. fd00:1::/64 (a /64 for slaac)', mode: 'how VMs get addresses (default dhcp)', gateway: 'host-nat (default with an IPv4 subnet), none (default without), or vm:NAME', label: 'label k=v (repeatable)', ...signHelp, ...waitHelp },
     run: async (args) => {
       const { positionals, values } = args
       if (values.subnet === undefined && values.subnet6 === undefined) throw new PicocloudError(ErrorCode.Usage, 'net create needs --subnet CIDR (IPv4), --subnet6 CIDR (IPv6) or both')
@@ -579,7 +579,8 @@ export const userCommands: Command[] = [
       await request(args, 'net.create', {
         name: positionals[0],
         subnet: { ...(values.subnet !== undefined ? { ipv4: values.subnet } : {}), ...(values.subnet6 !== undefined ? { ipv6: values.subnet6 } : {}) },
-        ...(values.mode !== undefined ? { mode: values.mode } : {}),
+        // The request format's own default is static (what older clients meant); ours is dhcp.
+        mode: values.mode ?? 'dhcp',
         ...(gw !== undefined ? { gateway: gw } : {}),
         labels: kv(values.label, '--label')
       })

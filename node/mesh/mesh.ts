@@ -27,6 +27,7 @@ import { isActiveMember } from '../../crdt/schema.ts'
 import type { ImageProgress } from '../../protocol/progress.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { PeerView } from '../../protocol/api.ts'
+import { routableFirst } from './address-order.ts'
 
 const BLOCK_MS = 10 * 60_000
 // Divergence is found by the digests on beats (anti-entropy.ts); a sync with one random peer this
@@ -210,8 +211,9 @@ export class Mesh extends EventEmitter<MeshEvents> {
     return this.connectedCache
   }
 
+  /** This host's libp2p addresses, the most dialable first (address-order.ts). */
   addresses (): string[] {
-    return this.p2p?.getMultiaddrs().map(a => a.toString()) ?? []
+    return routableFirst(this.p2p?.getMultiaddrs().map(a => a.toString()) ?? [])
   }
 
   /** When this host last heard from `peer` (ms since epoch), if ever. */

@@ -45,6 +45,18 @@ describe('placement and the data plane', () => {
     expect(bare.code, bare.stderr).toBe(0)
     const hosts = JSON.parse((await b.cli('--json', 'hosts')).stdout) as HostView[]
     expect(hosts.map(h => [h.networks, h.hypervisor])).toEqual([[false, 'none'], [false, 'none']])
+    // net create's default is what its help says: DHCP (the request format's own default is static).
+    const lan = JSON.parse((await a.cli('--json', 'net', 'list')).stdout) as Array<{ name: string, mode: string, gateway: unknown }>
+    expect(lan).toMatchObject([{ name: 'lan', mode: 'dhcp', gateway: 'host-nat' }])
+    const v6 = await a.as(user.keyring, 'net', 'create', 'v6', '--subnet6', 'fd77::/64', '--mode', 'slaac', '--gateway', 'host-nat')
+    expect(v6.code).toBe(1)
+    expect(v6.stderr).toMatch(/host-nat NATs IPv4 out of the hosts and needs an IPv4 subnet/)
+    expect((await a.as(user.keyring, 'net', 'create', 'v6', '--subnet6', 'fd77::/64', '--mode', 'slaac')).code).toBe(0)
+    expect((JSON.parse((await a.cli('--json', 'net', 'list')).stdout) as Array<{ name: string, gateway: unknown }>).find(n => n.name === 'v6')?.gateway).toBe('none')
+    // `id` on a member: its addresses (never loopback first when there is another) and no join hint.
+    const id = (await a.cli('id')).stdout
+    expect(id).toMatch(/This host is in mesh .*: a newcomer joins through one of the addresses above/)
+    expect(id).not.toMatch(/To join a mesh/)
     expect((await b.cli('hosts')).stdout).toMatch(/REACHABLE +LAST SEEN +VMS +NETWORKS[\s\S]*alpha .* none +no /)
   })
 })

@@ -90,6 +90,9 @@ describe('other kinds', () => {
       .toEqual({ name: 'lan', subnet: { ipv4: '10.1.0.0/24', ipv6: 'fd00:1::/64' }, mode: 'slaac', gateway: { vm: 'fw' }, labels: {} })
     expect(validateBody('net.create', { name: 'lan', subnet: { ipv4: '10.1.0.0/24' } }))
       .toMatchObject({ mode: 'static', gateway: 'host-nat' })
+    // host-nat is IPv4 NAT: an IPv6-only network defaults to no gateway.
+    expect(validateBody('net.create', { name: 'v6', subnet: { ipv6: 'fd00:1::/64' }, mode: 'slaac' }))
+      .toMatchObject({ mode: 'slaac', gateway: 'none' })
     expect(validateBody('net.delete', { net: 'lan' })).toEqual({ net: 'lan' })
     expect(validateBody('image.add', { name: 'debian-12', sha256: 'cd'.repeat(32), format: 'qcow2', sizeBytes: 1 << 30 }))
       .toEqual({ name: 'debian-12', sha256: 'cd'.repeat(32), format: 'qcow2', sizeBytes: 1 << 30, arch: 'x86_64', labels: {} })
@@ -109,6 +112,7 @@ describe('other kinds', () => {
     ['net.create', { name: 'lan', subnet: { ipv4: '10.1.0.0/24' }, mode: 'slaac' }, /body\.mode: slaac needs/],
     ['net.create', { name: 'lan', subnet: { ipv6: 'fd00:1::/48' }, mode: 'slaac' }, /body\.mode/],
     ['net.create', { name: 'lan', subnet: { ipv4: '10.1.0.0/24' }, gateway: 'router' }, /body\.gateway/],
+    ['net.create', { name: 'v6', subnet: { ipv6: 'fd00:1::/64' }, mode: 'slaac', gateway: 'host-nat' }, /body\.gateway: host-nat .* needs an IPv4 subnet/],
     ['net.create', { name: 'lan', subnet: { ipv4: '10.1.0.0/24' }, bridge: 'br0' }, /body\.bridge/],
     ['image.add', { name: 'x', sha256: 'CD'.repeat(32), format: 'qcow2', sizeBytes: 1 }, /body\.sha256/],
     ['image.add', { name: 'x', sha256: 'cd'.repeat(32), format: 'vmdk', sizeBytes: 1 }, /body\.format/],
