@@ -173,6 +173,22 @@ export async function createTopology (count: number): Promise<Topology> {
   }
 }
 
+/**
+ * "Outside": a namespace behind `host`'s default route (198.51.100.0/24 on a veth), holding
+ * `address`/32 on its loopback, with no route back to any VM subnet: what host-nat must reach.
+ */
+export async function addOutside (topo: Topology, host: TestHost, address: string): Promise<{ ns: string, exec: Exec }> {
+  const out = await topo.addNamespace('out')
+  await check(host.exec, 'ip', ['link', 'add', 'pc-tout', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', out.ns])
+  await check(host.exec, 'ip', ['addr', 'add', '198.51.100.1/24', 'dev', 'pc-tout'])
+  await check(host.exec, 'ip', ['link', 'set', 'pc-tout', 'up'])
+  await check(host.exec, 'ip', ['route', 'add', 'default', 'via', '198.51.100.2'])
+  await check(out.exec, 'ip', ['addr', 'add', '198.51.100.2/24', 'dev', 'eth0'])
+  await check(out.exec, 'ip', ['addr', 'add', `${address}/32`, 'dev', 'lo'])
+  await check(out.exec, 'ip', ['link', 'set', 'eth0', 'up'])
+  return out
+}
+
 /** Waits for a child's stdout or stderr to contain `text` (e.g. tcpdump's "listening on"). */
 export async function waitForOutput (child: ChildProcess, text: string, timeoutMs = 10_000): Promise<void> {
   let seen = ''

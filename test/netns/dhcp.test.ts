@@ -17,7 +17,7 @@ import { planHost, networkDirName } from '../../node/network/plan.ts'
 import type { PlanInput, PlanNetwork, PlanVm } from '../../node/network/plan.ts'
 import { assignOverlayAddresses, assignVnis, networkMtu, rawVni, VNI_MAX, VNI_MIN } from '../../node/network/addressing.ts'
 import { check } from '../../node/exec.ts'
-import { createTopology, netnsUnavailableReason, wireguardUnavailableReason } from '../helpers/netns.ts'
+import { addOutside, createTopology, netnsUnavailableReason, wireguardUnavailableReason } from '../helpers/netns.ts'
 import type { Topology, TestGuest } from '../helpers/netns.ts'
 import { waitFor } from '../helpers/wait.ts'
 
@@ -115,16 +115,7 @@ describe.skipIf(reason !== undefined)('network services in network namespaces', 
       { id: 'net-dhcp', name: 'lan', subnet4: '10.30.0.0/24', mode: 'dhcp', gateway: 'host-nat', hostsWithVms: ['peer-a', 'peer-c'], localTaps: [], vms },
       { id: 'net-slaac', name: 'v6', subnet6: 'fd31::/64', mode: 'slaac', hostsWithVms: ['peer-a'], localTaps: [], vms: [{ id: 'vm-s', mac: await macOf(gS), hostPeerId: 'peer-a' }] }
     ]
-    // "Outside": a namespace behind host A's default route, with no route back to the VMs' subnet.
-    const out = await topo.addNamespace('out')
-    const a = topo.hosts[0]
-    await check(a.exec, 'ip', ['link', 'add', 'pc-tout', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', out.ns])
-    await check(a.exec, 'ip', ['addr', 'add', '198.51.100.1/24', 'dev', 'pc-tout'])
-    await check(a.exec, 'ip', ['link', 'set', 'pc-tout', 'up'])
-    await check(a.exec, 'ip', ['route', 'add', 'default', 'via', '198.51.100.2'])
-    await check(out.exec, 'ip', ['addr', 'add', '198.51.100.2/24', 'dev', 'eth0'])
-    await check(out.exec, 'ip', ['addr', 'add', `${OUTSIDE}/32`, 'dev', 'lo'])
-    await check(out.exec, 'ip', ['link', 'set', 'eth0', 'up'])
+    await addOutside(topo, topo.hosts[0], OUTSIDE)
   })
 
   afterAll(async () => {

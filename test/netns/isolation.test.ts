@@ -17,7 +17,7 @@ import { planHost } from '../../node/network/plan.ts'
 import type { PlanInput, PlanNetwork } from '../../node/network/plan.ts'
 import { assignOverlayAddresses, networkMtu } from '../../node/network/addressing.ts'
 import { check } from '../../node/exec.ts'
-import { createTopology, netnsUnavailableReason, wireguardUnavailableReason } from '../helpers/netns.ts'
+import { addOutside, createTopology, netnsUnavailableReason, wireguardUnavailableReason } from '../helpers/netns.ts'
 import type { Topology, TestGuest } from '../helpers/netns.ts'
 import { waitFor } from '../helpers/wait.ts'
 
@@ -85,16 +85,7 @@ describe.skipIf(reason !== undefined)('isolation between networks in network nam
     for (const [g, host, net] of [['a2', 0, 'net-iso-2'], ['b2', 1, 'net-iso-2'], ['a3', 0, 'net-iso-3'], ['b3', 1, 'net-iso-3']] as const) {
       await check(guests[g].exec, 'ip', ['route', 'add', 'default', 'via', planned(host, net).gateway4!])
     }
-    // "Outside": a namespace behind host A's default route.
-    const out = await topo.addNamespace('out')
-    const a = topo.hosts[0]
-    await check(a.exec, 'ip', ['link', 'add', 'pc-tout', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', out.ns])
-    await check(a.exec, 'ip', ['addr', 'add', '198.51.100.1/24', 'dev', 'pc-tout'])
-    await check(a.exec, 'ip', ['link', 'set', 'pc-tout', 'up'])
-    await check(a.exec, 'ip', ['route', 'add', 'default', 'via', '198.51.100.2'])
-    await check(out.exec, 'ip', ['addr', 'add', '198.51.100.2/24', 'dev', 'eth0'])
-    await check(out.exec, 'ip', ['addr', 'add', `${OUTSIDE}/32`, 'dev', 'lo'])
-    await check(out.exec, 'ip', ['link', 'set', 'eth0', 'up'])
+    await addOutside(topo, topo.hosts[0], OUTSIDE)
     const drivers = topo.hosts.map(h => linuxNetworkDriver({ exec: h.exec }))
     await Promise.all(topo.hosts.map(async (_, i) => await reconcileNetwork(drivers[i], inputFor(i))))
   })
