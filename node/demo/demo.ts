@@ -113,7 +113,7 @@ export async function runDemo (): Promise<number> {
       const cfg = join(h.dir, 'config.toml')
       await writeFile(cfg, `name = "${name}"\nvcpus = 4\nmem_mib = 2048\ndisk_gib = 50\nheartbeat_interval = 1\nreconnect_interval = 1\nnetwork = "none"\n${canRunVms ? '' : 'hypervisor = "none"\n'}`)
       process.stdout.write(`  ${dim(`[${name}]`)} $ picocloud daemon --config ${cfg} --state ${h.dir} --socket ${h.socket} --listen /ip4/127.0.0.1/tcp/0 &\n`)
-      h.proc = spawn(process.execPath, ['--max-semi-space-size=1', MAIN, 'daemon', '--config', cfg, '--state', h.dir, '--socket', h.socket, '--listen', '/ip4/127.0.0.1/tcp/0'], { stdio: ['ignore', 'ignore', 'pipe'] })
+      h.proc = spawn(process.execPath, ['--max-semi-space-size=4', MAIN, 'daemon', '--config', cfg, '--state', h.dir, '--socket', h.socket, '--listen', '/ip4/127.0.0.1/tcp/0'], { stdio: ['ignore', 'ignore', 'pipe'] })
       let log = ''
       h.proc.stderr?.on('data', d => { log += d })
       hosts.push(h)

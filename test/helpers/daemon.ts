@@ -62,7 +62,7 @@ export class TestDaemon {
   }
 
   async start (): Promise<void> {
-    const args = ['--max-semi-space-size=1', MAIN, 'daemon', '--state', this.state, '--socket', this.socket,
+    const args = ['--max-semi-space-size=4', MAIN, 'daemon', '--state', this.state, '--socket', this.socket,
       '--listen', this.options.listen ?? '/ip4/127.0.0.1/tcp/0', '--name', this.name,
       // Several daemons share the machine: not the default :9779.
       '--image-listen', this.options.imageListen ?? `${/^\/ip4\/([^/]+)/.exec(this.options.listen ?? '')?.[1] ?? '127.0.0.1'}:0`]
