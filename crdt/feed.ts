@@ -32,8 +32,6 @@ export class Feed {
   readonly requestSeq = new Map<string, number>()
   /** Sequence number of the change that wrote each membership event (by index). */
   eventSeq: number[] = []
-  /** Bytes of all its changes (as Automerge encodes them). */
-  bytes = 0
   /** Cut for equivocation: changes after this sequence number are gone and refused. */
   cut?: number
   /** Bumped by every change, for caches of what is read from the feed. */
@@ -101,17 +99,15 @@ export class Feed {
     }
     this.doc = after
     this.record(v.hash, v.signature, v.seq, patches)
-    this.bytes += v.change.length
     return { ok: true }
   }
 
   /** Records a change the host made itself (trusted: no checks). */
-  appendOwn (hash: string, signature: Uint8Array, seq: number, startOp: number, next: A.Doc<FeedDoc>, bytes: number): void {
+  appendOwn (hash: string, signature: Uint8Array, seq: number, startOp: number, next: A.Doc<FeedDoc>): void {
     const prev = this.head
     this.doc = next
     this.startOps.push(startOp)
     this.record(hash, signature, seq, A.diff(next, prev === undefined ? [] : [prev], [hash]), true)
-    this.bytes += bytes
   }
 
   private record (hash: string, signature: Uint8Array, seq: number, patches: A.Patch[], startKnown = false): void {
@@ -146,7 +142,6 @@ export class Feed {
     this.eventSeq = feed.eventSeq
     this.requestSeq.clear()
     for (const [k, s] of feed.requestSeq) this.requestSeq.set(k, s)
-    this.bytes = feed.bytes
     this.cut = Math.min(this.cut ?? Infinity, seq)
     this.version++
     this.epoch++
@@ -175,8 +170,6 @@ export class Feed {
     this.hashes = metas.map(m => m.hash)
     this.startOps = metas.map(m => m.startOp)
     this.sigs = signatures.slice(0, metas.length)
-    this.bytes = 0
-    for (const c of A.getAllChanges(this.doc)) this.bytes += c.length
     this.requestSeq.clear()
     for (const id of Object.keys(this.doc.requests ?? {})) {
       const seq = this.seqOfObject(A.getObjectId(this.doc.requests as object, id))

@@ -229,7 +229,7 @@ export class StateStore extends EventEmitter<StoreEvents> {
       if (meta === undefined || raw === undefined) return undefined
       const signed = signChangeHash(raw, meta.hash, this.key)
       await this.changeLog.append(record(RECORD_CHANGE, encodeSignedChange(signed)))
-      feed.appendOwn(meta.hash, signed.signature, meta.seq, meta.startOp, next, raw.length)
+      feed.appendOwn(meta.hash, signed.signature, meta.seq, meta.startOp, next)
       if (this.replica.founder === undefined && meta.seq === 1 && validGenesisIn(feed)) this.replica.founder = this.self
       const verified: VerifiedChange = { ...signed, hash: meta.hash, actor: meta.actor, seq: meta.seq, deps: meta.deps, author: this.self }
       this.replica.index(verified)
