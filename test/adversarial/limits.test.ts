@@ -97,11 +97,13 @@ describe('adversarial: limits on what a member can send (real daemons)', () => {
     // Decoding 1 MiB frames of 250 KiB changes grows the heap (Automerge's wasm memory, V8) by about
     // 100 MiB, in steps, over the first ~800 MiB sent; after that it stays flat however long the
     // stream goes on (512 MiB took ~1.7 GiB of RSS before issue 12). Bounded: a plateau, not a
-    // slope, so the stream runs long enough (2 GiB) for its second half to show which it is.
+    // slope, so the stream runs long enough (2 GiB) for its second half to show which it is. One
+    // step of the heap (~30 MiB, seen at 1,900 MiB with 4 MiB semi-spaces) may fall in the second
+    // half; keeping even 6% of the 1 GiB sent in it would add over 60 MiB.
     const half = Math.floor(samples.length / 2)
     const firstHalf = Math.max(before, ...samples.slice(0, half))
     expect(peak - before, 'RSS growth (MiB)').toBeLessThan(150)
-    expect(peak - firstHalf, 'RSS growth in the second half of the stream (MiB)').toBeLessThan(40)
+    expect(peak - firstHalf, 'RSS growth in the second half of the stream (MiB)').toBeLessThan(60)
     expect(slowest, 'the API answers meanwhile (ms)').toBeLessThan(5000)
     expect((await alpha.status()).state.heads).toContain(A.decodeChange(big.change).hash)
   })
