@@ -121,7 +121,7 @@ describe.skipIf(!available)('libvirt driver (real)', () => {
 
 // In this file (not test/integration/vms.test.ts) so that it never runs while the driver tests
 // above start or stop the libvirtd they share: vitest runs one file's suites in order.
-const daemonMissing = !available ? 'libvirt is not available' : process.getuid?.() !== 0 ? 'needs root' : undefined
+const daemonMissing = available ? undefined : `${!isRoot ? 'not root; ' : ''}${missing.length > 0 ? `missing ${missing.join(', ')}` : ''}`
 describe.skipIf(daemonMissing !== undefined)('VMs through the daemon with the libvirt driver, for real', () => {
   let mesh: TestMesh
   let h: TestDaemon

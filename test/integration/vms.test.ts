@@ -15,7 +15,7 @@ import { BOOT_LINE } from '../../node/demo/tiny-image.ts'
 import type { RequestView, VmView } from '../../node/control/views.ts'
 
 const missing = process.getuid?.() !== 0 ? 'needs root (taps, QEMU)' : await hasBootDiskTools()
-if (missing !== undefined) console.warn(`skipping real VM tests: ${missing}`)
+if (missing !== undefined) console.warn(`skipping real VM tests: ${missing} (CI runs as root and installs them: .ci/install-system-packages)`)
 
 const CONFIG = 'vcpus = 8\nmem_mib = 4096\ndisk_gib = 200\nheartbeat_interval = 0.5\nreconnect_interval = 0.5\n'
 const BOOT_MS = 180_000

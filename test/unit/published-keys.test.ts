@@ -19,7 +19,7 @@ import { makeKey, signAt, revokeAt, reason, at, bytes } from '../helpers/pgp-key
 
 const run = promisify(execFile)
 const hasGpg = spawnSync('gpg', ['--version']).status === 0
-if (!hasGpg) console.log('skipping GnuPG revocation interop tests: gpg is not installed (Debian package gnupg)')
+if (!hasGpg) console.log('skipping GnuPG revocation interop tests: gpg is not installed (Debian package gnupg; CI installs it: .ci/install-system-packages)')
 
 async function codeOf (p: Promise<unknown>): Promise<string | undefined> {
   try {
