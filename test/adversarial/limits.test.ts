@@ -16,7 +16,7 @@
 import { describe, it, expect, beforeAll, afterAll, beforeEach, afterEach } from 'vitest'
 import { readFile } from 'node:fs/promises'
 import * as A from '@automerge/automerge'
-import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
+import type { TestDaemon } from '../helpers/daemon.ts'
 import { waitFor } from '../helpers/wait.ts'
 import {
   joinAttacker, addressOf, waitForFeed, forge, craft, hash16, helloFrame, frontierOf, changesFrame, NetAttacker
@@ -28,6 +28,7 @@ import { MAX_CHANGE_BYTES } from '../../crdt/feed.ts'
 import { IDLE_MS } from '../../crdt/sync.ts'
 import { publishHostRecord } from '../../crdt/membership.ts'
 import type { StateStore } from '../../crdt/store.ts'
+import { attackedMesh, type AttackedMesh } from '../helpers/attacked-mesh.ts'
 
 const CONFIG = 'hypervisor = "none"\nheartbeat_interval = 0.5\nreconnect_interval = 0.5\n'
 const MiB = 2 ** 20
@@ -45,19 +46,15 @@ function bigChange (m: NetAttacker, bytes: number, field = 'netError'): SignedCh
 }
 
 describe('adversarial: limits on what a member can send (real daemons)', () => {
-  let mesh: TestMesh
+  let t: AttackedMesh | undefined
   let daemons: TestDaemon[]
   let m: NetAttacker | undefined
 
   beforeAll(async () => {
-    mesh = await TestMesh.create()
-    daemons = await mesh.form(['alpha', 'bravo'], CONFIG)
-    m = await joinAttacker(daemons)
+    t = await attackedMesh(['alpha', 'bravo'], CONFIG)
+    ;({ daemons, m } = t)
   })
-  afterAll(async () => {
-    await m?.stop()
-    await mesh.stopAll()
-  })
+  afterAll(async () => { await t?.stop() })
 
   // These two take a while (a stream, a timeout) and use one daemon each: side by side.
   it.concurrent(`an over-announced sync stream (${STREAM_MIB} MiB in 1 MiB frames) keeps the daemon's memory bounded and its API answering`, async () => {

@@ -9,16 +9,15 @@
  * with every possible order of delivery: the fuzzer (fuzz.test.ts, malformed records).
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
+import type { TestDaemon } from '../helpers/daemon.ts'
 import { waitFor } from '../helpers/wait.ts'
-import { joinAttacker, addressOf, waitForFeed, type NetAttacker } from '../helpers/attacker.ts'
-import { makeUser, type User } from '../helpers/users.ts'
+import { addressOf, waitForFeed, type NetAttacker } from '../helpers/attacker.ts'
+import type { User } from '../helpers/users.ts'
 import { scalars } from '../../crdt/schema.ts'
 import type { VmView } from '../../node/control/views.ts'
 import type { HostView } from '../../protocol/api.ts'
+import { attackedMesh, type AttackedMesh } from '../helpers/attacked-mesh.ts'
 
 const CONFIG = 'hypervisor = "none"\nvcpus = 64\nmem_mib = 65536\ndisk_gib = 1000\nheartbeat_interval = 0.5\nreconnect_interval = 0.5\n'
 const ID = (c: string): string => c.repeat(64)
@@ -29,25 +28,17 @@ async function statusOf (d: TestDaemon, path: string): Promise<number> {
 }
 
 describe('adversarial: a member\'s malformed record harms only its own standing (three real daemons)', () => {
-  let mesh: TestMesh
+  let t: AttackedMesh | undefined
   let daemons: TestDaemon[]
   let m: NetAttacker | undefined
   let dir: string
   let user: User
 
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'pc-adv-records-'))
-    mesh = await TestMesh.create()
-    daemons = await mesh.form(['alpha', 'bravo', 'charlie'], CONFIG)
-    user = await makeUser(daemons[0], dir, 'ada')
-    for (const d of daemons) expect((await d.cli('trust', 'add', user.keyFile)).code).toBe(0)
-    m = await joinAttacker(daemons)
+    t = await attackedMesh(['alpha', 'bravo', 'charlie'], CONFIG, { user: 'ada' })
+    ;({ daemons, m, dir, user } = t)
   })
-  afterAll(async () => {
-    await m?.stop()
-    await mesh.stopAll()
-    await rm(dir, { recursive: true, force: true })
-  })
+  afterAll(async () => { await t?.stop() })
 
   /** Every route a user or operator reads; a request and a VM by name when there are some. */
   async function routes (d: TestDaemon): Promise<string[]> {

@@ -9,19 +9,17 @@
  * Found by the fuzzer (fuzz-blame.test.ts, replayed requests).
  */
 import { describe, it, expect, beforeAll, afterAll, beforeEach, afterEach } from 'vitest'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import type { StateStore } from '../../crdt/store.ts'
 import { deriveWorld } from '../../crdt/world.ts'
 import { scalars } from '../../crdt/schema.ts'
 import { Stores, sync, FAST_TMP } from '../helpers/stores.ts'
 import { fakeRequest, storeRequest, judgeRequests, issuer, trusting, RESOURCES } from '../helpers/fake-requests.ts'
-import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
+import type { TestDaemon } from '../helpers/daemon.ts'
 import { waitFor } from '../helpers/wait.ts'
-import { joinAttacker, addressOf, waitForFeed, type NetAttacker } from '../helpers/attacker.ts'
-import { makeUser, signedRequest, type User } from '../helpers/users.ts'
+import { addressOf, waitForFeed, type NetAttacker } from '../helpers/attacker.ts'
+import { signedRequest, type User } from '../helpers/users.ts'
 import type { RequestView, VmView } from '../../node/control/views.ts'
+import { attackedMesh, type AttackedMesh } from '../helpers/attacked-mesh.ts'
 
 async function syncAll (stores: StateStore[]): Promise<void> {
   for (const a of stores) for (const b of stores) if (a !== b) await sync(a, b)
@@ -62,25 +60,17 @@ describe('adversarial: a member replaying another host\'s stored request (state 
 })
 
 describe('adversarial: a member replaying another host\'s stored request (three real daemons)', () => {
-  let mesh: TestMesh
+  let t: AttackedMesh | undefined
   let daemons: TestDaemon[]
   let m: NetAttacker | undefined
   let dir: string
   let user: User
 
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'pc-adv-replay-'))
-    mesh = await TestMesh.create()
-    daemons = await mesh.form(['alpha', 'bravo', 'charlie'], 'hypervisor = "none"\nvcpus = 64\nmem_mib = 65536\ndisk_gib = 1000\nheartbeat_interval = 0.5\nreconnect_interval = 0.5\n')
-    user = await makeUser(daemons[0], dir, 'ada')
-    for (const d of daemons) expect((await d.cli('trust', 'add', user.keyFile)).code).toBe(0)
-    m = await joinAttacker(daemons)
+    t = await attackedMesh(['alpha', 'bravo', 'charlie'], 'hypervisor = "none"\nvcpus = 64\nmem_mib = 65536\ndisk_gib = 1000\nheartbeat_interval = 0.5\nreconnect_interval = 0.5\n', { user: 'ada' })
+    ;({ daemons, m, dir, user } = t)
   })
-  afterAll(async () => {
-    await m?.stop()
-    await mesh.stopAll()
-    await rm(dir, { recursive: true, force: true })
-  })
+  afterAll(async () => { await t?.stop() })
 
   it('a VM waiting for its host, received by bravo: the attacker copies the request stamped earlier and rejects it; the VM stays pending', async () => {
     const attacker = m as NetAttacker

@@ -10,7 +10,7 @@
  * "equivocations" by keys that are no members of the mesh is neither kept nor spread.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
+import type { TestDaemon } from '../helpers/daemon.ts'
 import { waitFor } from '../helpers/wait.ts'
 import {
   joinAttacker, addressOf, waitForFeed, frontierOf, helloFrame, changesFrame, frame, itemsFrame, FRAME, randomPeer,
@@ -24,23 +24,20 @@ import { IDLE_MS, MAX_FRAME } from '../../crdt/sync.ts'
 import { makeEvidence, encodeEvidence } from '../../crdt/evidence.ts'
 import { verifyChange } from '../../crdt/signed-changes.ts'
 import { forge } from '../helpers/attacker.ts'
+import { attackedMesh, type AttackedMesh } from '../helpers/attacked-mesh.ts'
 
 const CONFIG = 'hypervisor = "none"\nheartbeat_interval = 0.5\nreconnect_interval = 0.5\n'
 
 describe('adversarial: sync abuse is cut and penalised (real daemons)', () => {
-  let mesh: TestMesh
+  let t: AttackedMesh | undefined
   let daemons: TestDaemon[]
   let m: NetAttacker | undefined
 
   beforeAll(async () => {
-    mesh = await TestMesh.create()
-    daemons = await mesh.form(['alpha', 'bravo'], CONFIG)
-    m = await joinAttacker(daemons)
+    t = await attackedMesh(['alpha', 'bravo'], CONFIG)
+    ;({ daemons, m } = t)
   })
-  afterAll(async () => {
-    await m?.stop()
-    await mesh.stopAll()
-  })
+  afterAll(async () => { await t?.stop() })
 
   /** Opens a sync with HELLO (its true frontier unless given) and reads the daemon's side to END. */
   async function opened (d: TestDaemon, frontier?: Array<[string, number, string]>): Promise<RawSync> {
