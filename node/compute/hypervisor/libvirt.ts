@@ -18,7 +18,7 @@ import { silentLogger, type Logger } from '../../log.ts'
 import { PicocloudError, ErrorCode } from '../../../protocol/errors.ts'
 import { detectAccel, type Accel } from './accel.ts'
 import { linksWithPrefix, removeTap } from './taps.ts'
-import { isVmName, validateSpec, type HypervisorDriver, type StopOptions, type VmObserved, type VmSpec, type VmState } from './types.ts'
+import { isVmName, vmDir, validateSpec, type HypervisorDriver, type StopOptions, type VmObserved, type VmSpec, type VmState } from './types.ts'
 
 export interface LibvirtDriverInit {
   stateDir: string
@@ -141,8 +141,7 @@ export class LibvirtDriver implements HypervisorDriver {
   }
 
   private dir (name: string): string {
-    if (!isVmName(name)) throw new PicocloudError(ErrorCode.BadVmSpec, `not a picocloud VM name: ${JSON.stringify(name)}`)
-    return join(this.init.stateDir, 'vms', name)
+    return vmDir(this.init.stateDir, name)
   }
 
   consolePath (name: string): string { return join(this.dir(name), 'console.sock') }

@@ -24,7 +24,7 @@ import { PicocloudError, ErrorCode } from '../../../protocol/errors.ts'
 import { Qmp } from './qmp.ts'
 import { detectAccel, markKvmBroken, KVM_FAILURE, type Accel } from './accel.ts'
 import { ensureTap, linksWithPrefix, removeTap } from './taps.ts'
-import { isVmName, validateSpec, type HypervisorDriver, type StopOptions, type VmObserved, type VmSpec } from './types.ts'
+import { isVmName, vmDir, validateSpec, type HypervisorDriver, type StopOptions, type VmObserved, type VmSpec } from './types.ts'
 
 export interface QemuDriverInit {
   /** The daemon's state directory; VMs live in `<stateDir>/vms/`. */
@@ -152,8 +152,7 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   paths (name: string): RuntimePaths {
-    if (!isVmName(name)) throw new PicocloudError(ErrorCode.BadVmSpec, `not a picocloud VM name: ${JSON.stringify(name)}`)
-    const dir = join(this.init.stateDir, 'vms', name)
+    const dir = vmDir(this.init.stateDir, name)
     return {
       dir,
       spec: join(dir, 'spec.json'),

@@ -14,6 +14,7 @@
  * }
  * await driver.start(spec)
  */
+import { join } from 'node:path'
 import { PicocloudError, ErrorCode } from '../../../protocol/errors.ts'
 
 export type Arch = 'x86_64' | 'aarch64'
@@ -108,6 +109,12 @@ export { vmName, tapName, vmMac } from '../../devices.ts'
 
 export function isVmName (name: string): boolean {
   return NAME_RE.test(name)
+}
+
+/** A VM's own directory under a driver's state dir, `<stateDir>/vms/<name>`; refuses other names. */
+export function vmDir (stateDir: string, name: string): string {
+  if (!isVmName(name)) throw new PicocloudError(ErrorCode.BadVmSpec, `not a picocloud VM name: ${JSON.stringify(name)}`)
+  return join(stateDir, 'vms', name)
 }
 
 function bad (message: string): PicocloudError {
