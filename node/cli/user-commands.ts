@@ -64,7 +64,7 @@ async function request (args: Parameters<Command['run']>[0], kind: RequestKind, 
     if (g.json) io.out(JSON.stringify({ ...r, vm: vm.id, vmStatus: vm.status, vmReason: vm.reason }, null, 2))
     else io.out([outcomeText(r), line`VM ${vm.name}: ${vm.status}${vm.reason === undefined ? '' : ` (${vm.reason})`}`].join('\n'))
     if (vm.status === 'failed') throw new PicocloudError('VM_FAILED', `VM ${vm.name} failed on ${vm.hostName ?? '?'}: see \`picocloud vm show ${vm.name}\``)
-    if (vm.operatorStop !== undefined && !until.has(vm.status)) throw new PicocloudError('VM_HELD', `VM ${vm.name} is held stopped by the operator of ${vm.hostName ?? '?'} (${vm.operatorStop.reason || 'no reason given'})`)
+    if (vm.operatorStop !== undefined && !until.has(vm.status)) throw new PicocloudError('VM_HELD', `VM ${vm.name} is held stopped by the operator of ${vm.hostName ?? '?'} (${vm.operatorStop.reason || 'no reason given'}): only they can start it again (\`picocloud vm start --operator ${vm.name}\` on that host); or destroy it and create it again elsewhere`)
     return
   }
   if (g.json) io.out(JSON.stringify(r, null, 2))
