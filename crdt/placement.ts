@@ -47,6 +47,8 @@ export interface PlacementRequest {
    */
   created: number
   needs: VmNeeds
+  /** `restart`: a placed VM leaves a host the mesh declared lost (crdt/lease.ts). @default 'none' */
+  ha?: 'none' | 'restart'
 }
 
 /** One host as every peer sees it in the replicated state (plus liveness, if modelled). */
@@ -66,10 +68,12 @@ export interface HostView {
   up?: boolean
   /** False when the host builds no private networks: no VM with a NIC goes there. @default true */
   networks?: boolean
+  /** A majority of the members declared it unreachable (crdt/lease.ts). @default false */
+  lost?: boolean
 }
 
 export type HostReason = DenyReason | 'capacity-vcpus' | 'capacity-mem' | 'capacity-disk' | 'architecture' |
-'pin-host' | 'pin-labels' | 'not-member' | 'down' | 'no-data-plane'
+'pin-host' | 'pin-labels' | 'not-member' | 'down' | 'lost' | 'no-data-plane'
 
 export interface HostDecision {
   peerId: string
@@ -125,6 +129,7 @@ function decide (req: PlacementRequest, h: HostView, t: Tally): HostDecision {
   const no = (reason: HostReason, detail: string): HostDecision => ({ peerId: h.peerId, eligible: false, reason, detail })
   const n = req.needs
   if (h.member === false) return no('not-member', 'host is not a member of the mesh')
+  if (h.lost === true) return no('lost', 'a majority of the hosts declared it unreachable')
   if (h.up === false) return no('down', 'host is not reachable')
   if (n.pin?.host !== undefined && n.pin.host !== h.peerId) return no('pin-host', `VM is pinned to host ${n.pin.host}`)
   if (n.pin?.labels !== undefined) {
@@ -162,13 +167,14 @@ function sortedHosts (hosts: readonly HostView[]): HostView[] {
  * says: a member that reports a VM pinned elsewhere as placed on itself must not keep it.
  */
 function decideKept (req: PlacementRequest, h: HostView): HostDecision {
-  const d = decide(req, h, freshTally(h))
+  // A lost host keeps what may not restart elsewhere: it shows as lost there, and is back with it.
+  const d = decide(req, h.lost === true && req.ha !== 'restart' ? { ...h, lost: false } : h, freshTally(h))
   const policyOnly = d.eligible || !KEPT_REASONS.has(d.reason as HostReason)
   return policyOnly ? { peerId: h.peerId, eligible: true } : d
 }
 
 /** What still unseats a placed VM: everything but the host's policy, quotas and capacity. */
-const KEPT_REASONS: ReadonlySet<HostReason> = new Set(['not-member', 'down', 'pin-host', 'pin-labels', 'architecture'])
+const KEPT_REASONS: ReadonlySet<HostReason> = new Set(['not-member', 'lost', 'down', 'pin-host', 'pin-labels', 'architecture'])
 
 function placeWith (req: PlacementRequest, hosts: readonly HostView[], tallies: ReadonlyMap<string, Tally>, kept = false): Placement {
   const decisions = hosts.map(h => kept ? decideKept(req, h) : decide(req, h, tallies.get(h.peerId) ?? freshTally(h)))
@@ -307,7 +313,8 @@ export function placementRequest (id: string, issuer: string, createdIso: string
     id,
     issuer,
     created: Date.parse(createdIso),
-    needs: { ...size, arch: body.arch, networks: body.nics.map(n => n.net), ...(body.pin === undefined ? {} : { pin: body.pin }) }
+    needs: { ...size, arch: body.arch, networks: body.nics.map(n => n.net), ...(body.pin === undefined ? {} : { pin: body.pin }) },
+    ...(body.ha === 'restart' ? { ha: 'restart' as const } : {})
   }
 }
 

@@ -140,7 +140,7 @@ export function readHostRecord (raw: unknown): Read<HostRecord | undefined> {
   rec.keys = entries(problems, 'host.keys', v.keys, { pattern: /^[0-9A-F]{40}$/, what: 'a fingerprint' }, (x, p) => string(x, p, { max: MAX_KEY_TEXT }), 1000)
   rec.claims = entries(problems, 'host.claims', v.claims, REQUEST_ID, (x, p) => {
     if (!isObject(x)) throw new Error(`${p}: expected an object`)
-    return { at: time(x.at, `${p}.at`) }
+    return x.epoch === undefined ? { at: time(x.at, `${p}.at`) } : { at: time(x.at, `${p}.at`), epoch: integer(x.epoch, `${p}.epoch`, 0, 2 ** 31) }
   })
   rec.vms = entries(problems, 'host.vms', v.vms, REQUEST_ID, hostVm)
   rec.rejections = entries(problems, 'host.rejections', v.rejections, REQUEST_ID, rejection)
@@ -152,6 +152,12 @@ export function readHostRecord (raw: unknown): Read<HostRecord | undefined> {
     if (!isObject(x)) throw new Error(`${p}: expected an object`)
     return { size: integer(x.size, `${p}.size`, 0, 2 ** 50), format: oneOf(x.format, `${p}.format`, ['raw', 'qcow2']) }
   })
+  if (v.epoch !== undefined) rec.epoch = field(problems, 'host.epoch', () => integer(v.epoch, 'host.epoch', 0, 2 ** 31))
+  rec.unreachable = entries(problems, 'host.unreachable', v.unreachable, PEER_ID, (x, p) => {
+    if (!isObject(x)) throw new Error(`${p}: expected an object`)
+    return { epoch: integer(x.epoch, `${p}.epoch`, 0, 2 ** 31), since: time(x.since, `${p}.since`) }
+  }, 1000)
+  rec.endorse = entries(problems, 'host.endorse', v.endorse, REQUEST_ID, (x, p) => string(x, p, { pattern: /^[1-9A-HJ-NP-Za-km-z]{40,64}@[0-9]{1,10}$/, what: 'peer@epoch' }))
   for (const k of Object.keys(rec) as Array<keyof HostRecord>) if (rec[k] === undefined) delete rec[k]
   return { value: rec, problems }
 }

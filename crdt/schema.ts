@@ -91,10 +91,21 @@ export interface HostResources {
 }
 
 /** A host's claim that it will run a VM (the vm.create request id names the VM). */
-export interface HostClaim { at: string }
+export interface HostClaim {
+  at: string
+  /** The claimant's epoch when it claimed (crdt/lease.ts): a claim from an older epoch is void. @default 0 */
+  epoch?: number
+}
+
+/** A member's declaration that it has not heard a peer for the lease's declare time (crdt/lease.ts). */
+export interface Unreachable {
+  /** The peer's epoch it declares: final for that epoch, never taken back. */
+  epoch: number
+  since: string
+}
 
 export const VM_STATUSES = ['claimed', 'placed', 'pending', 'fetching-image', 'starting', 'running',
-  'stopping', 'stopped', 'failed', 'destroyed'] as const
+  'stopping', 'stopped', 'failed', 'fenced', 'destroyed'] as const
 export type VmStatus = typeof VM_STATUSES[number]
 
 /** What a host reports about a VM it runs. */
@@ -155,6 +166,15 @@ export interface HostRecord {
   netError?: string
   /** Images this host holds and serves, by sha256. */
   images?: Record<string, HostImage>
+  /** Raised each time the host comes back after the mesh declared it lost (crdt/lease.ts). @default 0 */
+  epoch?: number
+  /** Peers this host has not heard for the lease's declare time, by peer id. */
+  unreachable?: Record<string, Unreachable>
+  /**
+   * Per `--ha restart` VM, the claim this host endorses, as `peer@epoch` (crdt/lease.ts): a VM
+   * runs only where a majority of the members endorse its claim.
+   */
+  endorse?: Record<string, string>
 }
 
 export interface StoredRequest {

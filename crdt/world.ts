@@ -16,6 +16,7 @@
 import { assign, resolveClaims, type HostView, type PlacementRequest, type HostDecision, type Claim } from './placement.ts'
 import { validatePolicy, emptyPolicy, type TrustPolicy } from '../keys/trust-policy.ts'
 import { vmResources, type RequestBodies, type RequestKind, type VmCreateBody, type NetCreateBody, type NicSpec } from '../protocol/requests.ts'
+import { lostHosts, claimCurrent, claimStands, endorsedByMajority } from './lease.ts'
 import { isActiveMember, type MeshDoc, type HostVm, type RequestCopy } from './schema.ts'
 
 /** A request this host verified (signature, mesh, time window against the receiving host's stamp, schema). */
@@ -93,6 +94,10 @@ export interface VmEntry {
   rejected?: { reasons: Reason[] }
   /** The host's report, when the VM is placed. */
   report?: HostVm
+  /** Its host is lost (crdt/lease.ts) and the VM is `--ha none`: it stays there, down, until the host returns. */
+  hostLost?: { since: string }
+  /** `--ha restart`: a majority of the members endorse its host's claim, so it may run there (crdt/lease.ts). */
+  endorsed?: boolean
 }
 
 export interface NetEntry {
@@ -128,6 +133,7 @@ export interface World {
 /** Hosts as placement sees them: published resources and policy; usage is counted by `assign`. */
 export function hostViews (doc: Partial<MeshDoc>, up?: (peer: string) => boolean): HostView[] {
   const out: HostView[] = []
+  const lost = lostHosts(doc)
   for (const peer of Object.keys(doc.members ?? {})) {
     const rec = doc.hosts?.[peer]
     const res = rec?.resources
@@ -147,7 +153,8 @@ export function hostViews (doc: Partial<MeshDoc>, up?: (peer: string) => boolean
       usageByIssuer: {},
       member: isActiveMember(doc, peer),
       up: up === undefined ? true : up(peer),
-      ...(res?.networks === false ? { networks: false } : {})
+      ...(res?.networks === false ? { networks: false } : {}),
+      ...(lost.has(peer) ? { lost: true } : {})
     })
   }
   return out
@@ -168,7 +175,9 @@ export function allClaims (doc: Partial<MeshDoc>): Claim[] {
   const claims: Claim[] = []
   for (const [peer, rec] of Object.entries(doc.hosts ?? {})) {
     if (!isActiveMember(doc, peer)) continue
-    for (const id of Object.keys(rec.claims ?? {})) {
+    for (const [id, claim] of Object.entries(rec.claims ?? {})) {
+      // A claim from before the host was lost and came back is void (crdt/lease.ts).
+      if (!claimCurrent(rec, claim)) continue
       const report = rec.vms?.[id]
       claims.push({ requestId: id, peerId: peer, settled: report !== undefined && report.status !== 'claimed' })
     }
@@ -192,7 +201,8 @@ export function placementRequests (vms: Iterable<VmEntry>): PlacementRequest[] {
       id: vm.id,
       issuer: vm.owner,
       created: vm.created,
-      needs: { ...vm.needs, arch: vm.spec.arch, networks: vm.nics.map(n => n.net), pin: vm.spec.pin }
+      needs: { ...vm.needs, arch: vm.spec.arch, networks: vm.nics.map(n => n.net), pin: vm.spec.pin },
+      ...(vm.spec.ha === 'restart' ? { ha: 'restart' as const } : {})
     })
   }
   return out
@@ -387,6 +397,7 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: 
   const ideal = new Map(assign(preqs, hosts, { fixed: settledHosts(actual, claims) }).map(a => [a.requestId, a]))
   const decisions = new Map<string, HostDecision[]>()
   const placedOnce = new Set<string>()
+  let lostSet: ReturnType<typeof lostHosts> | undefined
   for (const rec of Object.values(doc.hosts ?? {})) {
     for (const [id, r] of Object.entries(rec.vms ?? {})) if (r?.status !== undefined && String(r.status) !== 'claimed') placedOnce.add(id)
   }
@@ -404,7 +415,16 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: 
     }
     const a = actual.get(vm.id)
     vm.host = a?.host ?? null
+    if (vm.spec.ha === 'restart') {
+      // Where a majority endorses a standing claim, the VM is there, whatever this view's ranking says.
+      const lost = lostSet ??= lostHosts(doc)
+      const endorsed = vm.claimants.find(p => claimStands(doc, lost, vm.id, p) && endorsedByMajority(doc, vm.id, p))
+      if (endorsed !== undefined) vm.host = endorsed
+      vm.endorsed = endorsed !== undefined && endorsed === vm.host
+    }
     if (vm.host !== null) {
+      const lost = hosts.find(h => h.peerId === vm.host)?.lost === true ? lostHosts(doc).get(vm.host) : undefined
+      if (lost !== undefined) vm.hostLost = { since: lost.since }
       const report = doc.hosts?.[vm.host]?.vms?.[vm.id]
       vm.report = report === undefined ? undefined : { ...report }
       if (out !== undefined) out.status = vm.report !== undefined && vm.report.status !== 'claimed' ? 'placed' : 'accepted'

@@ -165,7 +165,7 @@ export async function resolveConfig (flags: ConfigFlags, env: NodeJS.ProcessEnv 
     socket: flags.socket ?? env.PICOCLOUD_SOCKET ?? str('socket') ?? DEFAULT_SOCKET,
     listen: validateMultiaddrs('listen', listen),
     announce: validateMultiaddrs('announce', announce),
-    heartbeatInterval: num('heartbeat_interval', 10),
+    heartbeatInterval: num('heartbeat_interval', 2),
     reconnectInterval: num('reconnect_interval', 5),
     socketGroup: str('socket_group')
   }

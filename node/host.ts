@@ -62,7 +62,14 @@ export class PicocloudHost extends EventEmitter<HostEvents> {
     this.store = store
     const emit = (type: string, data: Record<string, unknown> = {}): void => { this.emit('event', { type, time: new Date().toISOString(), ...data }) }
     this.mesh = new Mesh({ config, log, key, store, version: VERSION, emit })
-    this.control = new Control({ store, log, isUp: peer => this.mesh.isUp(peer), lastSeen: peer => this.mesh.lastSeen(peer) })
+    this.control = new Control({
+      store,
+      log,
+      isUp: peer => this.mesh.isUp(peer),
+      lastSeen: peer => this.mesh.lastSeen(peer),
+      runsHere: id => this.compute.runsHere(id),
+      declareMs: this.mesh.lease.keeper.timing.declareMs
+    })
     this.network = new DataPlane({
       config: config.network,
       stateDir: config.state,
@@ -86,6 +93,7 @@ export class PicocloudHost extends EventEmitter<HostEvents> {
       },
       // VM NICs go on the network's bridge: the data plane must have made it.
       beforeStart: async () => { await this.network.settle() },
+      lease: { expiry: () => this.mesh.lease.expiry(), now: () => this.mesh.lease.now(), fenceMs: this.mesh.lease.keeper.timing.fenceMs },
       emit
     })
     this.membership = new Membership({

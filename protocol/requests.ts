@@ -45,6 +45,9 @@ export const ARCHES = ['x86_64', 'aarch64'] as const
 export type Arch = typeof ARCHES[number]
 export const RESTART_POLICIES = ['always', 'on-failure', 'never'] as const
 export type RestartPolicy = typeof RESTART_POLICIES[number]
+/** After its host is lost (crdt/lease.ts): `restart` elsewhere, or stay down until the host returns. */
+export const HA_POLICIES = ['none', 'restart'] as const
+export type HaPolicy = typeof HA_POLICIES[number]
 
 /** Limits that keep one request from asking for something no community host could ever be. */
 export const LIMITS = { cpus: 256, memMiB: 4 * 1024 * 1024, diskGiB: 64 * 1024, nics: 16, labels: 64, sshKeys: 32 } as const
@@ -104,6 +107,8 @@ export interface VmCreateBody {
   pin?: PinSpec
   sshKeys: string[]
   restart: RestartPolicy
+  /** @default 'none' */
+  ha?: HaPolicy
 }
 
 export interface VmRefBody { vm: string }
@@ -177,7 +182,7 @@ function size (o: Record<string, unknown>, path: string, required: boolean): { t
 }
 
 const vmCreate = (v: unknown, path: string): VmCreateBody => {
-  const o = object(v, path, ['name', 'image', 'type', 'cpus', 'memMiB', 'diskGiB', 'arch', 'nics', 'labels', 'pin', 'sshKeys', 'restart'], ['name', 'image'])
+  const o = object(v, path, ['name', 'image', 'type', 'cpus', 'memMiB', 'diskGiB', 'arch', 'nics', 'labels', 'pin', 'sshKeys', 'restart', 'ha'], ['name', 'image'])
   const pin = optional(o, 'pin', path, (x, p) => {
     const po = object(x, p, ['host', 'labels'])
     const r = compact({ host: optional(po, 'host', p, (h, hp) => string(h, hp, PEER_ID)), labels: optional(po, 'labels', p, labels) })
@@ -200,7 +205,8 @@ const vmCreate = (v: unknown, path: string): VmCreateBody => {
     labels: optional(o, 'labels', path, labels) ?? {},
     pin,
     sshKeys: optional(o, 'sshKeys', path, (x, p) => array(x, p, LIMITS.sshKeys, (k, kp) => string(k, kp, SSH_KEY))) ?? [],
-    restart: optional(o, 'restart', path, (x, p) => oneOf(x, p, RESTART_POLICIES)) ?? 'always'
+    restart: optional(o, 'restart', path, (x, p) => oneOf(x, p, RESTART_POLICIES)) ?? 'always',
+    ha: optional(o, 'ha', path, (x, p) => oneOf(x, p, HA_POLICIES))
   })
 }
 

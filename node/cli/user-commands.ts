@@ -285,17 +285,18 @@ export const userCommands: Command[] = [
   {
     name: 'vm create',
     summary: 'ask the mesh for a VM (signed with your key); waits until it runs or is rejected',
-    usage: 'picocloud vm create NAME --image IMAGE (--type small|medium|large | --cpus N --mem MiB) [--disk GiB] [--net NET[:IP]]... [--label k=v]... [--on HOST|--on k=v] [--arch ARCH] [--ssh-key FILE]... [--restart always|on-failure|never]',
+    usage: 'picocloud vm create NAME --image IMAGE (--type small|medium|large | --cpus N --mem MiB) [--disk GiB] [--net NET[:IP]]... [--label k=v]... [--on HOST|--on k=v] [--arch ARCH] [--ssh-key FILE]... [--restart always|on-failure|never] [--ha none|restart]',
+    description: 'With --ha restart the VM is started again on another host when a majority of the hosts lose its host (from its image: the disk is not replicated yet); its host stops it by itself when it hears fewer than half of the hosts. With --ha none (the default) it stays down with its host. A mesh needs three hosts to move a VM (a host with hypervisor = "none" counts).',
     positionals: [1, 1],
     options: {
       image: { type: 'string' }, type: { type: 'string' }, cpus: { type: 'string' }, mem: { type: 'string' }, disk: { type: 'string' },
       net: { type: 'string', multiple: true }, label: { type: 'string', multiple: true }, on: { type: 'string', multiple: true },
-      arch: { type: 'string' }, 'ssh-key': { type: 'string', multiple: true }, restart: { type: 'string' }, ...signOpts, ...waitOpts
+      arch: { type: 'string' }, 'ssh-key': { type: 'string', multiple: true }, restart: { type: 'string' }, ha: { type: 'string' }, ...signOpts, ...waitOpts
     },
     optionHelp: {
       image: 'image name or sha256:HASH', type: 'machine type: small (1 vCPU, 1 GiB), medium (2, 4 GiB), large (4, 8 GiB)', cpus: 'vCPUs (with --mem)', mem: 'memory in MiB (with --cpus)', disk: 'disk in GiB (default 10)',
       net: 'attach to this network (repeatable); NET:IP for a static address', label: 'label k=v (repeatable)', on: 'pin to a host (name or peer id) or to hosts labelled k=v',
-      arch: 'x86_64 (default) or aarch64', 'ssh-key': 'OpenSSH public key file for the guest (repeatable)', restart: 'restart policy (default always)', ...signHelp,
+      arch: 'x86_64 (default) or aarch64', 'ssh-key': 'OpenSSH public key file for the guest (repeatable)', restart: 'restart policy (default always)', ha: 'after its host is lost: restart elsewhere, or none (default): stay down', ...signHelp,
       'no-wait': 'return once the request is accepted by this host (do not wait for placement or boot)', timeout: 'seconds to wait for placement (default 60), then for the VM to run (default 300)'
     },
     run: async (args) => {
@@ -315,6 +316,7 @@ export const userCommands: Command[] = [
         ...(values.disk !== undefined ? { diskGiB: int(values.disk, '--disk') } : {}),
         ...(values.arch !== undefined ? { arch: values.arch } : {}),
         ...(values.restart !== undefined ? { restart: values.restart } : {}),
+        ...(values.ha !== undefined ? { ha: values.ha } : {}),
         nics: (values.net ?? []).map((n: string) => { const [net, ip] = n.split(':'); return ip === undefined ? { net } : { net, ip } }),
         labels: kv(values.label, '--label'),
         ...(Object.keys(pin).length > 0 ? { pin } : {}),
@@ -354,6 +356,7 @@ export const userCommands: Command[] = [
             line`size     ${vm.vcpus} vCPU, ${vm.memMiB} MiB, ${vm.diskGiB} GiB disk, ${vm.arch}, image ${vm.image}`,
             line`nics     ${vm.nics.map(n => n.net + (n.ip === undefined ? '' : `:${n.ip}`)).join(' ') || '-'}`,
             line`labels   ${Object.entries(vm.labels).map(([k, v]) => `${k}=${v}`).join(' ') || '-'}`,
+            line`ha       ${vm.ha === 'restart' ? 'restart (on another host if its host is lost; from its image, no disk replica)' : 'none (stays down while its host is lost)'}`,
             'history:',
             ...vm.history.map(r => line`  ${r.created}  ${r.kind.padEnd(13)} ${r.status.padEnd(9)} ${r.id.slice(0, 12)}`)
           ].join('\n'))

@@ -21,6 +21,8 @@ import { ImageStore, type ImageInfo } from './images/store.ts'
 import { IMAGE_PROTOCOL, serveImage, fetchImage, holders, type FetchProgress } from './images/transfer.ts'
 import { startBulkServer, type BulkServer } from './images/bulk.ts'
 import { VmReconciler } from './reconciler.ts'
+import { Fence } from './fence.ts'
+import { Watchdog } from './watchdog.ts'
 import { vmName, type HypervisorDriver } from './hypervisor/types.ts'
 
 export interface ComputeInit {
@@ -38,6 +40,8 @@ export interface ComputeInit {
   }
   /** Runs before a VM starts (its NICs need the network's bridge). */
   beforeStart: () => Promise<void>
+  /** This host's lease (node/mesh/lease.ts): `--ha restart` VMs run only while it holds. */
+  lease: { expiry: () => number, now: () => number, fenceMs: number }
   emit: (type: string, data?: Record<string, unknown>) => void
 }
 
@@ -45,6 +49,7 @@ export class Compute {
   readonly images: ImageStore
   hypervisor?: HypervisorDriver
   reconciler?: VmReconciler
+  fence?: Fence
   private readonly init: ComputeInit
   private readonly store: StateStore
   private readonly log: Logger
@@ -81,6 +86,11 @@ export class Compute {
 
   kick (): void { this.reconciler?.kick() }
 
+  /** Whether the VM's QEMU ran here when last looked at (or was started since). */
+  runsHere (vmId: string): boolean {
+    return this.reconciler?.pids.has(vmName(vmId)) ?? false
+  }
+
   private async startHypervisor (): Promise<void> {
     const { config } = this.init
     if (config.hypervisor === 'none' || this.reconciler !== undefined) return
@@ -97,6 +107,21 @@ export class Compute {
       this.hypervisor = new QemuDriver({ stateDir: config.state, log })
     }
     const { writeSeed } = await import('./hypervisor/seed.ts')
+    const driver = this.hypervisor
+    const self = this.store.self
+    const guarded = (): string[] => [...this.init.world().vms.values()]
+      .filter(vm => vm.host === self && vm.spec.ha === 'restart' && vm.desired !== 'destroyed').map(vm => vmName(vm.id))
+    this.fence = new Fence({
+      lease: this.init.lease,
+      driver,
+      guarded,
+      pid: name => this.reconciler?.pids.get(name),
+      // The libvirt driver's QEMU belongs to libvirtd: only the daemon's own check fences it.
+      ...(config.hypervisor === 'qemu' ? { watchdog: new Watchdog(log.forComponent('watchdog')) } : {}),
+      log,
+      emit: this.init.emit,
+      changed: () => { this.reconciler?.kick(true) }
+    })
     this.reconciler = new VmReconciler({
       store: this.store,
       driver: this.hypervisor,
@@ -105,9 +130,12 @@ export class Compute {
       log,
       fetch: async (vmId, sha256) => { await this.fetchImageFor(vmId, sha256) },
       seed: async (vm, spec) => await writeSeed(config.state, vm, spec),
-      beforeStart: this.init.beforeStart
+      beforeStart: this.init.beforeStart,
+      leaseHeld: () => this.fence?.holds() ?? true,
+      fenceReason: `fenced: this host heard fewer than a majority of the hosts for ${this.init.lease.fenceMs / 1000} s; it runs the VM again when it hears them, unless the mesh has moved it`
     })
     this.reconciler.start()
+    this.fence.start()
   }
 
   private async fetchImageFor (vmId: string, sha256: string): Promise<void> {
@@ -192,6 +220,7 @@ export class Compute {
   }
 
   async stop (): Promise<void> {
+    this.fence?.stop()
     this.reconciler?.stop()
     await this.bulk?.stop()
   }

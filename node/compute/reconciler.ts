@@ -31,6 +31,10 @@ export interface VmReconcilerInit {
   intervalMs?: number
   /** Awaited before VMs start (the data plane makes the bridges their NICs join). */
   beforeStart?: () => Promise<void>
+  /** Whether this host holds its lease: `--ha restart` VMs run only then (node/compute/fence.ts). @default always */
+  leaseHeld?: () => boolean
+  /** Why a restart VM is fenced, for its report. */
+  fenceReason?: string
 }
 
 const FETCH_RETRY_MS = 5000
@@ -50,6 +54,8 @@ export class VmReconciler {
   /** Crash backoff per VM: 2 s after the first crash, doubling to 5 min. */
   private readonly crashes = new Map<string, { count: number, notBefore: number, pid?: number }>()
   readonly stats: ReconcileStats = { passes: 0, errors: 0, lastMs: 0, totalMs: 0 }
+  /** QEMU pid of each local VM as last observed (the watchdog kills by pid). */
+  readonly pids = new Map<string, number>()
 
   constructor (init: VmReconcilerInit) {
     this.init = init
@@ -138,19 +144,33 @@ export class VmReconciler {
     const mineInState = store.doc.hosts?.[self]?.vms ?? {}
     const targets: VmTarget[] = []
     const lostHere = new Set<string>()
+    const killNow = new Set<string>()
     for (const vm of world.vms.values()) {
       const name = vmName(vm.id)
       const placedHere = vm.host === self
       if (!placedHere) {
         // Destroyed VMs that were ours, and VMs a better-ranked host won, go at once.
         if (vm.desired === 'destroyed' && mineInState[vm.id] !== undefined) targets.push({ id: vm.id, name, want: 'destroyed', restart: 'never', image: { present: true } })
-        else if (vm.desired !== 'destroyed' && vm.host !== null) lostHere.add(name)
+        else if (vm.desired !== 'destroyed' && vm.host !== null) {
+          lostHere.add(name)
+          // Another host may run it as soon as this copy is gone: no time for the guest's power-off.
+          if (vm.spec.ha === 'restart') killNow.add(name)
+        }
         continue
       }
       // Start only once the claim has settled (the scheduler then writes the first report).
       if (mineInState[vm.id] === undefined) continue
       const operatorStop = mineInState[vm.id]?.operatorStop
       const want = vm.desired === 'running' && operatorStop === undefined ? 'running' : vm.desired === 'destroyed' ? 'destroyed' : 'stopped'
+      if (want === 'running' && vm.spec.ha === 'restart') {
+        const held = this.init.leaseHeld?.() === false
+          ? { status: 'fenced' as const, reason: this.init.fenceReason ?? 'this host lost its lease' }
+          : vm.endorsed !== true ? { status: 'placed' as const, reason: 'waiting for a majority of the hosts to endorse this host\'s claim' } : undefined
+        if (held !== undefined) {
+          targets.push({ id: vm.id, name, want: 'stopped', force: true, held, restart: vm.spec.restart, image: { present: true } })
+          continue
+        }
+      }
       const { spec, image } = want === 'running' ? await this.spec(world, vm) : { spec: undefined, image: { present: true } }
       targets.push({ id: vm.id, name, want, ...(want === 'stopped' && vm.forceStop === true && operatorStop === undefined ? { force: true } : {}), restart: vm.spec.restart, spec, image })
     }
@@ -158,6 +178,8 @@ export class VmReconciler {
     if (!observe && inputs === this.lastInputs) return
     this.lastInputs = inputs
     const observed = await driver.list()
+    this.pids.clear()
+    for (const o of observed) if (o.pid !== undefined && (o.state === 'running' || o.state === 'paused')) this.pids.set(o.name, o.pid)
     const now = Date.now()
     for (const o of observed) if (!this.orphanSince.has(o.name)) this.orphanSince.set(o.name, now)
     for (const name of this.orphanSince.keys()) if (!observed.some(o => o.name === name)) this.orphanSince.delete(name)
@@ -191,6 +213,7 @@ export class VmReconciler {
             break
           case 'start': {
             const o = await driver.start(a.spec)
+            if (o.pid !== undefined) this.pids.set(a.spec.name, o.pid)
             this.actionErrors.delete(a.id)
             reports.set(a.id, observedReport(o))
             log.info('started VM', { vm: a.spec.name, pid: o.pid })
@@ -198,15 +221,18 @@ export class VmReconciler {
           }
           case 'stop':
             await driver.stop(a.name, a.force ? { timeoutMs: 0 } : {})
-            reports.set(a.id, { status: 'stopped' })
+            this.pids.delete(a.name)
+            if (!reports.has(a.id) || reports.get(a.id)?.status === 'stopping') reports.set(a.id, { status: 'stopped' })
             log.info('stopped VM', { vm: a.name })
             break
           case 'destroy':
             await driver.destroy(a.name)
+            this.pids.delete(a.name)
             log.info('destroyed VM', { vm: a.name })
             break
           case 'stop-orphan':
-            await driver.stop(a.name)
+            await driver.stop(a.name, killNow.has(a.name) ? { timeoutMs: 0 } : {})
+            this.pids.delete(a.name)
             log.warn('stopped a VM that the state does not place here', { vm: a.name })
             break
         }

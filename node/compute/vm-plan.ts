@@ -16,6 +16,11 @@ export interface VmTarget {
   want: 'running' | 'stopped' | 'destroyed'
   /** With want stopped: cut the power at once instead of asking the guest to power off. */
   force?: boolean
+  /**
+   * With want stopped: a `restart` VM that may not run here now (lease lost, or its claim not yet
+   * endorsed, crdt/lease.ts). Killed if it runs; reported with this status and reason.
+   */
+  held?: { status: VmStatus, reason: string }
   restart: RestartPolicy
   /** Undefined while the image is not in the local store (or unknown). */
   spec?: VmSpec
@@ -63,6 +68,11 @@ export function planVms (input: PlanInput): VmPlan {
     if (t.want === 'destroyed') {
       if (o !== undefined) actions.push({ type: 'destroy', id: t.id, name: t.name })
       reports.set(t.id, { status: 'destroyed' })
+      continue
+    }
+    if (t.want === 'stopped' && t.held !== undefined) {
+      if (o?.state === 'running' || o?.state === 'paused') actions.push({ type: 'stop', id: t.id, name: t.name, force: true })
+      reports.set(t.id, { ...t.held })
       continue
     }
     if (t.want === 'stopped') {

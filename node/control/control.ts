@@ -26,6 +26,10 @@ export interface ControlInit {
   isUp: (peer: string) => boolean
   /** When this host last heard from a peer (ms since the epoch), if ever. */
   lastSeen: (peer: string) => number | undefined
+  /** Whether a VM still runs on this host (compute): a `restart` claim is withdrawn only after. */
+  runsHere?: (vmId: string) => boolean
+  /** The lease's declare time (crdt/lease.ts). */
+  declareMs?: number
 }
 
 export interface NetView { name: string, owner: string, subnet: unknown, mode: string, gateway: unknown, vms: string[], hosts: string[], created: string }
@@ -43,7 +47,7 @@ export class Control {
     this.log = log
     this.liveness = { isUp: init.isUp, lastSeen: init.lastSeen }
     this.requests = new RequestBook(store, log.forComponent('requests'))
-    this.scheduler = new Scheduler({ store, book: this.requests, up: init.isUp, log: log.forComponent('scheduler') })
+    this.scheduler = new Scheduler({ store, book: this.requests, up: init.isUp, ...(init.runsHere === undefined ? {} : { runsHere: init.runsHere }), ...(init.declareMs === undefined ? {} : { declareMs: init.declareMs }), log: log.forComponent('scheduler') })
     this.requests.onVerified = () => this.scheduler.verdictsChanged()
     this.requests.onKeysChanged = fprs => {
       if (!store.inMesh || !isActiveMember(store.doc, store.self)) return

@@ -7,7 +7,8 @@
 import { deriveWorld, allClaims, hostViews, placementRequests, settledHosts, type World } from '../../crdt/world.ts'
 import { assign, resolveClaims, placeOne, type Claim } from '../../crdt/placement.ts'
 import type { StateStore } from '../../crdt/store.ts'
-import { scalars } from '../../crdt/schema.ts'
+import { scalars, isActiveMember } from '../../crdt/schema.ts'
+import { declarers, epochOf, lostHosts, endorsement } from '../../crdt/lease.ts'
 import type { RequestBook } from './requests.ts'
 import type { Logger } from '../log.ts'
 
@@ -18,6 +19,10 @@ export interface SchedulerInit {
   book: RequestBook
   /** Whether a peer is up as this host sees it (heartbeats, connections). */
   up: (peer: string) => boolean
+  /** The lease's declare time (crdt/lease.ts): a new epoch at most this often. @default 12000 */
+  declareMs?: number
+  /** Whether the VM still runs on this host (its hypervisor): a `restart` claim is withdrawn only after. @default never */
+  runsHere?: (vmId: string) => boolean
   log: Logger
   /** How long a claim stands unchallenged before the VM counts as placed. @default 150 */
   settleMs?: number
@@ -33,6 +38,9 @@ export class Scheduler {
   private readonly init: SchedulerInit
   private readonly settleMs: number
   private readonly fallbackMs: number
+  /** When this host last started a new lease epoch, and how often it may. */
+  private lastEpoch = -Infinity
+  private readonly epochEveryMs: number
   /** When this host first saw each VM unclaimed (its own clock: only when to claim depends on it). */
   private readonly unclaimedSince = new Map<string, { since: number, due: number }>()
   private cached?: { heads: string, world: World }
@@ -44,6 +52,7 @@ export class Scheduler {
     this.init = init
     this.settleMs = init.settleMs ?? 150
     this.fallbackMs = init.fallbackMs ?? 5000
+    this.epochEveryMs = init.declareMs ?? 12_000
   }
 
   /** The world derived from the current state (cached per state version). */
@@ -87,18 +96,34 @@ export class Scheduler {
     const world = this.world()
     const now = Date.now()
     const mine = doc.hosts?.[self]
+    if (await this.newEpoch(world)) return
     const myClaims = mine?.claims ?? {}
+    const epoch = epochOf(mine)
     const claimNow: string[] = []
     const confirm: string[] = []
     const withdraw: string[] = []
     const reject: Array<{ id: string, reason: string, reasons?: string }> = []
+    // Endorsements of `restart` VMs' claims (crdt/lease.ts): id → peer@epoch, or null to drop.
+    const endorse = new Map<string, string | null>()
+    const lostNow = lostHosts(doc)
+    for (const id of Object.keys(mine?.endorse ?? {})) {
+      const vm = world.vms.get(id)
+      if (vm === undefined || vm.desired === 'destroyed' || vm.rejected !== undefined || vm.spec.ha !== 'restart') endorse.set(id, null)
+    }
+    for (const vm of world.vms.values()) {
+      if (vm.spec.ha !== 'restart' || vm.desired === 'destroyed' || vm.rejected !== undefined) continue
+      const want = endorsement(doc, lostNow, vm.id, self, vm.host) ?? null
+      if (want !== (mine?.endorse?.[vm.id] ?? null)) endorse.set(vm.id, want)
+    }
 
     // Where unclaimed VMs would go among the hosts that are up: every up host a candidate.
     const up = (p: string): boolean => p === self || this.init.up(p)
     const hosts = hostViews(doc, up)
     const preqs = placementRequests(world.vms.values())
     const claims: Claim[] = allClaims(doc)
-    const claimed = new Set(claims.map(c => c.requestId))
+    // A lost host's claim on a `restart` VM holds nothing: every up host is a candidate again.
+    const lost = new Set(hosts.filter(h => h.lost === true).map(h => h.peerId))
+    const claimed = new Set(claims.filter(c => !lost.has(c.peerId) || world.vms.get(c.requestId)?.spec.ha !== 'restart').map(c => c.requestId))
     const candidates = [...claims]
     for (const r of preqs) if (!claimed.has(r.id)) for (const h of hosts) if (h.up === true) candidates.push({ requestId: r.id, peerId: h.peerId })
     const plan = new Map(resolveClaims(preqs, hosts, candidates).map(a => [a.requestId, a.host]))
@@ -111,7 +136,8 @@ export class Scheduler {
         const status = mine?.vms?.[vm.id]?.status
         if (gone && (vm.desired !== 'destroyed' || status === undefined || status === 'destroyed' || status === 'placed')) { withdraw.push(vm.id); continue }
         if (gone) continue
-        if (vm.host !== self && vm.host !== null) { withdraw.push(vm.id); continue }
+        // A `restart` VM goes only once it is stopped here: others endorse the next claim as soon as this one is gone.
+        if (vm.host !== self && vm.host !== null) { if (vm.spec.ha !== 'restart' || this.init.runsHere?.(vm.id) !== true) withdraw.push(vm.id); continue }
         if (vm.host === self && mine?.vms?.[vm.id] === undefined && now - Date.parse(claim.at) >= this.settleMs) confirm.push(vm.id)
         continue
       }
@@ -148,19 +174,19 @@ export class Scheduler {
       for (const id of claimNow) if (unopposed.get(id) === self) confirm.push(id)
     }
     for (const id of [...this.unclaimedSince.keys()]) if (!world.vms.has(id)) this.unclaimedSince.delete(id)
-    if (claimNow.length + confirm.length + withdraw.length + reject.length === 0) {
+    if (claimNow.length + confirm.length + withdraw.length + reject.length + endorse.size === 0) {
       this.armTimer(world, myClaims)
       return
     }
     const at = new Date(now).toISOString()
-    await store.change(`schedule: claim ${claimNow.length}, place ${confirm.length}, withdraw ${withdraw.length}, reject ${reject.length}`, d => {
+    await store.change(`schedule: claim ${claimNow.length}, place ${confirm.length}, withdraw ${withdraw.length}, reject ${reject.length}, endorse ${endorse.size}`, d => {
       const rec = d.host
       if (rec === undefined) return
       rec.claims ??= {}
       rec.vms ??= {}
       rec.rejections ??= {}
       for (const id of claimNow) {
-        rec.claims[id] = scalars({ at })
+        rec.claims[id] = scalars(epoch === 0 ? { at } : { at, epoch })
         delete rec.vms[id] // what this host said of it before it moved away, if anything
       }
       for (const id of confirm) rec.vms[id] = scalars({ status: 'placed', since: at })
@@ -171,10 +197,51 @@ export class Scheduler {
       for (const r of reject) {
         rec.rejections[r.id] = scalars(r.reasons === undefined ? { at, reason: r.reason } : { at, reason: r.reason, reasons: r.reasons })
       }
+      if (endorse.size > 0) {
+        rec.endorse ??= {}
+        for (const [id, ref] of endorse) { if (ref === null) delete rec.endorse[id]; else rec.endorse[id] = scalars(ref) }
+      }
     })
     if (claimNow.length > 0) this.init.log.info('claimed VMs', { vms: claimNow.map(s => s.slice(0, 12)).join(',') })
     if (withdraw.length > 0) this.init.log.info('withdrew claims', { vms: withdraw.map(s => s.slice(0, 12)).join(',') })
     this.again = true
+  }
+
+  /**
+   * Members declared this host unreachable (crdt/lease.ts). While their declarations stand they
+   * echo none of its beats, so it starts a new epoch as soon as that is safe: when no `restart`
+   * VM runs here (lost, it fenced them; otherwise none ran, or it could not hold its lease with
+   * those declarations standing — test/unit/lease-sim.test.ts found that deadlock). In the same change its `restart` claims of the old epoch go (the reconciler stops what is
+   * left of them) and its other claims are carried over: nobody else may take those VMs.
+   */
+  private async newEpoch (world: World): Promise<boolean> {
+    const { store, log } = this.init
+    const self = store.self
+    const doc = store.doc
+    if (!isActiveMember(doc, self) || declarers(doc, self).length === 0) return false
+    // Not while a restart VM runs here (it holds its lease: dropping the claim would let another
+    // host start it), and at most once per declare time (a host still unheard would only be
+    // declared again at once).
+    const running = [...world.vms.values()].some(vm => vm.spec.ha === 'restart' && this.init.runsHere?.(vm.id) === true)
+    if (running || Date.now() - this.lastEpoch < this.epochEveryMs) return false
+    this.lastEpoch = Date.now()
+    const lost = lostHosts(doc).has(self)
+    const mine = doc.hosts?.[self]
+    const next = epochOf(mine) + 1
+    const drop = Object.keys(mine?.claims ?? {}).filter(id => world.vms.get(id)?.spec.ha === 'restart')
+    await store.change(`lease: epoch ${next}${lost ? ' (was lost)' : ''}, drop ${drop.length} restart claims`, d => {
+      const rec = d.host
+      if (rec === undefined) return
+      rec.epoch = next
+      rec.claims ??= {}
+      rec.vms ??= {}
+      for (const id of Object.keys(rec.claims)) {
+        if (drop.includes(id)) { delete rec.claims[id]; delete rec.vms[id] } else rec.claims[id].epoch = next
+      }
+    })
+    log.warn('starting a new lease epoch', { epoch: next, lost, dropped: drop.length })
+    this.again = true
+    return true
   }
 
   /**

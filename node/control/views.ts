@@ -28,6 +28,8 @@ export interface VmView {
   runs: boolean
   /** Its host's operator stopped it (`vm stop --operator`): only they can lift it. */
   operatorStop?: { at: string, reason: string }
+  /** After its host is lost: `restart` elsewhere, or stay down (`none`). */
+  ha: 'none' | 'restart'
 }
 
 export interface RequestView extends RequestOutcome {
@@ -52,7 +54,15 @@ export interface Liveness {
 export function vmStatus (vm: VmEntry, liveness?: Liveness, now = Date.now()): { status: string, reason?: string } {
   if (vm.rejected !== undefined) return { status: 'rejected', reason: vm.rejected.reasons.map(r => r.detail).join('; ') }
   if (vm.desired === 'destroyed') return { status: 'destroyed' }
-  if (vm.host === null) return { status: 'pending' }
+  if (vm.host === null) {
+    return vm.wasPlaced === true && vm.spec.ha === 'restart' && vm.desired === 'running'
+      ? { status: 'pending', reason: 'its host was lost or gave it up: it is being restarted on another host (from its image)' }
+      : { status: 'pending' }
+  }
+  if (vm.hostLost !== undefined) {
+    const ago = Math.max(0, Math.round((now - Date.parse(vm.hostLost.since)) / 1000))
+    return { status: 'host-lost', reason: `a majority of the hosts declared its host unreachable ${ago} s ago; with --ha none it stays there, down, until that host returns` }
+  }
   if (liveness !== undefined && !liveness.isUp(vm.host)) {
     const seen = liveness.lastSeen(vm.host)
     const last = vm.report === undefined ? '' : `; its last report: ${vm.report.status}`
@@ -85,6 +95,7 @@ export function vmView (doc: Partial<MeshDoc>, vm: VmEntry, liveness?: Liveness)
     claimants: vm.claimants,
     created: new Date(vm.created).toISOString(),
     runs: vm.host === null || doc.hosts?.[vm.host]?.resources?.hypervisor !== 'none',
+    ha: vm.spec.ha ?? 'none',
     ...(vm.report?.operatorStop !== undefined ? { operatorStop: { at: String(vm.report.operatorStop.at), reason: String(vm.report.operatorStop.reason) } } : {})
   }
 }

@@ -2,8 +2,10 @@
  * Liveness of hosts, kept in memory only (liveness in the CRDT would grow its history forever).
  *
  * Every connection to a member carries one long-lived beat stream per direction; each side writes
- * one beat per heartbeat interval and marks the peer heard on every beat it reads. A beat is the
- * 8-byte digest of its sender's heads, which drives anti-entropy (node/mesh/anti-entropy.ts). The connection's
+ * one beat per heartbeat interval and marks the peer heard on every beat it reads. A beat is 16
+ * bytes: the 8-byte digest of its sender's heads, which drives anti-entropy
+ * (node/mesh/anti-entropy.ts), then the beat's number and the number of the last beat heard from
+ * the receiver (big-endian u32 each), which keep the sender's lease (crdt/lease.ts). The connection's
  * noise handshake already authenticated the peer, so a beat needs no signature, and it goes to
  * direct peers only: an idle 10-host mesh spends about 2 kbit/s per host on liveness, where signed
  * gossipsub heartbeats (flooded, forwarded by the mesh, announced by IHAVE) cost about 60 kbit/s.
@@ -17,7 +19,34 @@ import type { P2PNode } from './p2p.ts'
 import type { Logger } from '../log.ts'
 import { DIGEST_BYTES } from './anti-entropy.ts'
 
-export const BEAT_PROTOCOL = '/picocloud/beat/1.0.0'
+export const BEAT_PROTOCOL = '/picocloud/beat/2.0.0'
+/** Digest, beat number, echo. */
+export const BEAT_BYTES = DIGEST_BYTES + 8
+
+/** The lease's part of beats (node/mesh/lease.ts over crdt/lease.ts). */
+export interface BeatLease {
+  /** Numbers the beat about to go out. */
+  sent: () => number
+  /** The latest number, for a stream opened between beats. */
+  current: () => number
+  /** What to echo to a peer: the last beat heard from it, or 0. */
+  echoFor: (peer: string) => number
+  received: (peer: string, seq: number, echo: number) => void
+}
+
+export function encodeBeat (digest: Uint8Array, seq: number, echo: number): Uint8Array {
+  const out = new Uint8Array(BEAT_BYTES)
+  out.set(digest.subarray(0, DIGEST_BYTES))
+  const v = new DataView(out.buffer)
+  v.setUint32(DIGEST_BYTES, seq >>> 0)
+  v.setUint32(DIGEST_BYTES + 4, echo >>> 0)
+  return out
+}
+
+export function decodeBeat (frame: Uint8Array): { digest: Uint8Array, seq: number, echo: number } {
+  const v = new DataView(frame.buffer, frame.byteOffset, frame.byteLength)
+  return { digest: frame.slice(0, DIGEST_BYTES), seq: v.getUint32(DIGEST_BYTES), echo: v.getUint32(DIGEST_BYTES + 4) }
+}
 /** Intervals of silence after which a peer is down and its connection is dropped. */
 export const SILENT_INTERVALS = 3
 
@@ -68,6 +97,7 @@ export interface BeatsInit {
   digest: () => Uint8Array
   /** A peer's beat arrived with its digest. */
   onBeat: (peer: string, digest: Uint8Array) => void
+  lease: BeatLease
   log: Logger
 }
 
@@ -97,19 +127,23 @@ export class Beats {
 
   /** Reads peers' beats; registered when the node starts, before it beats itself. */
   async listen (): Promise<void> {
-    const { p2p, liveness, onBeat } = this.init
+    const { p2p, liveness, onBeat, lease } = this.init
     await p2p.handle(BEAT_PROTOCOL, ({ stream, connection }) => {
       const peer = connection.remotePeer.toString()
       liveness.heard(peer)
       void (async () => {
-        // Beats may arrive split or joined by the transport: cut them back into digests.
+        // Beats may arrive split or joined by the transport: cut them back into frames.
         let buf: Uint8Array = new Uint8Array(0)
         for await (const chunk of stream.source) {
           liveness.heard(peer)
           buf = concat(buf, chunk.subarray())
-          if (buf.length < DIGEST_BYTES) continue
-          const end = buf.length - (buf.length % DIGEST_BYTES)
-          onBeat(peer, buf.slice(end - DIGEST_BYTES, end))
+          if (buf.length < BEAT_BYTES) continue
+          const end = buf.length - (buf.length % BEAT_BYTES)
+          for (let at = 0; at < end; at += BEAT_BYTES) {
+            const b = decodeBeat(buf.subarray(at, at + BEAT_BYTES))
+            lease.received(peer, b.seq, b.echo)
+            if (at + BEAT_BYTES === end) onBeat(peer, b.digest)
+          }
           buf = buf.slice(end)
         }
       })().catch(() => {})
@@ -142,8 +176,9 @@ export class Beats {
 
   /** One beat on every member connection; drops connections whose peer went silent. */
   beat (now = Date.now()): void {
-    const { p2p, liveness, intervalMs, isMember, log } = this.init
+    const { p2p, liveness, intervalMs, isMember, log, lease } = this.init
     const digest = this.init.digest()
+    const seq = lease.sent()
     // After a stall of our own (the process was stopped, or its event loop blocked), silence is
     // ours, not the peers': their beats are still unread in the sockets. Judge nobody this time.
     const stalled = this.lastTick > 0 && now - this.lastTick > 2 * intervalMs
@@ -168,7 +203,7 @@ export class Beats {
         conn.abort(new Error(`no beat from ${peer} for ${SILENT_INTERVALS} intervals`))
         continue
       }
-      if (out.source !== undefined) out.source.push(digest)
+      if (out.source !== undefined) out.source.push(encodeBeat(digest, seq, lease.echoFor(peer)))
       else if (out.opening !== true) void this.open(conn, out)
     }
   }
@@ -177,8 +212,9 @@ export class Beats {
     out.opening = true
     try {
       const stream = await conn.newStream(BEAT_PROTOCOL, { signal: AbortSignal.timeout(SILENT_INTERVALS * this.init.intervalMs) })
-      const source = pushable()
-      source.push(this.init.digest())
+      const source = pushable<Uint8Array>()
+      const peer = conn.remotePeer.toString()
+      source.push(encodeBeat(this.init.digest(), this.init.lease.current(), this.init.lease.echoFor(peer)))
       out.source = source
       out.opening = false
       await stream.sink(source)

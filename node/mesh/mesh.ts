@@ -19,6 +19,7 @@ import { createP2PNode, type P2PNode } from './p2p.ts'
 import { Penalties, type PeerPenalty } from './penalties.ts'
 import { Gossip, type RemoteProgress } from './gossip.ts'
 import { Liveness, Beats } from './liveness.ts'
+import { Lease } from './lease.ts'
 import { DivergenceWatch, headsDigest } from './anti-entropy.ts'
 import { parsePeerId } from '../../keys/peer-key.ts'
 import type { StateStore, Rejection } from '../../crdt/store.ts'
@@ -70,6 +71,8 @@ export class Mesh extends EventEmitter<MeshEvents> {
   readonly gate: MembershipGate
   readonly penalties = new Penalties()
   readonly liveness: Liveness
+  /** This host's lease for `--ha restart` VMs (crdt/lease.ts). */
+  readonly lease: Lease
   private readonly init: MeshInit
   private readonly log: Logger
   private readonly store: StateStore
@@ -99,6 +102,7 @@ export class Mesh extends EventEmitter<MeshEvents> {
     this.peerId = peerIdFromPrivateKey(init.key).toString()
     this.gate = new MembershipGate(this.peerId, () => this.store.doc)
     this.liveness = new Liveness(init.config.heartbeatInterval * 1000)
+    this.lease = new Lease({ store: this.store, beatMs: init.config.heartbeatInterval * 1000, log: this.log.forComponent('lease'), emit: init.emit })
     this.gossip = new Gossip({
       store: this.store,
       key: init.key,
@@ -133,6 +137,7 @@ export class Mesh extends EventEmitter<MeshEvents> {
       isMember: peer => isActiveMember(this.store.doc, peer),
       digest: () => this.digest(),
       onBeat: (peer, digest) => this.divergence.report(peer, digest),
+      lease: this.lease.beats,
       log: this.log.forComponent('liveness')
     })
     await this.beats.listen()
@@ -172,6 +177,7 @@ export class Mesh extends EventEmitter<MeshEvents> {
     this.gossip.start(this.libp2p)
     void this.reconnect()
     this.beats?.start()
+    this.every(this.init.config.heartbeatInterval * 1000, () => { void this.lease.tick().catch(err => this.log.warn('lease tick failed', { error: err.message })) })
     this.every(this.init.config.reconnectInterval * 1000, () => { void this.reconnect() })
     this.every(ANTI_ENTROPY_MS, () => { void this.antiEntropy() })
     // Liveness changes without a state change: let placement see hosts come and go (only when
