@@ -109,6 +109,12 @@ export interface HostView {
   networks: boolean | null
   /** What is wrong in this host's feed (malformed fields, events that do not count): dropped, held against it. */
   problems: string[]
+  /** Its lease epoch (crdt/lease.ts): raised each time it came back after being lost. */
+  epoch: number
+  /** A majority of the members declared it unreachable at this epoch: since when, by whom. */
+  lost: { since: string, by: string[] } | null
+  /** Members that declared it unreachable at this epoch (a majority makes it lost). */
+  declaredBy: string[]
 }
 
 export interface NodeEvent {

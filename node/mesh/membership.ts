@@ -5,6 +5,7 @@
  * of crdt/fold.ts; this is the daemon's side of them.
  */
 import type { StateStore } from '../../crdt/store.ts'
+import { lostHosts, epochOf, declarers } from '../../crdt/lease.ts'
 import { foundMesh, admit, expel, publishHostRecord, setMeshPolicy } from '../../crdt/membership.ts'
 import { isActiveMember, scalars, type HostResources } from '../../crdt/schema.ts'
 import { parsePeerId } from '../../keys/peer-key.ts'
@@ -116,6 +117,7 @@ export class Membership {
     const { mesh } = this.init
     const connected = mesh.connectedPeers()
     const problems = this.store.state().problems
+    const lost = lostHosts(doc)
     return Object.entries(doc.members ?? {}).filter(([, m]) => m.expelled === undefined).map(([peerId, m]) => {
       const rec = doc.hosts?.[peerId]
       const self = peerId === this.self
@@ -134,7 +136,10 @@ export class Membership {
         version: rec?.version ?? null,
         hypervisor: rec?.resources?.hypervisor ?? null,
         networks: typeof rec?.resources?.networks === 'boolean' ? rec.resources.networks : null,
-        problems: problems.get(peerId)?.slice(0, 50) ?? []
+        problems: problems.get(peerId)?.slice(0, 50) ?? [],
+        epoch: epochOf(rec),
+        lost: lost.get(peerId) ?? null,
+        declaredBy: declarers(doc, peerId)
       }
     }).sort((a, b) => a.name.localeCompare(b.name) || a.peerId.localeCompare(b.peerId))
   }
