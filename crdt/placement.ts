@@ -129,7 +129,8 @@ function decide (req: PlacementRequest, h: HostView, t: Tally): HostDecision {
   const no = (reason: HostReason, detail: string): HostDecision => ({ peerId: h.peerId, eligible: false, reason, detail })
   const n = req.needs
   if (h.member === false) return no('not-member', 'host is not a member of the mesh')
-  if (h.lost === true) return no('lost', 'a majority of the hosts declared it unreachable')
+  // Only `restart` VMs shun a lost host: another may wait for it to come back, as for a host that is down.
+  if (h.lost === true && req.ha === 'restart') return no('lost', 'a majority of the hosts declared it unreachable')
   if (h.up === false) return no('down', 'host is not reachable')
   if (n.pin?.host !== undefined && n.pin.host !== h.peerId) return no('pin-host', `VM is pinned to host ${n.pin.host}`)
   if (n.pin?.labels !== undefined) {
@@ -168,7 +169,7 @@ function sortedHosts (hosts: readonly HostView[]): HostView[] {
  */
 function decideKept (req: PlacementRequest, h: HostView): HostDecision {
   // A lost host keeps what may not restart elsewhere: it shows as lost there, and is back with it.
-  const d = decide(req, h.lost === true && req.ha !== 'restart' ? { ...h, lost: false } : h, freshTally(h))
+  const d = decide(req, h, freshTally(h))
   const policyOnly = d.eligible || !KEPT_REASONS.has(d.reason as HostReason)
   return policyOnly ? { peerId: h.peerId, eligible: true } : d
 }

@@ -9,7 +9,8 @@ import { join } from 'node:path'
 import { vmName, tapName, vmMac, type HypervisorDriver, type VmSpec, type VmObserved } from './hypervisor/types.ts'
 import type { ImageStore } from './images/store.ts'
 import type { StateStore } from '../../crdt/store.ts'
-import type { World, VmEntry } from '../../crdt/world.ts'
+import { hostViews, placementRequests, type World, type VmEntry } from '../../crdt/world.ts'
+import { placeOne } from '../../crdt/placement.ts'
 import { optString, scalars, type HostVm } from '../../crdt/schema.ts'
 import { assignVnis, bridgeName } from '../network/index.ts'
 import { planVms, type VmTarget, type VmReport } from './vm-plan.ts'
@@ -103,15 +104,24 @@ export class VmReconciler {
     while (this.running !== undefined) await this.running
   }
 
-  /** The spec of a VM placed here, when its image is in the local store. */
-  private async spec (world: World, vm: VmEntry): Promise<{ spec?: VmSpec, image: VmTarget['image'] }> {
+  /** A VM's image: known in the mesh, held here, or why not. */
+  private async image (world: World, vm: VmEntry): Promise<VmTarget['image'] & { format?: 'raw' | 'qcow2' }> {
     const ref = vm.spec.image
     const img = ref.startsWith('sha256:') ? [...world.images.values()].find(i => i.sha256 === ref.slice(7)) : world.images.get(ref)
     const sha256 = img?.sha256 ?? (ref.startsWith('sha256:') ? ref.slice(7) : undefined)
-    if (sha256 === undefined) return { image: { present: false, error: `image ${ref} is not known in this mesh (add it with \`picocloud image add\`)` } }
+    if (sha256 === undefined) return { present: false, error: `image ${ref} is not known in this mesh (add it with \`picocloud image add\`)` }
     const fetchError = this.fetchErrors.get(sha256)
     if (fetchError !== undefined && Date.now() - fetchError.at > FETCH_RETRY_MS) this.fetchErrors.delete(sha256)
-    if (!(await this.init.images.has(sha256))) return { image: { sha256, present: false, error: this.fetchErrors.get(sha256)?.reason } }
+    if (!(await this.init.images.has(sha256))) return { sha256, present: false, error: this.fetchErrors.get(sha256)?.reason }
+    return { sha256, present: true, ...(img?.format === undefined ? {} : { format: img.format }) }
+  }
+
+  /** The spec of a VM placed here, when its image is in the local store. */
+  private async spec (world: World, vm: VmEntry): Promise<{ spec?: VmSpec, image: VmTarget['image'] }> {
+    const found = await this.image(world, vm)
+    if (!found.present || found.sha256 === undefined) return { image: found }
+    const sha256 = found.sha256
+    const img = { format: found.format }
     const info = await this.init.images.info(sha256)
     const vnis = assignVnis([...world.nets.values()].map(n => n.id))
     const spec: VmSpec = {
@@ -135,6 +145,25 @@ export class VmReconciler {
 
   private observeNext = false
   private lastInputs = ''
+
+  /**
+   * Images of the `--ha restart` VMs this host would take over next (first in their ranking after
+   * their present host): fetched ahead, so that a takeover does not depend on the lost host, or
+   * on the host that added the image, being reachable.
+   */
+  private async prefetchStandby (world: World): Promise<void> {
+    const self = this.init.store.self
+    const restart = [...world.vms.values()].filter(vm => vm.spec.ha === 'restart' && vm.desired !== 'destroyed' && vm.rejected === undefined && vm.host !== self)
+    if (restart.length === 0) return
+    const hosts = hostViews(this.init.store.doc)
+    for (const req of placementRequests(restart)) {
+      const vm = world.vms.get(req.id) as VmEntry
+      const standby = placeOne(req, hosts).ranking.find(p => p !== vm.host)
+      if (standby !== self) continue
+      const image = await this.image(world, vm)
+      if (!image.present && image.sha256 !== undefined && image.error === undefined) this.startFetch(vm.id, image.sha256)
+    }
+  }
 
   private async pass (observe: boolean): Promise<void> {
     const { store, driver, log } = this.init
@@ -176,6 +205,7 @@ export class VmReconciler {
     }
     const inputs = JSON.stringify([targets, [...lostHere]])
     if (!observe && inputs === this.lastInputs) return
+    if (observe) await this.prefetchStandby(world).catch((err: any) => { log.warn('prefetching standby images failed', { error: err.message }) })
     this.lastInputs = inputs
     const observed = await driver.list()
     this.pids.clear()

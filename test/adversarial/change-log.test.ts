@@ -115,7 +115,9 @@ describe('adversarial: a corrupt record in the middle of a real daemon\'s change
 
     await alpha.start()
     await charlie.start()
-    await waitFor(async () => { const s = (await bravo.status()).state; return s.pending === 0 && s.heads.includes(hashOf(alphaActor, alphaSeq) as string) && await sameHeads(alpha, bravo) },
+    // (Not "alpha's last change is a head": back in the mesh, alpha writes again — lease declarations, a new epoch.)
+    const has = async (hash: string | undefined): Promise<boolean> => (await bravo.api.call<Array<{ hash: string }>>('GET', '/v1/history')).some(e => e.hash === hash)
+    await waitFor(async () => (await bravo.status()).state.pending === 0 && await has(hashOf(alphaActor, lost)) && await has(hashOf(alphaActor, alphaSeq)) && await sameHeads(alpha, bravo),
       { timeoutMs: 30_000, what: 'bravo to fetch the lost change back' })
     for (const n of newcomers) expect((await bravo.hosts()).map(h => h.peerId)).toContain(n)
   })

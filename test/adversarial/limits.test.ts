@@ -103,7 +103,9 @@ describe('adversarial: limits on what a member can send (real daemons)', () => {
     expect(peak - firstHalf, 'RSS growth in the second half of the stream (MiB)').toBeLessThan(60)
     expect(slowest, 'the API answers meanwhile (ms)').toBeLessThan(5000)
     expect((await alpha.status()).state.heads).toContain(A.decodeChange(big.change).hash)
-  })
+    // What is bounded here is memory, not time: 2 GiB take ~55 s on an idle machine and longer
+    // beside other test files (QEMU guests among them).
+  }, 150_000)
 
   it.concurrent('a sync peer that dribbles a frame (a byte a second) is cut within the idle timeout', async () => {
     const attacker = m as NetAttacker

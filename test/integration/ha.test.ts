@@ -44,6 +44,11 @@ describe.skipIf(missing !== undefined)('--ha restart VMs outlive their host (QEM
     const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
     return cmd.includes(`-name\0${vmName},`) && !/\) Z /.test(stat)
   }
+  /** The image is on some host other than the VM's (the host that would take it over fetches it ahead). */
+  const imageElsewhere = async (x: TestDaemon, holder: string): Promise<void> => {
+    await waitFor(async () => (await x.api.call<Array<{ name: string, holders: string[] }>>('GET', '/v1/images')).find(i => i.name === 'tiny')?.holders.some(h => h !== holder) === true,
+      { timeoutMs: 30_000, what: `the image on a host other than ${holder}` })
+  }
   const childrenOf = (pid: number): number[] => {
     try { return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).trim().split('\n').filter(Boolean).map(Number) } catch { return [] }
   }
@@ -94,6 +99,7 @@ describe.skipIf(missing !== undefined)('--ha restart VMs outlive their host (QEM
     const holder = byName(before.hostName)
     const pinned = await ds[0].as(keyring, 'vm', 'create', 'n1', '--image', 'tiny', '--cpus', '1', '--mem', '256', '--on', holder.name)
     expect(pinned.code, pinned.stderr).toBe(0)
+    await imageElsewhere(ds[0], holder.name)
     const pid = holder.proc?.pid as number
     const qemus = (await readdir(join(holder.state, 'vms'))).map(n => n)
     const qemuPids: number[] = []
@@ -131,6 +137,7 @@ describe.skipIf(missing !== undefined)('--ha restart VMs outlive their host (QEM
   it('a frozen daemon (SIGSTOP): its watchdog kills the VM before another host starts it, and it stays dead after SIGCONT', async () => {
     const holder = byName((await vm(ds[0], 'h1')).hostName)
     const other = ds.find(d => d !== holder) as TestDaemon
+    await imageElsewhere(ds[0], holder.name)
     const pid = holder.proc?.pid as number
     const from = Date.now()
     process.kill(pid, 'SIGSTOP')

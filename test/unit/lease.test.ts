@@ -171,8 +171,9 @@ describe('placement and lost hosts', () => {
   })
   const req = (ha?: 'restart'): PlacementRequest => ({ id: VM, issuer: 'F'.repeat(40), created: 0, needs: { vcpus: 1, memMiB: 256, diskGiB: 1, arch: 'x86_64', networks: [] }, ...(ha === undefined ? {} : { ha }) })
 
-  it('a lost host takes no new VM', () => {
-    expect(placeOne(req(), [host(A, { lost: true })]).decisions[0]).toMatchObject({ eligible: false, reason: 'lost' })
+  it('a lost host takes no new restart VM; a --ha none VM may wait for it, as for a host that is down', () => {
+    expect(placeOne(req('restart'), [host(A, { lost: true })]).decisions[0]).toMatchObject({ eligible: false, reason: 'lost' })
+    expect(placeOne(req(), [host(A, { lost: true })]).decisions[0]).toMatchObject({ eligible: true })
   })
 
   it('a restart VM leaves a lost host; a --ha none VM stays there', () => {
