@@ -6,6 +6,7 @@
  * thrown. A restart of the daemon adopts running VMs: the driver finds them by name.
  */
 import { join } from 'node:path'
+import { access } from 'node:fs/promises'
 import { vmName, tapName, vmMac, type HypervisorDriver, type VmSpec, type VmObserved } from './hypervisor/types.ts'
 import type { ImageStore } from './images/store.ts'
 import type { StateStore } from '../../crdt/store.ts'
@@ -32,6 +33,8 @@ export interface VmReconcilerInit {
   intervalMs?: number
   /** Awaited before VMs start (the data plane makes the bridges their NICs join). */
   beforeStart?: () => Promise<void>
+  /** Whether a network bridge exists here (a VM on a network starts only once it does). @default /sys/class/net */
+  bridgeExists?: (bridge: string) => Promise<boolean>
   /** Whether this host holds its lease: `--ha restart` VMs run only then (node/compute/fence.ts). @default always */
   leaseHeld?: () => boolean
   /** Why a restart VM is fenced, for its report. */
@@ -242,6 +245,15 @@ export class VmReconciler {
             this.startFetch(a.id, a.sha256)
             break
           case 'start': {
+            // The data plane builds a network's bridge on its own pass: until then the VM waits
+            // (looked at again in a few seconds), it has not failed.
+            const missing = await this.missingBridge(a.spec)
+            if (missing !== undefined) {
+              const net = world.vms.get(a.id)?.nics[missing.index]?.net ?? '?'
+              reports.set(a.id, { status: 'pending', reason: `waiting for network ${net} to be built on this host (bridge ${missing.bridge}; see \`picocloud status\`)` })
+              setTimeout(() => this.kick(true), 2000).unref()
+              break
+            }
             const o = await driver.start(a.spec)
             if (o.pid !== undefined) this.pids.set(a.spec.name, o.pid)
             this.actionErrors.delete(a.id)
@@ -274,6 +286,14 @@ export class VmReconciler {
       }
     }
     await this.report(reports, mineInState)
+  }
+
+  private async missingBridge (spec: VmSpec): Promise<{ index: number, bridge: string } | undefined> {
+    const exists = this.init.bridgeExists ?? (async (b: string) => await access(`/sys/class/net/${b}`).then(() => true, () => false))
+    for (const [index, nic] of spec.nics.entries()) {
+      if (nic.bridge !== undefined && !(await exists(nic.bridge))) return { index, bridge: nic.bridge }
+    }
+    return undefined
   }
 
   private startFetch (vmId: string, sha256: string): void {
