@@ -70,10 +70,12 @@ export interface HostView {
   networks?: boolean
   /** A majority of the members declared it unreachable (crdt/lease.ts). @default false */
   lost?: boolean
+  /** Its operator drains it: no new VM goes there, and `restart` VMs leave it. @default false */
+  drained?: boolean
 }
 
 export type HostReason = DenyReason | 'capacity-vcpus' | 'capacity-mem' | 'capacity-disk' | 'architecture' |
-'pin-host' | 'pin-labels' | 'not-member' | 'down' | 'lost' | 'no-data-plane'
+'pin-host' | 'pin-labels' | 'not-member' | 'down' | 'lost' | 'drained' | 'no-data-plane'
 
 export interface HostDecision {
   peerId: string
@@ -132,6 +134,7 @@ function decide (req: PlacementRequest, h: HostView, t: Tally): HostDecision {
   // Only `restart` VMs shun a lost host: another may wait for it to come back, as for a host that is down.
   if (h.lost === true && req.ha === 'restart') return no('lost', 'a majority of the hosts declared it unreachable')
   if (h.up === false) return no('down', 'host is not reachable')
+  if (h.drained === true) return no('drained', 'its operator drains it (`picocloud host drain`)')
   if (n.pin?.host !== undefined && n.pin.host !== h.peerId) return no('pin-host', `VM is pinned to host ${n.pin.host}`)
   if (n.pin?.labels !== undefined) {
     for (const [k, v] of Object.entries(n.pin.labels)) {
@@ -169,13 +172,14 @@ function sortedHosts (hosts: readonly HostView[]): HostView[] {
  */
 function decideKept (req: PlacementRequest, h: HostView): HostDecision {
   // A lost host keeps what may not restart elsewhere: it shows as lost there, and is back with it.
-  const d = decide(req, h, freshTally(h))
+  // A drained host keeps its `--ha none` VMs too: they would move without their disk.
+  const d = decide(req, h.drained === true && req.ha !== 'restart' ? { ...h, drained: false } : h, freshTally(h))
   const policyOnly = d.eligible || !KEPT_REASONS.has(d.reason as HostReason)
   return policyOnly ? { peerId: h.peerId, eligible: true } : d
 }
 
 /** What still unseats a placed VM: everything but the host's policy, quotas and capacity. */
-const KEPT_REASONS: ReadonlySet<HostReason> = new Set(['not-member', 'lost', 'down', 'pin-host', 'pin-labels', 'architecture'])
+const KEPT_REASONS: ReadonlySet<HostReason> = new Set(['not-member', 'lost', 'drained', 'down', 'pin-host', 'pin-labels', 'architecture'])
 
 function placeWith (req: PlacementRequest, hosts: readonly HostView[], tallies: ReadonlyMap<string, Tally>, kept = false): Placement {
   const decisions = hosts.map(h => kept ? decideKept(req, h) : decide(req, h, tallies.get(h.peerId) ?? freshTally(h)))

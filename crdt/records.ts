@@ -152,6 +152,13 @@ export function readHostRecord (raw: unknown): Read<HostRecord | undefined> {
     if (!isObject(x)) throw new Error(`${p}: expected an object`)
     return { size: integer(x.size, `${p}.size`, 0, 2 ** 50), format: oneOf(x.format, `${p}.format`, ['raw', 'qcow2']) }
   })
+  if (v.drained !== undefined) {
+    rec.drained = field(problems, 'host.drained', () => {
+      const x = v.drained
+      if (!isObject(x)) throw new Error('host.drained: expected an object')
+      return { at: time(x.at, 'host.drained.at'), reason: string(x.reason, 'host.drained.reason', TEXT) }
+    })
+  }
   if (v.epoch !== undefined) rec.epoch = field(problems, 'host.epoch', () => integer(v.epoch, 'host.epoch', 0, 2 ** 31))
   rec.unreachable = entries(problems, 'host.unreachable', v.unreachable, PEER_ID, (x, p) => {
     if (!isObject(x)) throw new Error(`${p}: expected an object`)

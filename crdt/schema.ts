@@ -168,6 +168,8 @@ export interface HostRecord {
   images?: Record<string, HostImage>
   /** Raised each time the host comes back after the mesh declared it lost (crdt/lease.ts). @default 0 */
   epoch?: number
+  /** Its operator drains it (`host drain`): no new VMs, and its `restart` VMs move away. */
+  drained?: { at: string, reason: string }
   /** Peers this host has not heard for the lease's declare time, by peer id. */
   unreachable?: Record<string, Unreachable>
   /**

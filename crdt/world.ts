@@ -154,7 +154,8 @@ export function hostViews (doc: Partial<MeshDoc>, up?: (peer: string) => boolean
       member: isActiveMember(doc, peer),
       up: up === undefined ? true : up(peer),
       ...(res?.networks === false ? { networks: false } : {}),
-      ...(lost.has(peer) ? { lost: true } : {})
+      ...(lost.has(peer) ? { lost: true } : {}),
+      ...(rec?.drained !== undefined ? { drained: true } : {})
     })
   }
   return out
@@ -416,9 +417,11 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: 
     const a = actual.get(vm.id)
     vm.host = a?.host ?? null
     if (vm.spec.ha === 'restart') {
-      // Where a majority endorses a standing claim, the VM is there, whatever this view's ranking says.
+      // Where a majority endorses a standing claim, the VM is there, whatever this view's ranking
+      // says — unless that host is drained: then the VM leaves it, and the endorsements follow
+      // once it has stopped the VM and withdrawn its claim.
       const lost = lostSet ??= lostHosts(doc)
-      const endorsed = vm.claimants.find(p => claimStands(doc, lost, vm.id, p) && endorsedByMajority(doc, vm.id, p))
+      const endorsed = vm.claimants.find(p => claimStands(doc, lost, vm.id, p) && endorsedByMajority(doc, vm.id, p) && doc.hosts?.[p]?.drained === undefined)
       if (endorsed !== undefined) vm.host = endorsed
       vm.endorsed = endorsed !== undefined && endorsed === vm.host
     }

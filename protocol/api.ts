@@ -115,6 +115,8 @@ export interface HostView {
   lost: { since: string, by: string[] } | null
   /** Members that declared it unreachable at this epoch (a majority makes it lost). */
   declaredBy: string[]
+  /** Its operator drained it (`host drain`): no new VMs, its `restart` VMs move away. */
+  drained: { at: string, reason: string } | null
 }
 
 export interface NodeEvent {
@@ -188,6 +190,15 @@ export function parseJoinBody (v: unknown): JoinBody {
 export function parseExpelBody (v: unknown): ExpelBody {
   const o = object(v); only(o, ['peer', 'reason'])
   return { peer: str(o, 'peer', true), reason: str(o, 'reason', false, 512) }
+}
+
+/** `POST /v1/host/drain`: `{ "reason"?: string }` (an empty body is fine). */
+export function parseDrainBody (v: unknown): { reason: string } {
+  if (v === undefined || v === null) return { reason: '' }
+  const o = object(v); only(o, ['reason'])
+  const reason = str(o, 'reason', false, 512) ?? ''
+  if (/\p{Cc}/u.test(reason)) throw new PicocloudError(ErrorCode.BadRequest, 'field "reason" must not contain control characters')
+  return { reason }
 }
 
 export interface TrustBody {

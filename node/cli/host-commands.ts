@@ -5,6 +5,7 @@
  */
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { HostView, IdView, StatusView } from '../../protocol/api.ts'
+import type { DrainOutcome } from '../control/index.ts'
 import { table, ago, short, line } from './output.ts'
 import { print, type Command } from './command.ts'
 
@@ -168,6 +169,31 @@ export const hostCommands: Command[] = [
     }
   },
   {
+    name: 'host drain',
+    summary: 'take this host out of service (host operator): no new VMs, its --ha restart VMs move to other hosts',
+    usage: 'picocloud host drain [--reason TEXT]',
+    description: 'Each --ha restart VM here is stopped at once and started by the host next in its ranking, from its image (its disk does not move). --ha none VMs stay, and say so: they would move without their disk. Refused, with nothing changed, when a --ha restart VM here has no other host that is up and may take it. `picocloud host undrain` lifts it.',
+    options: { reason: { type: 'string' } },
+    optionHelp: { reason: 'why (shown to the other hosts)' },
+    run: async ({ values, g, io, api }) => {
+      const r = await api.call<DrainOutcome>('POST', '/v1/host/drain', values.reason === undefined ? {} : { reason: values.reason })
+      io.out(g.json
+        ? JSON.stringify(r, null, 2)
+        : ['this host is drained: no new VMs come here (`picocloud host undrain` lifts it)',
+            ...r.moving.map(v => `  ${v.name}: moves (to ${v.to}, as this host sees it now)`),
+            ...r.staying.map(v => `  ${v.name}: stays (${v.why})`)].join('\n'))
+    }
+  },
+  {
+    name: 'host undrain',
+    summary: 'put a drained host back in service (host operator): new VMs may come here again',
+    usage: 'picocloud host undrain',
+    run: async ({ g, io, api }) => {
+      const r = await api.call<{ drained: false }>('POST', '/v1/host/undrain', {})
+      io.out(g.json ? JSON.stringify(r) : 'this host takes new VMs again (VMs that moved away stay where they are)')
+    }
+  },
+  {
     name: 'hosts',
     summary: 'the hosts of the mesh, with liveness',
     usage: 'picocloud hosts',
@@ -176,7 +202,7 @@ export const hostCommands: Command[] = [
       print(io, g, hosts, () => hosts.length === 0
         ? 'no hosts: this host is not in a mesh yet'
         : table(['NAME', 'PEER', 'REACHABLE', 'LAST SEEN', 'VMS', 'NETWORKS', 'ADDRESS'], hosts.map(h => [
-          h.name + (h.self ? ' (this host)' : ''), h.peerId, (h.reachable ? 'yes' : 'no') + (h.lost !== null ? ' (lost)' : h.declaredBy.length > 0 ? ` (declared by ${h.declaredBy.length})` : ''), ago(h.lastSeen),
+          h.name + (h.self ? ' (this host)' : ''), h.peerId, (h.reachable ? 'yes' : 'no') + (h.lost !== null ? ' (lost)' : h.declaredBy.length > 0 ? ` (declared by ${h.declaredBy.length})` : '') + (h.drained !== null ? ' (drained)' : ''), ago(h.lastSeen),
           h.hypervisor ?? '-', h.networks === null ? '-' : h.networks ? 'yes' : 'no', h.addresses[0] ?? '-'
         ])) + problemsNote(hosts))
     }

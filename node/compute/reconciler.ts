@@ -176,7 +176,8 @@ export class VmReconciler {
     const mineInState = store.doc.hosts?.[self]?.vms ?? {}
     const targets: VmTarget[] = []
     const lostHere = new Set<string>()
-    const killNow = new Set<string>()
+    /** `restart` VMs placed elsewhere now, by name → id: killed at once (see below). */
+    const killNow = new Map<string, string>()
     for (const vm of world.vms.values()) {
       const name = vmName(vm.id)
       const placedHere = vm.host === self
@@ -186,7 +187,7 @@ export class VmReconciler {
         else if (vm.desired !== 'destroyed' && vm.host !== null) {
           lostHere.add(name)
           // Another host may run it as soon as this copy is gone: no time for the guest's power-off.
-          if (vm.spec.ha === 'restart') killNow.add(name)
+          if (vm.spec.ha === 'restart') killNow.set(name, vm.id)
         }
         continue
       }
@@ -275,6 +276,9 @@ export class VmReconciler {
           case 'stop-orphan':
             await driver.stop(a.name, killNow.has(a.name) ? { timeoutMs: 0 } : {})
             this.pids.delete(a.name)
+            // Said in the record: the scheduler withdraws the claim on it now (and the other
+            // hosts' endorsements move to the new host's claim).
+            if (killNow.has(a.name)) reports.set(killNow.get(a.name) as string, { status: 'stopped', reason: 'moved to another host' })
             log.warn('stopped a VM that the state does not place here', { vm: a.name })
             break
         }

@@ -9,8 +9,9 @@
  * await control.submit(envelope)
  */
 import type { StateStore } from '../../crdt/store.ts'
-import type { World, NetEntry } from '../../crdt/world.ts'
-import { isActiveMember, scalars } from '../../crdt/schema.ts'
+import { hostViews, placementRequests, type World, type NetEntry, type VmEntry } from '../../crdt/world.ts'
+import { placeOne } from '../../crdt/placement.ts'
+import { isActiveMember, scalars, optString } from '../../crdt/schema.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { TrustEntry } from '../../keys/trust-policy.ts'
 import type { Logger } from '../log.ts'
@@ -187,6 +188,47 @@ export class Control {
   }
 
   /**
+   * The host operator drains this host: no new VM is placed here, and its `--ha restart` VMs move
+   * away (each is killed here, then started by the host next in its ranking, from its image).
+   * `--ha none` VMs stay: they would move without their disk. Refused, with nothing changed, when
+   * a `restart` VM here has no other host that is up and may take it.
+   */
+  async drain (reason: string): Promise<DrainOutcome> {
+    const { store } = this
+    if (!store.inMesh) throw new PicocloudError(ErrorCode.NotInMesh, 'this host is not in a mesh', 409)
+    const self = store.self
+    const doc = store.doc
+    const world = this.world()
+    const others = hostViews(doc, p => this.liveness.isUp(p)).filter(h => h.peerId !== self && h.up === true)
+    const out: DrainOutcome = { moving: [], staying: [] }
+    const nowhere: string[] = []
+    for (const req of placementRequests(world.vms.values())) {
+      const vm = world.vms.get(req.id) as VmEntry
+      if (vm.host !== self) continue
+      if (vm.spec.ha !== 'restart') { out.staying.push({ name: vm.name, id: vm.id, why: '--ha none: it would move without its disk; it stays here (stop it, or destroy it and create it elsewhere)' }); continue }
+      const to = placeOne(req, others).ranking[0]
+      if (to === undefined) nowhere.push(vm.name)
+      else out.moving.push({ name: vm.name, id: vm.id, to: optString(doc.hosts?.[to]?.name) ?? to })
+    }
+    if (nowhere.length > 0) {
+      throw new PicocloudError(ErrorCode.NotAllowed, `cannot drain: no other host that is up may take ${nowhere.join(', ')} (--ha restart); nothing changed. Add a host that trusts the owner, or stop those VMs first`, 409)
+    }
+    const at = new Date().toISOString()
+    await store.change('host drain', d => { if (d.host !== undefined) d.host.drained = scalars({ at, reason: reason || 'no reason given' }) })
+    this.log.info('host drained', { reason, moving: out.moving.length, staying: out.staying.length })
+    return out
+  }
+
+  /** Lifts `drain`: new VMs may come here again (VMs that moved away stay where they are). */
+  async undrain (): Promise<{ drained: false }> {
+    const { store } = this
+    if (store.doc.hosts?.[store.self]?.drained === undefined) throw new PicocloudError(ErrorCode.BadRequest, 'this host is not drained', 409)
+    await store.change('host undrain', d => { if (d.host !== undefined) delete d.host.drained })
+    this.log.info('host undrained')
+    return { drained: false }
+  }
+
+  /**
    * The host operator lifts their own stop of a VM on this host: it runs again if its owner wants
    * it running (the owner's own stop still holds).
    */
@@ -214,4 +256,11 @@ export class Control {
   stop (): void {
     this.scheduler.stop()
   }
+}
+
+export interface DrainOutcome {
+  /** `--ha restart` VMs leaving, with the host ranked first to take each (as this host sees it now). */
+  moving: Array<{ name: string, id: string, to: string }>
+  /** VMs that stay, and why. */
+  staying: Array<{ name: string, id: string, why: string }>
 }

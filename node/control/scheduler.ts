@@ -121,8 +121,8 @@ export class Scheduler {
     const hosts = hostViews(doc, up)
     const preqs = placementRequests(world.vms.values())
     const claims: Claim[] = allClaims(doc)
-    // A lost host's claim on a `restart` VM holds nothing: every up host is a candidate again.
-    const lost = new Set(hosts.filter(h => h.lost === true).map(h => h.peerId))
+    // A lost or drained host's claim on a `restart` VM holds nothing: every up host is a candidate again.
+    const lost = new Set(hosts.filter(h => h.lost === true || h.drained === true).map(h => h.peerId))
     const claimed = new Set(claims.filter(c => !lost.has(c.peerId) || world.vms.get(c.requestId)?.spec.ha !== 'restart').map(c => c.requestId))
     const candidates = [...claims]
     for (const r of preqs) if (!claimed.has(r.id)) for (const h of hosts) if (h.up === true) candidates.push({ requestId: r.id, peerId: h.peerId })

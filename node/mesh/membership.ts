@@ -139,7 +139,8 @@ export class Membership {
         problems: problems.get(peerId)?.slice(0, 50) ?? [],
         epoch: epochOf(rec),
         lost: lost.get(peerId) ?? null,
-        declaredBy: declarers(doc, peerId)
+        declaredBy: declarers(doc, peerId),
+        drained: rec?.drained === undefined ? null : { ...rec.drained }
       }
     }).sort((a, b) => a.name.localeCompare(b.name) || a.peerId.localeCompare(b.peerId))
   }

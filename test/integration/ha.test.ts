@@ -13,6 +13,7 @@ import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
 import { waitFor } from '../helpers/wait.ts'
 import { bootDisk, hasBootDiskTools } from '../../node/demo/boot-disk.ts'
 import type { VmView } from '../../node/control/views.ts'
+import type { HostView } from '../../protocol/api.ts'
 
 const missing = process.getuid?.() !== 0 ? 'needs root (taps, QEMU)' : await hasBootDiskTools()
 if (missing !== undefined) console.warn(`skipping HA tests: ${missing} (CI runs as root and installs them: .ci/install-system-packages)`)
@@ -162,6 +163,37 @@ describe.skipIf(missing !== undefined)('--ha restart VMs outlive their host (QEM
     expect(copies.filter(c => c.at > thawed).every(c => !c.hosts.includes(holder.name))).toBe(true)
     expect(await running(name)).toHaveLength(1)
   }, 180_000)
+
+  it('host drain moves a restart VM away at once (no lease wait), refuses when no other host may take it, and undrain lifts it', async () => {
+    const holder = byName((await vm(ds[0], 'h1')).hostName)
+    const [second, third] = ds.filter(d => d !== holder)
+    await imageElsewhere(ds[0], holder.name)
+    // The third host drained first: h1 can only go to the second.
+    expect((await third.cli('host', 'drain', '--reason', 'disk swap')).code).toBe(0)
+    const t0 = Date.now()
+    const r = await holder.cli('host', 'drain', '--reason', 'maintenance')
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.stdout).toMatch(/h1: moves/)
+    await waitFor(async () => { const v = await vm(second, 'h1'); return v.status === 'running' && v.hostName === second.name },
+      { timeoutMs: 30_000, intervalMs: 100, what: `h1 running on ${second.name}` })
+    console.log(`drain → h1 running on ${second.name}: ${Date.now() - t0} ms`)
+    expect(await running(name)).toEqual([second.name])
+    const hostsText = (await second.cli('hosts')).stdout
+    expect(hostsText).toMatch(new RegExp(`${holder.name}.*\\(drained\\)`))
+    // The second host cannot be drained too: h1 would have nowhere to go. Nothing changes.
+    const refused = await second.cli('host', 'drain')
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toMatch(/cannot drain: no other host that is up may take h1.*nothing changed/)
+    expect(((await second.hosts()) as HostView[]).find(h => h.self)?.drained).toBeNull()
+    const bad = await second.cli('host', 'drain', '--reason', 'a\u0001b')
+    expect(bad.code).toBe(1)
+    for (const d of [holder, third]) expect((await d.cli('host', 'undrain')).code).toBe(0)
+    const again = await third.cli('host', 'undrain')
+    expect(again.code).toBe(1)
+    expect(again.stderr).toMatch(/not drained/)
+    // h1 stays where it runs.
+    expect((await vm(ds[0], 'h1')).hostName).toBe(second.name)
+  }, 120_000)
 
   it('at no sample did two copies of the VM run', () => {
     expect(copies.length).toBeGreaterThan(100)

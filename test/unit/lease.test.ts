@@ -195,4 +195,13 @@ describe('placement and lost hosts', () => {
     expect(resolveClaims([req('restart')], hosts, claims)[0].host).toBeNull()
     expect(resolveClaims([req()], hosts, claims)[0].host).toBe(A)
   })
+
+  it('a drained host takes no new VM of any kind; its restart VMs leave it, its --ha none VMs stay', () => {
+    expect(placeOne(req('restart'), [host(A, { drained: true })]).decisions[0]).toMatchObject({ eligible: false, reason: 'drained' })
+    expect(placeOne(req(), [host(A, { drained: true })]).decisions[0]).toMatchObject({ eligible: false, reason: 'drained' })
+    const hosts = [host(A, { drained: true }), host(B)]
+    const claims = [{ requestId: VM, peerId: A, settled: true }]
+    expect(resolveClaims([req('restart')], hosts, claims)[0].host).toBeNull()
+    expect(resolveClaims([req()], hosts, claims)[0].host).toBe(A)
+  })
 })
