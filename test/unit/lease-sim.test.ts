@@ -1,7 +1,7 @@
 /**
  * The lease, loss and endorsement rules (crdt/lease.ts) run by a deterministic simulator through
  * thousands of seeded schedules of partitions, one-way link failures, delays, paused daemons,
- * crashed daemons and power losses, on 3–5 hosts whose clocks run at different rates. Each host
+ * crashed daemons, power losses and drains, on 3–5 hosts whose clocks run at different rates. Each host
  * runs the real LeaseKeeper and the real pure functions, and does what the daemon does with them
  * (node/mesh/lease.ts, node/control/scheduler.ts, node/compute/fence.ts and watchdog.ts):
  *
@@ -233,8 +233,10 @@ class Sim {
     let doc = this.doc(h)
     let lost = lostHosts(doc)
     const standing = (p: string): boolean => claimStands(doc, lost, VM, p)
+    const drained = (p: string): boolean => doc.hosts?.[p]?.drained !== undefined
+    // crdt/world.ts: an endorsed standing claim wins unless its host is drained; else the ranking.
     const winnerOf = (): string | null => {
-      const claimants = members.filter(standing)
+      const claimants = members.filter(p => standing(p) && !drained(p))
       const endorsed = claimants.find(p => endorsedByMajority(doc, VM, p))
       return endorsed ?? rank(VM, claimants)[0] ?? null
     }
@@ -255,9 +257,9 @@ class Sim {
     h.watchdog = holdsLease && Number.isFinite(expiry) ? this.realAt(h, expiry - MARGIN) : Infinity
     // Placement: claim when nobody's claim stands and this host ranks first among the hosts it hears.
     let winner = winnerOf()
-    if (winner === null && !lost.has(h.id)) {
+    if (winner === null && !lost.has(h.id) && !drained(h.id)) {
       const heard = members.filter(p => p === h.id || (h.keeper.lastHeard(p) ?? -Infinity) > this.local(h) - 3 * BEAT)
-      if (rank(VM, heard.filter(p => !lost.has(p)))[0] === h.id) {
+      if (rank(VM, heard.filter(p => !lost.has(p) && !drained(p)))[0] === h.id) {
         this.write(h, rec => { rec.claims = { ...rec.claims, [VM]: { at: '', epoch: epochOf(rec) } } })
         this.note(h, 'claims')
         doc = this.doc(h)
@@ -346,7 +348,7 @@ function schedule (seed: number, mutations: Mutations = {}): Sim {
     const at = 8 * BEAT + r() * 60 * BEAT
     const ms = (1 + r() * 12) * BEAT
     const h = sim.hosts[Math.floor(r() * sim.hosts.length)]
-    const kind = Math.floor(r() * 6)
+    const kind = Math.floor(r() * 7)
     sim.at(at, () => {
       if (kind === 0) {
         // A partition: one side against the rest, both ways.
@@ -369,6 +371,12 @@ function schedule (seed: number, mutations: Mutations = {}): Sim {
         for (const l of links) sim.cut.add(l)
         sim.note(h, `link with ${o.id.slice(15, 16)} down for ${ms.toFixed(0)} ms`)
         sim.at(sim.t + ms, () => { for (const l of links) sim.cut.delete(l) })
+      } else if (kind === 6) {
+        // The operator drains the host for a while (host drain, then host undrain).
+        if (h.status !== 'up') return
+        sim.write(h, rec => { rec.drained = { at: '', reason: 'sim' } })
+        sim.note(h, `drained for ${ms.toFixed(0)} ms`)
+        sim.at(sim.t + ms, () => { if (h.status === 'up') sim.write(h, rec => { delete rec.drained }) })
       } else if (kind === 2) sim.pause(h, ms)
       else sim.crash(h, ms, kind === 4)
     })
