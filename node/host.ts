@@ -27,7 +27,7 @@ import type { StatusView, IdView, NodeEvent } from '../protocol/api.ts'
 import { Mesh, Membership } from './mesh/index.ts'
 import { Control } from './control/index.ts'
 import { Compute, hostResources } from './compute/index.ts'
-import { DataPlane } from './network/index.ts'
+import { DataPlane, vmAddresses } from './network/index.ts'
 
 /** How long after a change of the state its consequences are worked out (see the constructor). */
 const REACT_MS = 20
@@ -68,7 +68,8 @@ export class PicocloudHost extends EventEmitter<HostEvents> {
       isUp: peer => this.mesh.isUp(peer),
       lastSeen: peer => this.mesh.lastSeen(peer),
       runsHere: id => this.compute.runsHere(id),
-      declareMs: this.mesh.lease.keeper.timing.declareMs
+      declareMs: this.mesh.lease.keeper.timing.declareMs,
+      vmAddresses
     })
     this.network = new DataPlane({
       config: config.network,

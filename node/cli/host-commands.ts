@@ -202,7 +202,7 @@ export const hostCommands: Command[] = [
       print(io, g, hosts, () => hosts.length === 0
         ? 'no hosts: this host is not in a mesh yet'
         : table(['NAME', 'PEER', 'REACHABLE', 'LAST SEEN', 'VMS', 'NETWORKS', 'ADDRESS'], hosts.map(h => [
-          h.name + (h.self ? ' (this host)' : ''), h.peerId, (h.reachable ? 'yes' : 'no') + (h.lost !== null ? ' (lost)' : h.declaredBy.length > 0 ? ` (declared by ${h.declaredBy.length})` : '') + (h.drained !== null ? ' (drained)' : ''), ago(h.lastSeen),
+          h.name + (h.self ? ' (this host)' : ''), h.peerId, (h.reachable ? 'yes' : 'no') + ((h.lost ?? null) !== null ? ' (lost)' : (h.declaredBy ?? []).length > 0 ? ` (declared by ${h.declaredBy.length})` : '') + ((h.drained ?? null) !== null ? ' (drained)' : ''), ago(h.lastSeen),
           h.hypervisor ?? '-', h.networks === null ? '-' : h.networks ? 'yes' : 'no', h.addresses[0] ?? '-'
         ])) + problemsNote(hosts))
     }

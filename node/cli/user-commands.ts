@@ -7,7 +7,7 @@ import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { HostView } from '../../protocol/api.ts'
 import type { RequestView, VmView, EvictOutcome } from '../control/index.ts'
 import type { Command } from './command.ts'
-import { table, short, line } from './output.ts'
+import { table, short, line, ago } from './output.ts'
 import { keyring, buildSigned, waitForOutcome, waitForVm, outcomeText, chooseKey, meshId, signBytes } from './sign.ts'
 import type { RequestKind } from '../../protocol/requests.ts'
 
@@ -106,7 +106,30 @@ function evictLines (e: EvictOutcome | undefined): string[] {
   ]
 }
 
-const vmRow = (v: VmView): string[] => [v.name, v.id.slice(0, 12), v.status, v.hostName ?? '-', short(v.owner), Object.entries(v.labels).map(([k, x]) => `${k}=${x}`).join(',')]
+// `?? []`: a daemon of an older version says nothing of addresses.
+const addressText = (v: VmView): string => (v.addresses ?? []).map(a => a.address).join(',') || '-'
+const labelText = (v: VmView): string => Object.entries(v.labels).map(([k, x]) => `${k}=${x}`).join(',')
+const VM_COLUMNS = ['NAME', 'ID', 'STATUS', 'HOST', 'ADDRESSES', 'OWNER', 'LABELS']
+const vmRow = (v: VmView): string[] => [v.name, v.id.slice(0, 12), v.status, v.hostName ?? '-', addressText(v), short(v.owner), labelText(v)]
+const VM_WIDE_COLUMNS = [...VM_COLUMNS, 'IMAGE', 'SIZE', 'HA', 'AGE']
+const vmWideRow = (v: VmView): string[] => [...vmRow(v), v.image, `${v.vcpus}c/${v.memMiB}M/${v.diskGiB}G`, v.ha, ago(v.created)]
+
+/** `--output`: how `vm list` prints (`--json` is the same as `-o json`). */
+const OUTPUTS = ['table', 'wide', 'json', 'yaml'] as const
+
+/** YAML for plain JSON data (strings always quoted: JSON strings are valid YAML scalars). */
+export function toYaml (v: unknown, indent = ''): string {
+  if (Array.isArray(v)) return v.length === 0 ? '[]' : v.map(x => `\n${indent}- ${toYaml(x, `${indent}  `).replace(/^\n\s*/, '')}`).join('')
+  if (v !== null && typeof v === 'object') {
+    const entries = Object.entries(v).filter(([, x]) => x !== undefined)
+    if (entries.length === 0) return '{}'
+    return entries.map(([k, x]) => {
+      const inner = toYaml(x, `${indent}  `)
+      return `\n${indent}${JSON.stringify(k)}:${inner.startsWith('\n') ? inner : ` ${inner}`}`
+    }).join('')
+  }
+  return JSON.stringify(v) ?? 'null'
+}
 
 export const userCommands: Command[] = [
   // ——— keys (local keyring, no daemon needed) ———
@@ -328,16 +351,20 @@ export const userCommands: Command[] = [
   {
     name: 'vm list',
     summary: 'VMs of the mesh',
-    usage: 'picocloud vm list [--selector k=v]... [--owner FPR] [--all]',
-    options: { selector: { type: 'string', multiple: true }, owner: { type: 'string' }, all: { type: 'boolean' } },
-    optionHelp: { selector: 'only VMs with this label (repeatable)', owner: 'only VMs of this key', all: 'include destroyed and rejected VMs' },
+    usage: 'picocloud vm list [--selector k=v]... [--owner FPR] [--all] [-o table|wide|json|yaml]',
+    options: { selector: { type: 'string', multiple: true }, owner: { type: 'string' }, all: { type: 'boolean' }, output: { type: 'string', short: 'o' } },
+    optionHelp: { selector: 'only VMs with this label (repeatable)', owner: 'only VMs of this key', all: 'include destroyed and rejected VMs', output: 'table (default), wide (adds image, size, HA policy, age), json or yaml' },
     run: async ({ values, g, io, api }) => {
+      const output = values.output ?? (g.json ? 'json' : 'table')
+      if (!(OUTPUTS as readonly string[]).includes(output)) throw new PicocloudError(ErrorCode.Usage, `--output must be one of ${OUTPUTS.join(', ')}, not ${JSON.stringify(output)}`)
       const q = new URLSearchParams()
       for (const s of values.selector ?? []) q.append('selector', s)
       if (values.owner !== undefined) q.set('owner', values.owner)
       if (values.all === true) q.set('all', '1')
       const vms = await api.call<VmView[]>('GET', `/v1/vms?${q.toString()}`)
-      io.out(g.json ? JSON.stringify(vms, null, 2) : vms.length === 0 ? 'no VMs' : table(['NAME', 'ID', 'STATUS', 'HOST', 'OWNER', 'LABELS'], vms.map(vmRow)))
+      if (output === 'json') io.out(JSON.stringify(vms, null, 2))
+      else if (output === 'yaml') io.out(toYaml(vms).replace(/^\n/, ''))
+      else io.out(vms.length === 0 ? 'no VMs' : output === 'wide' ? table(VM_WIDE_COLUMNS, vms.map(vmWideRow)) : table(VM_COLUMNS, vms.map(vmRow)))
     }
   },
   {
@@ -355,6 +382,8 @@ export const userCommands: Command[] = [
             line`host     ${vm.hostName ?? '-'} ${vm.host ?? ''}`,
             line`size     ${vm.vcpus} vCPU, ${vm.memMiB} MiB, ${vm.diskGiB} GiB disk, ${vm.arch}, image ${vm.image}`,
             line`nics     ${vm.nics.map(n => n.net + (n.ip === undefined ? '' : `:${n.ip}`)).join(' ') || '-'}`,
+            line`address  ${(vm.addresses ?? []).map(a => `${a.address} (${a.net})`).join(' ') || '-'}`,
+            line`created  ${vm.created} (${ago(vm.created)})`,
             line`labels   ${Object.entries(vm.labels).map(([k, v]) => `${k}=${v}`).join(' ') || '-'}`,
             line`ha       ${vm.ha === 'restart' ? 'restart (on another host if its host is lost; from its image, no disk replica)' : 'none (stays down while its host is lost)'}`,
             'history:',

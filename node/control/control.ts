@@ -31,6 +31,8 @@ export interface ControlInit {
   runsHere?: (vmId: string) => boolean
   /** The lease's declare time (crdt/lease.ts). */
   declareMs?: number
+  /** Each VM's addresses on its networks (the network subsystem's allocation). */
+  vmAddresses?: (world: World) => Map<string, Array<{ net: string, address: string }>>
 }
 
 export interface NetView { name: string, owner: string, subnet: unknown, mode: string, gateway: unknown, vms: string[], hosts: string[], created: string }
@@ -41,9 +43,11 @@ export class Control {
   private readonly store: StateStore
   private readonly log: Logger
   private readonly liveness: Liveness
+  private readonly addressesOf?: ControlInit['vmAddresses']
 
   constructor (init: ControlInit) {
     const { store, log } = init
+    this.addressesOf = init.vmAddresses
     this.store = store
     this.log = log
     this.liveness = { isUp: init.isUp, lastSeen: init.lastSeen }
@@ -95,14 +99,15 @@ export class Control {
   }
 
   vms (filter: VmFilter): VmView[] {
-    return listVms(this.store.doc, this.world(), filter, this.liveness)
+    const world = this.world()
+    return listVms(this.store.doc, world, filter, this.liveness, this.addressesOf?.(world))
   }
 
   vm (ref: string, owner?: string): VmView & { history: RequestView[] } {
     const world = this.world()
     const vm = findVm(world, ref, owner)
     const history = vm.requests.map(id => world.requests.get(id)).filter(r => r !== undefined).map(r => requestView(this.store.doc, r))
-    return { ...vmView(this.store.doc, vm, this.liveness), history }
+    return { ...vmView(this.store.doc, vm, this.liveness, this.addressesOf?.(this.world())), history }
   }
 
   nets (): NetView[] {

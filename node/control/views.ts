@@ -30,6 +30,8 @@ export interface VmView {
   operatorStop?: { at: string, reason: string }
   /** After its host is lost: `restart` elsewhere, or stay down (`none`). */
   ha: 'none' | 'restart'
+  /** Its addresses on its networks: static, or allocated by the mesh (dhcp); SLAAC ones are the guest's. */
+  addresses: Array<{ net: string, address: string }>
 }
 
 export interface RequestView extends RequestOutcome {
@@ -76,7 +78,7 @@ export function vmStatus (vm: VmEntry, liveness?: Liveness, now = Date.now()): {
   return { status: vm.report.status, reason: vm.report.reason }
 }
 
-export function vmView (doc: Partial<MeshDoc>, vm: VmEntry, liveness?: Liveness): VmView {
+export function vmView (doc: Partial<MeshDoc>, vm: VmEntry, liveness?: Liveness, addresses?: ReadonlyMap<string, Array<{ net: string, address: string }>>): VmView {
   return {
     id: vm.id,
     name: vm.name,
@@ -96,19 +98,20 @@ export function vmView (doc: Partial<MeshDoc>, vm: VmEntry, liveness?: Liveness)
     created: new Date(vm.created).toISOString(),
     runs: vm.host === null || doc.hosts?.[vm.host]?.resources?.hypervisor !== 'none',
     ha: vm.spec.ha ?? 'none',
+    addresses: (addresses?.get(vm.id) ?? []).map(a => ({ ...a })),
     ...(vm.report?.operatorStop !== undefined ? { operatorStop: { at: String(vm.report.operatorStop.at), reason: String(vm.report.operatorStop.reason) } } : {})
   }
 }
 
 export interface VmFilter { selector?: Record<string, string>, owner?: string, all?: boolean }
 
-export function listVms (doc: Partial<MeshDoc>, world: World, f: VmFilter = {}, liveness?: Liveness): VmView[] {
+export function listVms (doc: Partial<MeshDoc>, world: World, f: VmFilter = {}, liveness?: Liveness, addresses?: ReadonlyMap<string, Array<{ net: string, address: string }>>): VmView[] {
   return [...world.vms.values()]
     .filter(vm => f.all === true || (vm.desired !== 'destroyed' && vm.rejected === undefined))
     .filter(vm => f.owner === undefined || vm.owner === f.owner)
     .filter(vm => Object.entries(f.selector ?? {}).every(([k, v]) => vm.labels[k] === v))
     .sort((a, b) => a.name.localeCompare(b.name) || a.created - b.created)
-    .map(vm => vmView(doc, vm, liveness))
+    .map(vm => vmView(doc, vm, liveness, addresses))
 }
 
 /** A VM by id, id prefix (8+ hex), or name (owner's own first, else unique). */

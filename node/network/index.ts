@@ -5,3 +5,4 @@
 export { DataPlane, type DataPlaneInit, type NetPresence } from './data-plane.ts'
 export { parseNetworkConfig, NETWORK_KEYS, type NetworkConfig } from './config.ts'
 export { assignVnis, bridgeName } from './addressing.ts'
+export { vmAddresses, type VmAddress } from './vm-addresses.ts'

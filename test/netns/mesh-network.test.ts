@@ -283,6 +283,12 @@ describe.skipIf(reason !== undefined)('private networks across hosts, through th
     expect(await conf(2)).toContain(`dhcp-host=${vmMac(g2.vmId!, 0)},${l2.ip}`)
     expect(await conf(0)).not.toContain(vmMac(g2.vmId!, 0))
     await waitFor(async () => await ping(g1, l2.ip), { timeoutMs: LONG, what: 'guest d1 to reach guest d2 on their DHCP addresses' })
+    // vm list and vm show print the address the guest got, on any host (here B, which runs neither).
+    const listed = JSON.parse(await ok(1, 'vm', 'list', '-o', 'json')) as Array<{ name: string, addresses: Array<{ net: string, address: string }> }>
+    expect(listed.find(v => v.name === 'd1')?.addresses).toEqual([{ net: 'dl', address: l1.ip }])
+    expect(listed.find(v => v.name === 'd2')?.addresses).toEqual([{ net: 'dl', address: l2.ip }])
+    expect(await ok(1, 'vm', 'show', 'd2')).toMatch(new RegExp(`address +${l2.ip.replace(/\./g, '\\.')} \\(dl\\)`))
+    expect(await ok(1, 'vm', 'list', '-o', 'wide')).toMatch(/ADDRESSES[\s\S]*IMAGE[\s\S]*SIZE[\s\S]*HA[\s\S]*AGE/)
   }, 180_000)
 
   it('destroying the VMs and deleting the networks removes every device on every host', async () => {
