@@ -127,10 +127,16 @@ export interface NodeEvent {
 
 export interface HistoryEntry {
   hash: string
+  /** The peer id of the host that made the change (its feed). */
   author: string
+  /** That host's name, as it calls itself (or as it was admitted). */
+  authorName: string | null
   time: number
   message: string | null
   seq: number
+  /** For a change that stored a user's signed request: the request, and the key that signed it. */
+  request?: string
+  issuer?: string
 }
 
 // ——— request bodies ———

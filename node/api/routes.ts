@@ -16,7 +16,7 @@ export function routes (host: PicocloudHost): Route[] {
     { method: 'GET', path: p('/status'), handler: () => host.status() },
     { method: 'GET', path: p('/id'), handler: () => host.id() },
     { method: 'GET', path: p('/hosts'), handler: () => membership.hosts() },
-    { method: 'GET', path: p('/history'), handler: () => membership.history() },
+    { method: 'GET', path: p('/history'), handler: () => control.history(membership.history()) },
     { method: 'POST', path: p('/init'), handler: async ({ body }) => await host.init(parseInitBody(body).name) },
     {
       method: 'POST',

@@ -4,7 +4,7 @@
  * API. `--json` prints the API's JSON unchanged.
  */
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
-import type { HostView, IdView, StatusView } from '../../protocol/api.ts'
+import type { HostView, IdView, StatusView, HistoryEntry } from '../../protocol/api.ts'
 import type { DrainOutcome } from '../control/index.ts'
 import { table, ago, short, line } from './output.ts'
 import { print, type Command } from './command.ts'
@@ -41,6 +41,19 @@ function problemsNote (hosts: HostView[]): string {
   const bad = hosts.filter(h => (h.problems ?? []).length > 0)
   if (bad.length === 0) return ''
   return '\n' + bad.map(h => `${h.name || h.peerId}: ${h.problems.length} problem(s) in its record, ignored (first: ${h.problems[0]}); see \`picocloud hosts --json\``).join('\n')
+}
+
+/** One event as a line a person reads: time, type, then `key=value` (lists by their length). */
+export function eventLine (e: Record<string, unknown>): string {
+  const value = (v: unknown): string => {
+    if (Array.isArray(v)) return v.length === 1 ? value(v[0]) : `[${v.length}]`
+    if (v !== null && typeof v === 'object') { const j = JSON.stringify(v); return j.length > 60 ? `${j.slice(0, 57)}…` : j }
+    const t = String(v)
+    return /^12D3KooW/.test(t) || /^[0-9A-F]{40}$/.test(t) ? short(t) : /^[0-9a-f]{64}$/.test(t) ? t.slice(0, 12) : t
+  }
+  const time = typeof e.time === 'string' ? e.time.replace(/^.*T/, '').replace(/Z$/, '') : String(e.time)
+  const rest = Object.entries(e).filter(([k]) => k !== 'time' && k !== 'type').map(([k, v]) => `${k}=${value(v)}`).join(' ')
+  return line`${time}  ${String(e.type)}  ${rest}`
 }
 
 export const hostCommands: Command[] = [
@@ -212,9 +225,9 @@ export const hostCommands: Command[] = [
     summary: 'the audit log of the replicated state (every change, who made it)',
     usage: 'picocloud history',
     run: async ({ g, io, api }) => {
-      const h = await api.call<Array<{ hash: string, author: string, time: number, message: string | null }>>('GET', '/v1/history')
-      print(io, g, h, () => table(['TIME', 'AUTHOR', 'CHANGE', 'WHAT'], h.map(e => [
-        new Date(e.time * 1000).toISOString().replace('.000Z', 'Z'), short(e.author), e.hash.slice(0, 12), e.message ?? ''
+      const h = await api.call<HistoryEntry[]>('GET', '/v1/history')
+      print(io, g, h, () => table(['TIME', 'HOST', 'PEER', 'CHANGE', 'WHAT', 'USER'], h.map(e => [
+        new Date(e.time * 1000).toISOString().replace('.000Z', 'Z'), e.authorName ?? '-', short(e.author), e.hash.slice(0, 12), e.message ?? '', e.issuer === undefined ? '' : short(e.issuer)
       ])))
     }
   },
@@ -237,7 +250,7 @@ export const hostCommands: Command[] = [
       const ac = new AbortController()
       process.once('SIGINT', () => ac.abort())
       await api.events(e => {
-        io.out(g.json ? JSON.stringify(e) : line`${String(e.time)}  ${String(e.type)}  ${JSON.stringify(Object.fromEntries(Object.entries(e).filter(([k]) => k !== 'time' && k !== 'type')))}`)
+        io.out(g.json ? JSON.stringify(e) : eventLine(e))
       }, ac.signal)
     }
   }

@@ -14,6 +14,7 @@ import { placeOne } from '../../crdt/placement.ts'
 import { isActiveMember, scalars, optString } from '../../crdt/schema.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { TrustEntry } from '../../keys/trust-policy.ts'
+import type { HistoryEntry } from '../../protocol/api.ts'
 import type { Logger } from '../log.ts'
 import { RequestBook } from './requests.ts'
 import { Scheduler, type EvictOutcome } from './scheduler.ts'
@@ -190,6 +191,22 @@ export class Control {
     })
     this.log.info('operator stopped VM', { vm: vm.id, reason })
     return vmView(this.store.doc, findVm(this.world(), vm.id), this.liveness)
+  }
+
+  /** The audit log with who is behind each change: the host by name, and the user of a stored request. */
+  history (entries: ReadonlyArray<Omit<HistoryEntry, 'authorName'>>): HistoryEntry[] {
+    const doc = this.store.doc
+    const world = this.world()
+    return entries.map(e => {
+      const m = /^request \S+ ([0-9a-f]{64})$/.exec(e.message ?? '')
+      const issuer = m === null ? undefined : world.requests.get(m[1])?.issuer
+      return {
+        ...e,
+        authorName: optString(doc.hosts?.[e.author]?.name ?? doc.members?.[e.author]?.name) ?? null,
+        ...(m === null ? {} : { request: m[1] }),
+        ...(issuer === undefined || issuer === '?' ? {} : { issuer })
+      }
+    })
   }
 
   /**
