@@ -7,9 +7,10 @@
 # What it does:
 #   1. installs the Debian packages the daemon uses (QEMU, WireGuard, dnsmasq, nftables, iproute2…)
 #      and npm when it is missing;
-#   2. copies this source tree to PREFIX (default /opt/picocloud) and runs `npm ci` there: the
-#      full install, because the pinned Node.js 24 that runs picocloud (node_modules/node) is a
-#      devDependency; bin/picocloud always runs on it, never on the system's Node;
+#   2. copies this source tree to PREFIX (default /opt/picocloud) and runs `npm ci --omit=dev`
+#      there; the pinned Node.js 24 that runs picocloud (node_modules/node) is a dependency, so it
+#      comes along, and bin/picocloud always runs on it, never on the system's Node (npm's warning
+#      that the system's Node is older than the `engines` field is about npm's own Node: dropped);
 #   3. links /usr/local/bin/picocloud, creates the `picocloud` group (may use the socket);
 #   4. puts /etc/picocloud/config.toml in place if there is none (a copy of
 #      deploy/config.example.toml, every setting commented out) and refreshes config.example.toml;
@@ -91,12 +92,12 @@ fi
 say "picocloud in $prefix"
 if [ "$(readlink -f "$src")" = "$(readlink -f "$prefix" 2>/dev/null || echo "$prefix")" ]; then
   # Installing from the copy in PREFIX itself (e.g. after `git pull` there): dependencies only.
-  run bash -c "cd '$prefix' && npm ci --omit=dev --no-audit --no-fund"
+  run bash -c "cd '$prefix' && npm ci --omit=dev --no-audit --no-fund 2> >(grep -v EBADENGINE >&2)"
 else
   run rm -rf "$prefix.new"
   run mkdir -p "$prefix.new"
   run bash -c "cd '$src' && tar --exclude=./node_modules --exclude=./.git -cf - . | tar -xf - -C '$prefix.new'"
-  run bash -c "cd '$prefix.new' && npm ci --omit=dev --no-audit --no-fund"
+  run bash -c "cd '$prefix.new' && npm ci --omit=dev --no-audit --no-fund 2> >(grep -v EBADENGINE >&2)"
   run "$prefix.new/node_modules/node/bin/node" --version
   if [ -e "$prefix" ]; then
     run rm -rf "$prefix.old"

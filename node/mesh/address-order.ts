@@ -7,6 +7,7 @@
  * routableFirst(['/ip4/127.0.0.1/tcp/9777', '/ip4/192.0.2.7/tcp/9777']) // 192.0.2.7 first
  */
 import { isIP } from 'node:net'
+import { networkInterfaces } from 'node:os'
 
 /** 0 public, 1 private, 2 link-local, 3 loopback or unspecified; 4 not an IP address. */
 export function addressRank (multiaddr: string): number {
@@ -29,4 +30,22 @@ export function addressRank (multiaddr: string): number {
 /** `addrs` sorted by `addressRank`, keeping their order within a rank. */
 export function routableFirst (addrs: readonly string[]): string[] {
   return addrs.map((a, i) => ({ a, i, r: addressRank(a) })).sort((x, y) => x.r - y.r || x.i - y.i).map(x => x.a)
+}
+
+/**
+ * IP addresses of this machine's picocloud interfaces (`pc-…`: network bridges, WireGuard): a
+ * private network's gateway address or the overlay is no address to dial this host by.
+ */
+export function picocloudInterfaceIps (interfaces: NodeJS.Dict<Array<{ address: string }>> = networkInterfaces()): Set<string> {
+  const out = new Set<string>()
+  for (const [name, addrs] of Object.entries(interfaces)) {
+    if (!name.startsWith('pc-')) continue
+    for (const a of addrs ?? []) out.add(a.address.toLowerCase())
+  }
+  return out
+}
+
+/** `addrs` without the multiaddrs whose IP is in `drop`. */
+export function withoutIps (addrs: readonly string[], drop: ReadonlySet<string>): string[] {
+  return addrs.filter(a => { const m = /^\/ip[46]\/([^/]+)/.exec(a); return m === null || !drop.has(m[1].toLowerCase()) })
 }

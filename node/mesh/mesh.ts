@@ -28,7 +28,7 @@ import { isActiveMember } from '../../crdt/schema.ts'
 import type { ImageProgress } from '../../protocol/progress.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { PeerView } from '../../protocol/api.ts'
-import { routableFirst } from './address-order.ts'
+import { routableFirst, addressRank, withoutIps, picocloudInterfaceIps } from './address-order.ts'
 
 const BLOCK_MS = 10 * 60_000
 // Divergence is found by the digests on beats (anti-entropy.ts); a sync with one random peer this
@@ -219,7 +219,8 @@ export class Mesh extends EventEmitter<MeshEvents> {
 
   /** This host's libp2p addresses, the most dialable first (address-order.ts). */
   addresses (): string[] {
-    return routableFirst(this.p2p?.getMultiaddrs().map(a => a.toString()) ?? [])
+    // Listening on 0.0.0.0 includes the bridges of private networks and the WireGuard overlay.
+    return routableFirst(withoutIps(this.p2p?.getMultiaddrs().map(a => a.toString()) ?? [], picocloudInterfaceIps()))
   }
 
   /** When this host last heard from `peer` (ms since epoch), if ever. */
@@ -405,6 +406,11 @@ export class Mesh extends EventEmitter<MeshEvents> {
       await this.libp2p.dial(ma, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
       await this.joinSync(peer)
     } catch (err: any) {
+      // Another host's loopback address reaches this machine: the daemon there is not that member.
+      if (addressRank(ma.toString()) === 3 && /denyOutboundEncryptedConnection|unexpected ?peer|does not match/i.test(`${err.name ?? ''} ${err.message ?? ''}`)) {
+        throw new PicocloudError(ErrorCode.JoinFailed,
+          `could not join through ${ma.toString()}: a loopback address reaches only the machine it is used on (here: this host, or another daemon on it), not the member. Use an address of the member that this host can reach: \`picocloud id\` on the member lists them, routable ones first`, 502)
+      }
       throw new PicocloudError(ErrorCode.JoinFailed,
         `could not join through ${peer.toString()}: ${err.message}. Check that the address is reachable and that an operator of that host ran \`picocloud admit ${this.peerId}\``, 502)
     } finally {

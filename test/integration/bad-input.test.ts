@@ -106,6 +106,16 @@ describe('bad input to the local API and the CLI', () => {
     expect((await loner.status()).peers).toEqual([])
   })
 
+  it('a member\'s address whose IP reaches another daemon (a loopback copied from the member) says so in words', async () => {
+    // The member's peer id at the loner's own loopback port: the daemon that answers is not the member.
+    const own = (await loner.id()).addresses.find(a => a.startsWith('/ip4/127.0.0.1/')) as string
+    const memberId = (await member.id()).peerId
+    const r = await loner.cli('join', `${own.replace(/\/p2p\/.*$/, '')}/p2p/${memberId}`)
+    expect(r.code).toBe(1)
+    expect(r.stderr).toMatch(/a loopback address reaches only the machine it is used on.*picocloud id` on the member/)
+    expect(r.stderr).not.toMatch(/gater/)
+  })
+
   it('operations that need a mesh, or no mesh, say so', async () => {
     const r = await loner.cli('admit', (await member.id()).peerId)
     expect(r.code).toBe(1)

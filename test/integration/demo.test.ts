@@ -4,16 +4,17 @@
  */
 import { describe, it, expect } from 'vitest'
 import { spawn } from 'node:child_process'
-import { readdir } from 'node:fs/promises'
+import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ROOT } from '../helpers/daemon.ts'
 
 describe('picocloud demo', () => {
   it('narrates every step, finishes cleanly and cleans up', async () => {
-    const before = (await readdir(tmpdir())).filter(f => f.startsWith('picocloud-demo-'))
+    // Its own temp dir: another program's picocloud-demo-* folders in /tmp change nothing here.
+    const tmp = await mkdtemp(join(tmpdir(), 'pct-demo-'))
     const { code, out } = await new Promise<{ code: number, out: string }>((resolve, reject) => {
-      const p = spawn(process.execPath, [join(ROOT, 'node/cli/main.ts'), 'demo'], { stdio: ['ignore', 'pipe', 'pipe'] })
+      const p = spawn(process.execPath, [join(ROOT, 'node/cli/main.ts'), 'demo'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TMPDIR: tmp } })
       let out = ''
       p.stdout.on('data', d => { out += d })
       p.stderr.on('data', d => { out += d })
@@ -26,7 +27,8 @@ describe('picocloud demo', () => {
     expect(out).toMatch(/ninux-a: not-trusted/)
     expect(out).toMatch(/Demo finished: every step above ran for real\./)
     expect(out).toMatch(/SKIPPED: private networks across hosts/)
-    const after = (await readdir(tmpdir())).filter(f => f.startsWith('picocloud-demo-'))
-    expect(after).toEqual(before)
+    const left = await readdir(tmp)
+    await rm(tmp, { recursive: true, force: true })
+    expect(left).toEqual([])
   }, 600_000)
 })

@@ -18,3 +18,13 @@ describe('the order a host lists its addresses in', () => {
     expect(addressRank('/ip4/not-an-ip/tcp/1')).toBe(4)
   })
 })
+
+describe('addresses a host announces', () => {
+  it('never those of its own picocloud interfaces (network bridges, WireGuard)', async () => {
+    const { picocloudInterfaceIps, withoutIps } = await import('../../node/mesh/address-order.ts')
+    const ips = picocloudInterfaceIps({ eth0: [{ address: '192.0.2.7' }], 'pc-br1a2b3c': [{ address: '10.9.0.254' }, { address: 'fd09::1' }], 'pc-wg0': [{ address: '10.255.0.3' }], lo: [{ address: '127.0.0.1' }] })
+    expect([...ips].sort()).toEqual(['10.255.0.3', '10.9.0.254', 'fd09::1'])
+    expect(withoutIps(['/ip4/192.0.2.7/tcp/9777', '/ip4/10.9.0.254/tcp/9777', '/ip6/fd09::1/tcp/9777', '/ip4/10.255.0.3/tcp/9777', '/dns4/x/tcp/1'], ips))
+      .toEqual(['/ip4/192.0.2.7/tcp/9777', '/dns4/x/tcp/1'])
+  })
+})
