@@ -116,6 +116,12 @@ describe('bad input to the local API and the CLI', () => {
     expect(r.stderr).not.toMatch(/gater/)
   })
 
+  it('a selector that is not key=value is an error, not an empty list', async () => {
+    const r = await member.cli('vm', 'list', '--selector', 'zone')
+    expect(r.code).toBe(1)
+    expect(r.stderr).toMatch(/selector "zone" must be key=value/)
+  })
+
   it('operations that need a mesh, or no mesh, say so', async () => {
     const r = await loner.cli('admit', (await member.id()).peerId)
     expect(r.code).toBe(1)
