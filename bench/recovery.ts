@@ -10,10 +10,11 @@
  * next run. Every run is counted; a run that does not recover within 120 s fails the benchmark.
  */
 import { execFileSync } from 'node:child_process'
-import { readdir, readFile, writeFile } from 'node:fs/promises'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { TestMesh, type TestDaemon } from '../test/helpers/daemon.ts'
 import { waitFor } from '../test/helpers/wait.ts'
+import { qemuPidsOf } from '../test/helpers/vm-copies.ts'
 import { bootDisk } from '../node/demo/boot-disk.ts'
 import { BOOT_LINE } from '../node/demo/tiny-image.ts'
 import type { VmView } from '../node/control/views.ts'
@@ -21,16 +22,6 @@ import type { HostView } from '../protocol/api.ts'
 import { summarize, type Summary } from './stats.ts'
 
 export interface RecoveryResult { detectMs: Summary, daemonMs: Summary, bootMs: Summary, totalMs: Summary }
-
-async function qemuPidsOf (d: TestDaemon): Promise<number[]> {
-  const out: number[] = []
-  for (const name of await readdir(join(d.state, 'vms')).catch(() => [] as string[])) {
-    const pid = Number((await readFile(join(d.state, 'vms', name, 'qemu.pid'), 'utf8').catch(() => '')).trim())
-    const cmd = pid > 0 ? await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '') : ''
-    if (cmd.includes(`-name\0${name},`)) out.push(pid)
-  }
-  return out
-}
 
 function childrenOf (pid: number): number[] {
   try { return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).trim().split('\n').filter(Boolean).map(Number) } catch { return [] }

@@ -7,10 +7,11 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { execFileSync } from 'node:child_process'
-import { readFile, readdir, writeFile } from 'node:fs/promises'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
 import { waitFor } from '../helpers/wait.ts'
+import { hostsRunning, qemuPidsOf, sampleCopies, imageElsewhere, type Sample } from '../helpers/vm-copies.ts'
 import { bootDisk, hasBootDiskTools } from '../../node/demo/boot-disk.ts'
 import type { VmView } from '../../node/control/views.ts'
 import type { HostView } from '../../protocol/api.ts'
@@ -26,30 +27,12 @@ describe.skipIf(missing !== undefined)('--ha restart VMs outlive their host (QEM
   let ds: TestDaemon[]
   let keyring: string
   let name = ''
-  const copies: Array<{ at: number, hosts: string[] }> = []
-  let sampler: NodeJS.Timeout | undefined
+  let copies: Sample[] = []
+  let stopSampling = (): void => {}
 
   const vm = async (d: TestDaemon, ref: string): Promise<VmView> => await d.api.call<VmView>('GET', `/v1/vms/${ref}`)
   const byName = (host: string | null): TestDaemon => ds.find(d => d.name === host) as TestDaemon
-  /** Live QEMU processes of the VM, per host (by each host's pidfile: the name is the same everywhere). */
-  const running = async (vmName: string): Promise<string[]> => {
-    const out: string[] = []
-    for (const d of ds) {
-      const pid = Number((await readFile(join(d.state, 'vms', vmName, 'qemu.pid'), 'utf8').catch(() => '')).trim())
-      if (pid > 0 && await isQemu(pid, vmName)) out.push(d.name)
-    }
-    return out
-  }
-  const isQemu = async (pid: number, vmName: string): Promise<boolean> => {
-    const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
-    return cmd.includes(`-name\0${vmName},`) && !/\) Z /.test(stat)
-  }
-  /** The image is on some host other than the VM's (the host that would take it over fetches it ahead). */
-  const imageElsewhere = async (x: TestDaemon, holder: string): Promise<void> => {
-    await waitFor(async () => (await x.api.call<Array<{ name: string, holders: string[] }>>('GET', '/v1/images')).find(i => i.name === 'tiny')?.holders.some(h => h !== holder) === true,
-      { timeoutMs: 30_000, what: `the image on a host other than ${holder}` })
-  }
+  const running = async (vmName: string): Promise<string[]> => await hostsRunning(ds, vmName)
   const childrenOf = (pid: number): number[] => {
     try { return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).trim().split('\n').filter(Boolean).map(Number) } catch { return [] }
   }
@@ -68,13 +51,10 @@ describe.skipIf(missing !== undefined)('--ha restart VMs outlive their host (QEM
   }, 300_000)
 
   afterAll(async () => {
-    clearInterval(sampler)
+    stopSampling()
     for (const d of ds ?? []) {
       if (d.proc?.pid !== undefined) { try { process.kill(d.proc.pid, 'SIGCONT') } catch {} }
-      for (const vmName of await readdir(join(d.state, 'vms')).catch(() => [] as string[])) {
-        const pid = Number((await readFile(join(d.state, 'vms', vmName, 'qemu.pid'), 'utf8').catch(() => '')).trim())
-        if (pid > 0 && await isQemu(pid, vmName)) { try { process.kill(pid, 'SIGKILL') } catch {} }
-      }
+      for (const pid of await qemuPidsOf(d)) { try { process.kill(pid, 'SIGKILL') } catch {} }
     }
     await mesh?.stopAll()
   })
@@ -87,12 +67,7 @@ describe.skipIf(missing !== undefined)('--ha restart VMs outlive their host (QEM
     expect(v.ha).toBe('restart')
     name = `pc-${v.id.slice(0, 8)}`
     expect(await running(name)).toEqual([v.hostName])
-    let busy = false
-    sampler = setInterval(() => {
-      if (busy) return
-      busy = true
-      void running(name).then(hosts => { copies.push({ at: Date.now(), hosts }) }).finally(() => { busy = false })
-    }, 100)
+    ;({ samples: copies, stop: stopSampling } = sampleCopies(ds, name))
   }, 120_000)
 
   it('power loss: the VM runs on another host within 30 s; a --ha none VM there shows host-lost', async () => {
@@ -102,12 +77,7 @@ describe.skipIf(missing !== undefined)('--ha restart VMs outlive their host (QEM
     expect(pinned.code, pinned.stderr).toBe(0)
     await imageElsewhere(ds[0], holder.name)
     const pid = holder.proc?.pid as number
-    const qemus = (await readdir(join(holder.state, 'vms'))).map(n => n)
-    const qemuPids: number[] = []
-    for (const n of qemus) {
-      const p = Number((await readFile(join(holder.state, 'vms', n, 'qemu.pid'), 'utf8').catch(() => '')).trim())
-      if (p > 0 && await isQemu(p, n)) qemuPids.push(p)
-    }
+    const qemuPids = await qemuPidsOf(holder)
     // Everything of that host at once: the daemon, its children (the watchdog) and its QEMUs.
     const t0 = Date.now()
     for (const p of [pid, ...childrenOf(pid), ...qemuPids]) { try { process.kill(p, 'SIGKILL') } catch {} }

@@ -7,7 +7,7 @@
  * does not start its copy again.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { readFile, writeFile } from 'node:fs/promises'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { realExec } from '../../node/exec.ts'
 import type { VmView } from '../../node/control/views.ts'
@@ -15,6 +15,7 @@ import type { HostView } from '../../protocol/api.ts'
 import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
 import { createTopology, netnsUnavailableReason, type Topology } from '../helpers/netns.ts'
 import { waitFor } from '../helpers/wait.ts'
+import { hostsRunning, sampleCopies, imageElsewhere, type Sample } from '../helpers/vm-copies.ts'
 import { bootDisk, hasBootDiskTools } from '../../node/demo/boot-disk.ts'
 
 const reason = await netnsUnavailableReason() ?? await hasBootDiskTools()
@@ -29,29 +30,11 @@ describe.skipIf(reason !== undefined)('--ha restart across a partition (namespac
   let mesh: TestMesh
   let keyring: string
   const d: TestDaemon[] = []
-  const copies: Array<{ at: number, hosts: string[] }> = []
-  let sampler: NodeJS.Timeout | undefined
+  let copies: Sample[] = []
+  let stopSampling = (): void => {}
 
   const vm = async (x: TestDaemon, ref: string): Promise<VmView> => await x.api.call<VmView>('GET', `/v1/vms/${ref}`)
-  const isQemu = async (pid: number, vmName: string): Promise<boolean> => {
-    const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
-    return cmd.includes(`-name\0${vmName},`) && !/\) Z /.test(stat)
-  }
-  const running = async (vmName: string): Promise<string[]> => {
-    const out: string[] = []
-    for (const x of d) {
-      const pid = Number((await readFile(join(x.state, 'vms', vmName, 'qemu.pid'), 'utf8').catch(() => '')).trim())
-      if (pid > 0 && await isQemu(pid, vmName)) out.push(x.name)
-    }
-    return out
-  }
-
-  /** The image is on some host other than the VM's (the host that would take it over fetches it ahead). */
-  const imageElsewhere = async (x: TestDaemon, holder: string): Promise<void> => {
-    await waitFor(async () => (await x.api.call<Array<{ name: string, holders: string[] }>>('GET', '/v1/images')).find(i => i.name === 'tiny')?.holders.some(h => h !== holder) === true,
-      { timeoutMs: 30_000, what: `the image on a host other than ${holder}` })
-  }
+  const running = async (vmName: string): Promise<string[]> => await hostsRunning(d, vmName)
 
   beforeAll(async () => {
     const disk = (await bootDisk()).path
@@ -79,7 +62,7 @@ describe.skipIf(reason !== undefined)('--ha restart across a partition (namespac
   }, 180_000)
 
   afterAll(async () => {
-    clearInterval(sampler)
+    stopSampling()
     await mesh?.stopAll()
     await topo?.cleanup() // QEMU and every other process of the namespaces
   }, 60_000)
@@ -92,12 +75,7 @@ describe.skipIf(reason !== undefined)('--ha restart across a partition (namespac
     const name = `pc-${v.id.slice(0, 8)}`
     const a = NAMES.indexOf(v.hostName as string)
     const others = [0, 1, 2].filter(i => i !== a)
-    let busy = false
-    sampler = setInterval(() => {
-      if (busy) return
-      busy = true
-      void running(name).then(hosts => { copies.push({ at: Date.now(), hosts }) }).finally(() => { busy = false })
-    }, 100)
+    ;({ samples: copies, stop: stopSampling } = sampleCopies(d, name))
     await waitFor(() => copies.length > 5, { what: 'samples' })
     expect(copies.at(-1)?.hosts).toEqual([NAMES[a]])
 
