@@ -84,7 +84,19 @@ export class Compute {
     await this.startHypervisor()
   }
 
-  kick (): void { this.reconciler?.kick() }
+  kick (): void {
+    this.guardedNames = undefined
+    this.reconciler?.kick()
+  }
+
+  /** Names of the `restart` VMs placed here, worked out again after each change (not by the fence's timer). */
+  private guardedNames?: string[]
+  private guarded (): string[] {
+    const self = this.store.self
+    this.guardedNames ??= [...this.init.world().vms.values()]
+      .filter(vm => vm.host === self && vm.spec.ha === 'restart' && vm.desired !== 'destroyed').map(vm => vmName(vm.id))
+    return this.guardedNames
+  }
 
   /** Whether the VM's QEMU ran here when last looked at (or was started since). */
   runsHere (vmId: string): boolean {
@@ -108,13 +120,10 @@ export class Compute {
     }
     const { writeSeed } = await import('./hypervisor/seed.ts')
     const driver = this.hypervisor
-    const self = this.store.self
-    const guarded = (): string[] => [...this.init.world().vms.values()]
-      .filter(vm => vm.host === self && vm.spec.ha === 'restart' && vm.desired !== 'destroyed').map(vm => vmName(vm.id))
     this.fence = new Fence({
       lease: this.init.lease,
       driver,
-      guarded,
+      guarded: () => this.guarded(),
       pid: name => this.reconciler?.pids.get(name),
       // The libvirt driver's QEMU belongs to libvirtd: only the daemon's own check fences it.
       ...(config.hypervisor === 'qemu' ? { watchdog: new Watchdog(log.forComponent('watchdog')) } : {}),

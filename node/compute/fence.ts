@@ -60,6 +60,8 @@ export class Fence {
   check (): void {
     const { lease, guarded, pid, watchdog, log, emit, changed } = this.init
     const names = guarded()
+    // Nothing under the lease here: nothing to check (most hosts, most of the time).
+    if (names.length === 0 && !this.fenced) return
     if (this.holds()) {
       const left = lease.expiry() - lease.now() - MARGIN_MS
       watchdog?.pet(left, names.flatMap(name => { const p = pid(name); return p === undefined ? [] : [{ pid: p, name }] }))

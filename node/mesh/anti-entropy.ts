@@ -30,6 +30,12 @@ export interface DivergenceInit {
    * within milliseconds, so a digest that still differs after this is a real divergence.
    */
   graceMs: number
+  /**
+   * Judge each peer's digest at most this often: beats come every heartbeat (2 s, for the lease),
+   * and while changes keep coming every digest differs for a moment, so judging every beat would
+   * sync with every peer all the time. @default 0
+   */
+  minIntervalMs?: number
 }
 
 /** Decides, from the digests peers report, with whom to sync and when. */
@@ -37,6 +43,7 @@ export class DivergenceWatch {
   private readonly init: DivergenceInit
   private readonly reported = new Map<string, Uint8Array>()
   private readonly timers = new Map<string, NodeJS.Timeout>()
+  private readonly judged = new Map<string, number>()
 
   constructor (init: DivergenceInit) {
     this.init = init
@@ -46,6 +53,9 @@ export class DivergenceWatch {
   report (peer: string, digest: Uint8Array): void {
     this.reported.set(peer, digest)
     if (sameDigest(digest, this.init.ours()) || this.timers.has(peer)) return
+    const now = Date.now()
+    if (now - (this.judged.get(peer) ?? -Infinity) < (this.init.minIntervalMs ?? 0)) return
+    this.judged.set(peer, now)
     const t = setTimeout(() => {
       this.timers.delete(peer)
       const last = this.reported.get(peer)
@@ -57,6 +67,7 @@ export class DivergenceWatch {
 
   forget (peer: string): void {
     this.reported.delete(peer)
+    this.judged.delete(peer)
     clearTimeout(this.timers.get(peer))
     this.timers.delete(peer)
   }
