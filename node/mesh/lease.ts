@@ -71,7 +71,9 @@ export class Lease {
     this.rememberOwn()
     const doc = store.doc
     const others = this.members().filter(p => p !== store.self)
-    const fresh = this.keeper.declare(others, p => epochOf(doc.hosts?.[p]))
+    // Only members that have published a record: one admitted that never joined runs nothing and
+    // is left alone (declaring each such peer cost every host a change, for nothing).
+    const fresh = this.keeper.declare(others.filter(p => doc.hosts?.[p] !== undefined), p => epochOf(doc.hosts?.[p]))
     const own = doc.hosts?.[store.self]?.unreachable ?? {}
     const stale = Object.entries(own).filter(([p, d]) => !others.includes(p) || d.epoch < epochOf(doc.hosts?.[p])).map(([p]) => p)
     if (fresh.length === 0 && stale.length === 0) return
