@@ -14,7 +14,7 @@ import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { TestMesh, type TestDaemon } from '../test/helpers/daemon.ts'
 import { waitFor } from '../test/helpers/wait.ts'
-import { qemuPidsOf } from '../test/helpers/vm-copies.ts'
+import { qemuPidsOf, imageElsewhere } from '../test/helpers/vm-copies.ts'
 import { bootDisk } from '../node/demo/boot-disk.ts'
 import { BOOT_LINE } from '../node/demo/tiny-image.ts'
 import type { VmView } from '../node/control/views.ts'
@@ -52,6 +52,10 @@ export async function recovery (runs: number): Promise<RecoveryResult> {
       // Every host has seen the VM run (its report is in every view) before the power goes.
       await waitFor(async () => (await Promise.all(ds.map(async d => (await d.api.call<VmView>('GET', `/v1/vms/${name}`)).status))).every(s => s === 'running'),
         { timeoutMs: 60_000, what: `${name} running in every view` })
+      // The host next in line has fetched the image ahead (node/compute/reconciler.ts), as it would
+      // have long before a real failure; without it, a lost holder that held the only copy of the
+      // image would leave nothing to restart from.
+      await imageElsewhere(watcher, holder.name)
       const pid = holder.proc?.pid as number
       const victims = [pid, ...childrenOf(pid), ...await qemuPidsOf(holder)]
       const t0 = performance.now()
