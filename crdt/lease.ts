@@ -132,6 +132,8 @@ export class LeaseKeeper {
   private readonly confirmed = new Map<string, number>()
   /** peer → epoch declared: nothing is echoed to that epoch of the peer again. */
   private readonly declared = new Map<string, number>()
+  /** peer → the newest epoch seen of it, and when: a new epoch restarts the silence count. */
+  private readonly epochs = new Map<string, { epoch: number, at: number }>()
 
   constructor (init: LeaseKeeperInit) {
     this.timing = init.timing ?? leaseTiming(init.beatMs)
@@ -193,9 +195,13 @@ export class LeaseKeeper {
     const out: Array<{ peer: string, epoch: number }> = []
     for (const peer of others) {
       const epoch = epochOf(peer)
+      // A host back with a new epoch gets a whole declare time to be heard (its connections may
+      // take a while): declared again at once, it would be lost again before it could answer.
+      const seen = this.epochs.get(peer)
+      if (seen === undefined || seen.epoch < epoch) this.epochs.set(peer, { epoch, at: seen === undefined ? this.started : now })
       const d = this.declared.get(peer)
       if (d !== undefined && d >= epoch) continue
-      const last = Math.max(this.heardAt.get(peer) ?? -Infinity, this.started)
+      const last = Math.max(this.heardAt.get(peer) ?? -Infinity, this.started, this.epochs.get(peer)?.at ?? -Infinity)
       if (now - last < this.timing.declareMs) continue
       this.declared.set(peer, epoch)
       out.push({ peer, epoch })

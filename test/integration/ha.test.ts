@@ -100,7 +100,11 @@ describe.skipIf(missing !== undefined)('--ha restart VMs outlive their host (QEM
     expect(n1.reason).toMatch(/--ha none/)
     // The host comes back: a new epoch, its old claim on h1 void; h1 stays where it runs, n1 runs again.
     await holder.start()
-    await waitFor(async () => (await vm(holder, 'n1')).status === 'running', { timeoutMs: 90_000, what: 'n1 running again on its host' })
+    await waitFor(async () => (await vm(holder, 'n1')).status === 'running', { timeoutMs: 90_000, what: 'n1 running again on its host' }).catch(async err => {
+      console.log('n1 on the returned host:', JSON.stringify(await vm(holder, 'n1')), JSON.stringify(((await holder.hosts()) as HostView[]).map(h => [h.name, h.reachable, h.lost, h.declaredBy.length, h.epoch])))
+      console.log(holder.log.split('\n').filter(l => /lease|declar|epoch|claim|schedul|fenc|VM|fetch|image/.test(l)).slice(-40).join('\n'))
+      throw err
+    })
     expect((await vm(holder, 'h1')).hostName).not.toBe(holder.name)
     expect(await running(name)).toHaveLength(1)
   }, 240_000)

@@ -92,6 +92,19 @@ describe('declarations', () => {
     expect(k.echoFor(B, 1)).toBe(8)
   })
 
+  it('a host back with a new epoch gets a whole declare time to be heard before it is declared again', () => {
+    let now = 0
+    const k = new LeaseKeeper({ beatMs: 1000, now: () => now })
+    now = 7000
+    expect(k.declare([B], () => 0)).toEqual([{ peer: B, epoch: 0 }])
+    now = 20_000 // B comes back at epoch 1, not heard yet
+    expect(k.declare([B], () => 1)).toEqual([])
+    now = 25_999
+    expect(k.declare([B], () => 1)).toEqual([])
+    now = 26_001
+    expect(k.declare([B], () => 1)).toEqual([{ peer: B, epoch: 1 }])
+  })
+
   it('a restarted daemon remembers its declarations from its record', () => {
     const k = new LeaseKeeper({ beatMs: 1000, now: () => 0 })
     k.received(B, 3, 0)
