@@ -10,10 +10,9 @@
  * next run. Every run is counted; a run that does not recover within 120 s fails the benchmark.
  */
 import { execFileSync } from 'node:child_process'
-import { writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
 import { TestMesh, type TestDaemon } from '../test/helpers/daemon.ts'
 import { waitFor } from '../test/helpers/wait.ts'
+import { makeUser } from '../test/helpers/users.ts'
 import { qemuPidsOf, imageElsewhere } from '../test/helpers/vm-copies.ts'
 import { bootDisk } from '../node/demo/boot-disk.ts'
 import { BOOT_LINE } from '../node/demo/tiny-image.ts'
@@ -34,11 +33,8 @@ export async function recovery (runs: number): Promise<RecoveryResult> {
   try {
     // Default heartbeat and lease: only what the machine needs to hold three daemons.
     ds.push(...await mesh.form(['alpha', 'bravo', 'charlie'], 'vcpus = 8\nmem_mib = 4096\ndisk_gib = 200\nnetwork = "none"\n'))
-    const keyring = join(mesh.dir, 'user-keyring')
-    if ((await ds[0].as(keyring, 'key', 'generate', '--name', 'bench', '--email', 'bench@example.org')).code !== 0) throw new Error('key generate failed')
-    const pub = join(mesh.dir, 'user.asc')
-    await writeFile(pub, (await ds[0].as(keyring, 'key', 'export')).stdout)
-    for (const d of ds) if ((await d.cli('trust', 'add', pub)).code !== 0) throw new Error('trust add failed')
+    const { keyring, keyFile } = await makeUser(ds[0], mesh.dir, 'bench')
+    for (const d of ds) if ((await d.cli('trust', 'add', keyFile)).code !== 0) throw new Error('trust add failed')
     const added = await ds[0].as(keyring, 'image', 'add', disk, '--name', 'tiny')
     if (added.code !== 0) throw new Error(`image add failed: ${added.stderr}`)
     const detect: number[] = []; const daemon: number[] = []; const boot: number[] = []; const total: number[] = []

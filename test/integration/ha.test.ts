@@ -7,10 +7,9 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { execFileSync } from 'node:child_process'
-import { writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
 import { TestMesh, type TestDaemon } from '../helpers/daemon.ts'
 import { waitFor } from '../helpers/wait.ts'
+import { makeUser } from '../helpers/users.ts'
 import { hostsRunning, qemuPidsOf, sampleCopies, imageElsewhere, type Sample } from '../helpers/vm-copies.ts'
 import { bootDisk, hasBootDiskTools } from '../../node/demo/boot-disk.ts'
 import type { VmView } from '../../node/control/views.ts'
@@ -41,11 +40,9 @@ describe.skipIf(missing !== undefined)('--ha restart VMs outlive their host (QEM
     const disk = (await bootDisk()).path
     mesh = await TestMesh.create()
     ds = await mesh.form(['alpha', 'bravo', 'charlie'], CONFIG)
-    keyring = join(mesh.dir, 'user-keyring')
-    expect((await ds[0].as(keyring, 'key', 'generate', '--name', 'ha user', '--email', 'ha@example.org')).code).toBe(0)
-    const pub = join(mesh.dir, 'user.asc')
-    await writeFile(pub, (await ds[0].as(keyring, 'key', 'export')).stdout)
-    for (const d of ds) expect((await d.cli('trust', 'add', pub)).code).toBe(0)
+    const user = await makeUser(ds[0], mesh.dir, 'ha')
+    keyring = user.keyring
+    for (const d of ds) expect((await d.cli('trust', 'add', user.keyFile)).code).toBe(0)
     const added = await ds[0].as(keyring, 'image', 'add', disk, '--name', 'tiny')
     expect(added.code, added.stderr).toBe(0)
   }, 300_000)

@@ -179,12 +179,14 @@ describe('claims and endorsements', () => {
       epoch: -1,
       unreachable: { [B]: { epoch: 'x', since: at }, [C]: { epoch: 0, since: at }, 'not-a-peer': { epoch: 0, since: at } },
       endorse: { [VM]: 'A@1; DROP', ['c'.repeat(64)]: claimRef(B, 2) },
-      claims: { [VM]: { at, epoch: 1.5 } }
+      claims: { [VM]: { at, epoch: 1.5 } },
+      drained: { at: 'yesterday', reason: 'x' }
     })
     expect(r.value?.epoch).toBeUndefined()
     expect(r.value?.unreachable).toEqual({ [C]: { epoch: 0, since: at } })
     expect(r.value?.endorse).toEqual({ ['c'.repeat(64)]: claimRef(B, 2) })
     expect(r.value?.claims).toEqual({})
+    expect(r.value?.drained).toBeUndefined()
     expect(r.problems.length).toBeGreaterThanOrEqual(5)
   })
 })
