@@ -11,8 +11,9 @@
  *   only shortens it. A host whose lease runs out stops its `restart` VMs at once (self-fencing;
  *   a watchdog process does it if the daemon itself is frozen, node/compute/watchdog.ts).
  * - **Loss** (deterministic, from the replicated state). A member declares a peer unreachable in
- *   its own record after hearing nothing from it for `declareMs` on its own clock, naming the
- *   peer's current epoch; from that moment it echoes nothing to that peer, and it never takes the
+ *   its own record after hearing nothing from it for `declareMs` on its own clock (6 of the
+ *   intervals the peer said it beats at: a host without `restart` VMs beats slowly, and is
+ *   declared later), naming the peer's current epoch; from that moment it echoes nothing to that peer, and it never takes the
  *   declaration back. A host is *lost* when a strict majority of the members declared it at its
  *   current epoch. Every host computes the same set of lost hosts from the same state; a lost
  *   host's claims on `restart` VMs no longer count, so the VMs are placed again, elsewhere.
@@ -22,7 +23,9 @@
  * at time t (holder's clock), so X heard the holder at or after t, and X declares no earlier than
  * `declareMs` after that. The holder's lease through X ended at t + `fenceMs`. With
  * `declareMs` ≥ 2 × `fenceMs` the holder has stopped its copy long before (the gap absorbs clock
- * rate drift, the fence check's period and the time to kill a VM). A declarer never echoes the
+ * rate drift, the fence check's period and the time to kill a VM). A holder counts its fence in
+ * its fast interval and announces an interval at least that long, so the ratio holds between
+ * hosts configured differently too. A declarer never echoes the
  * declared epoch again, so a healed link cannot revive the lease; the lost host must first stop
  * the VMs it held, then start a new epoch, which voids its old claims (`claimCurrent`).
  *
@@ -106,7 +109,13 @@ export function lostHosts (doc: Partial<MeshDoc>): Map<string, { since: string, 
 }
 
 export interface LeaseKeeperInit {
+  /** This host's beat interval while it needs its lease (`lease_interval`). */
   beatMs: number
+  /**
+   * The interval assumed for a peer that has not said its own (the idle `heartbeat_interval`).
+   * @default beatMs
+   */
+  idleBeatMs?: number
   /** Other times than `leaseTiming(beatMs)` (the simulator shows what breaks with them). */
   timing?: LeaseTiming
   /** Monotonic milliseconds. @default performance.now() + performance.timeOrigin */
@@ -125,6 +134,10 @@ export class LeaseKeeper {
   readonly timing: LeaseTiming
   private readonly now: () => number
   private readonly started: number
+  private readonly beatMs: number
+  private readonly idleBeatMs: number
+  /** peer → the beat interval it announced last: its silence is judged by it. */
+  private readonly peerBeatMs = new Map<string, number>()
   private seq = 0
   private readonly sentAt = new Map<number, number>()
   private readonly lastSeq = new Map<string, number>()
@@ -137,6 +150,8 @@ export class LeaseKeeper {
 
   constructor (init: LeaseKeeperInit) {
     this.timing = init.timing ?? leaseTiming(init.beatMs)
+    this.beatMs = init.beatMs
+    this.idleBeatMs = init.idleBeatMs ?? init.beatMs
     this.now = init.now ?? (() => performance.timeOrigin + performance.now())
     this.started = this.now()
   }
@@ -161,10 +176,11 @@ export class LeaseKeeper {
     return this.lastSeq.get(peer) ?? 0
   }
 
-  /** A beat from `peer`: numbered `seq`, echoing our beat `echo` (0: none). */
-  received (peer: string, seq: number, echo: number): void {
+  /** A beat from `peer`: numbered `seq`, echoing our beat `echo` (0: none), sent every `intervalMs`. */
+  received (peer: string, seq: number, echo: number, intervalMs?: number): void {
     const now = this.now()
     this.heardAt.set(peer, now)
+    if (intervalMs !== undefined) this.peerBeatMs.set(peer, intervalMs)
     if (seq > 0) this.lastSeq.set(peer, seq)
     const at = this.sentAt.get(echo)
     if (echo > 0 && at !== undefined && at > (this.confirmed.get(peer) ?? -Infinity)) this.confirmed.set(peer, at)
@@ -186,7 +202,16 @@ export class LeaseKeeper {
   }
 
   /**
-   * Peers silent for `declareMs` (counted from this keeper's start for a peer never heard) and
+   * How long `peer` must be silent to be declared: `declareMs`, scaled by the interval it beats at
+   * (idle hosts beat slowly; the safety argument holds for any interval at least as long as the
+   * one the peer's own fence counts in, since a longer wait only declares later).
+   */
+  declareMsFor (peer: string): number {
+    return this.timing.declareMs * (this.peerBeatMs.get(peer) ?? this.idleBeatMs) / this.beatMs
+  }
+
+  /**
+   * Peers silent for their declare time (counted from this keeper's start for a peer never heard) and
    * not yet declared at `epochOf(peer)`: to be declared now. They are marked declared here, before
    * the declaration is written, so that nothing is echoed to them from this moment.
    */
@@ -202,7 +227,7 @@ export class LeaseKeeper {
       const d = this.declared.get(peer)
       if (d !== undefined && d >= epoch) continue
       const last = Math.max(this.heardAt.get(peer) ?? -Infinity, this.started, this.epochs.get(peer)?.at ?? -Infinity)
-      if (now - last < this.timing.declareMs) continue
+      if (now - last < this.declareMsFor(peer)) continue
       this.declared.set(peer, epoch)
       out.push({ peer, epoch })
     }

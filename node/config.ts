@@ -31,6 +31,12 @@ export interface DaemonConfig {
   announce: string[]
   /** Seconds between liveness beats to directly connected members (node/mesh/liveness.ts). @default 10 */
   heartbeatInterval: number
+  /**
+   * Seconds between beats while this host runs or is given `--ha restart` VMs: their lease is 3 of
+   * these, and a host beating at this rate is declared unreachable after 6 (crdt/lease.ts).
+   * @default the smaller of 2 and heartbeatInterval
+   */
+  leaseInterval: number
   /** Seconds between attempts to reconnect to members we are not connected to. @default 5 */
   reconnectInterval: number
   /** Group that may use the socket (mode 0660). @default "picocloud" when it exists */
@@ -63,7 +69,7 @@ export interface ConfigFlags {
 }
 
 /** Every key the config file accepts (deploy/config.example.toml documents each one). */
-export const KNOWN_KEYS: ReadonlySet<string> = new Set(['name', 'state', 'socket', 'listen', 'announce', 'heartbeat_interval', 'reconnect_interval', 'socket_group',
+export const KNOWN_KEYS: ReadonlySet<string> = new Set(['name', 'state', 'socket', 'listen', 'announce', 'heartbeat_interval', 'lease_interval', 'reconnect_interval', 'socket_group',
   'labels', 'vcpus', 'mem_mib', 'disk_gib', 'arch', 'hypervisor', 'metrics_listen', 'image_listen', ...NETWORK_KEYS])
 
 /** "127.0.0.1:9778", "[::1]:9778", ":9778" (every interface) → host and port. */
@@ -151,6 +157,9 @@ export async function resolveConfig (flags: ConfigFlags, env: NodeJS.ProcessEnv 
   if (raw.image_listen !== undefined && typeof raw.image_listen !== 'string') throw bad(file, 'image_listen must be a string like ":9779" (or "" for off)')
   const images = flags.imageListen ?? raw.image_listen as string | undefined ?? DEFAULT_IMAGE_LISTEN
   if (images !== '') parseListenAddress(flags.imageListen !== undefined ? '--image-listen' : `${file}: image_listen`, images)
+  const heartbeatInterval = num('heartbeat_interval', 10)
+  const leaseInterval = num('lease_interval', Math.min(2, heartbeatInterval))
+  if (leaseInterval > heartbeatInterval) throw bad(file, `lease_interval (${leaseInterval}) must not be longer than heartbeat_interval (${heartbeatInterval}): it is the faster rate, used while this host runs --ha restart VMs`)
   return {
     hypervisor,
     imageListen: images === '' ? undefined : images,
@@ -165,7 +174,8 @@ export async function resolveConfig (flags: ConfigFlags, env: NodeJS.ProcessEnv 
     socket: flags.socket ?? env.PICOCLOUD_SOCKET ?? str('socket') ?? DEFAULT_SOCKET,
     listen: validateMultiaddrs('listen', listen),
     announce: validateMultiaddrs('announce', announce),
-    heartbeatInterval: num('heartbeat_interval', 2),
+    heartbeatInterval,
+    leaseInterval,
     reconnectInterval: num('reconnect_interval', 5),
     socketGroup: str('socket_group')
   }

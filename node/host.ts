@@ -61,7 +61,7 @@ export class PicocloudHost extends EventEmitter<HostEvents> {
     this.wireguard = wireguard
     this.store = store
     const emit = (type: string, data: Record<string, unknown> = {}): void => { this.emit('event', { type, time: new Date().toISOString(), ...data }) }
-    this.mesh = new Mesh({ config, log, key, store, version: VERSION, emit })
+    this.mesh = new Mesh({ config, log, key, store, version: VERSION, emit, needsLease: () => this.compute.needsLease() })
     this.control = new Control({
       store,
       log,
@@ -94,7 +94,7 @@ export class PicocloudHost extends EventEmitter<HostEvents> {
       },
       // VM NICs go on the network's bridge: the data plane must have made it.
       beforeStart: async () => { await this.network.settle() },
-      lease: { expiry: () => this.mesh.lease.expiry(), now: () => this.mesh.lease.now(), fenceMs: this.mesh.lease.keeper.timing.fenceMs },
+      lease: { expiry: () => this.mesh.lease.expiry(), now: () => this.mesh.lease.now(), fenceMs: this.mesh.lease.keeper.timing.fenceMs, want: () => { this.mesh.leaseNeeded() } },
       emit
     })
     this.membership = new Membership({

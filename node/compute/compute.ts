@@ -40,8 +40,8 @@ export interface ComputeInit {
   }
   /** Runs before a VM starts (its NICs need the network's bridge). */
   beforeStart: () => Promise<void>
-  /** This host's lease (node/mesh/lease.ts): `--ha restart` VMs run only while it holds. */
-  lease: { expiry: () => number, now: () => number, fenceMs: number }
+  /** This host's lease (node/mesh/lease.ts): `--ha restart` VMs run only while it holds. `want`: see Fence. */
+  lease: { expiry: () => number, now: () => number, fenceMs: number, want?: () => void }
   emit: (type: string, data?: Record<string, unknown>) => void
 }
 
@@ -86,7 +86,14 @@ export class Compute {
 
   kick (): void {
     this.guardedNames = undefined
+    // Before the reconciler looks: a first restart VM here must start acquiring the lease now.
+    this.fence?.check()
     this.reconciler?.kick()
+  }
+
+  /** Whether `restart` VMs are placed here: then this host keeps its lease (beats at the lease rate). */
+  needsLease (): boolean {
+    return this.guarded().length > 0
   }
 
   /** Names of the `restart` VMs placed here, worked out again after each change (not by the fence's timer). */
@@ -141,6 +148,7 @@ export class Compute {
       seed: async (vm, spec) => await writeSeed(config.state, vm, spec),
       beforeStart: this.init.beforeStart,
       leaseHeld: () => this.fence?.holds() ?? true,
+      leaseAcquiring: () => this.fence?.acquiring() ?? false,
       fenceReason: `fenced: this host heard fewer than a majority of the hosts for ${this.init.lease.fenceMs / 1000} s; it runs the VM again when it hears them, unless the mesh has moved it`
     })
     this.reconciler.start()

@@ -14,7 +14,11 @@ import type { Watchdog } from './watchdog.ts'
 import type { Logger } from '../log.ts'
 
 export interface FenceInit {
-  lease: { expiry: () => number, now: () => number }
+  /**
+   * `want`: this host just came to hold `restart` VMs; beat at the lease rate so that the lease is
+   * held within a round trip (hosts without such VMs beat slowly and hold none).
+   */
+  lease: { expiry: () => number, now: () => number, fenceMs?: number, want?: () => void }
   driver: HypervisorDriver
   /** Names of the `restart` VMs the state places here. */
   guarded: () => string[]
@@ -37,6 +41,10 @@ export class Fence {
   private timer?: NodeJS.Timeout
   private fenced = false
   private killing?: Promise<void>
+  /** Whether nothing was under the lease at the last check. */
+  private unguarded = true
+  /** Until then a missing lease is being acquired (first restart VM here), not lost. */
+  private acquiringUntil = 0
 
   constructor (init: FenceInit) {
     this.init = init
@@ -44,6 +52,11 @@ export class Fence {
 
   holds (): boolean {
     return this.init.lease.now() < this.init.lease.expiry() - MARGIN_MS
+  }
+
+  /** Not held yet because this host only just came to need it: its VMs wait, they are not fenced. */
+  acquiring (): boolean {
+    return !this.holds() && this.init.lease.now() < this.acquiringUntil
   }
 
   start (): void {
@@ -61,13 +74,21 @@ export class Fence {
     const { lease, guarded, pid, watchdog, log, emit, changed } = this.init
     const names = guarded()
     // Nothing under the lease here: nothing to check (most hosts, most of the time).
-    if (names.length === 0 && !this.fenced) return
+    if (names.length === 0 && !this.fenced) {
+      this.unguarded = true
+      return
+    }
+    if (this.unguarded) {
+      this.unguarded = false
+      if (!this.holds()) this.acquiringUntil = lease.now() + (lease.fenceMs ?? 0)
+      lease.want?.()
+    }
     if (this.holds()) {
       const left = lease.expiry() - lease.now() - MARGIN_MS
       watchdog?.pet(left, names.flatMap(name => { const p = pid(name); return p === undefined ? [] : [{ pid: p, name }] }))
       if (this.fenced) {
         this.fenced = false
-        log.info('lease held again: restart VMs may run here')
+        log.info('lease held: restart VMs may run here')
         emit('host.lease', { held: true })
         changed()
       }
@@ -76,8 +97,12 @@ export class Fence {
     watchdog?.pet(0, [])
     if (this.fenced) return
     this.fenced = true
-    log.warn('lease lost: this host hears fewer than a majority of the hosts; fencing its restart VMs', { vms: names.join(',') })
-    emit('host.lease', { held: false, fenced: names })
+    // Whatever runs without the lease dies either way; only the words differ.
+    if (this.acquiring()) log.info('waiting for the lease: a majority of the hosts must answer this host\'s beats', { vms: names.join(',') })
+    else {
+      log.warn('lease lost: this host hears fewer than a majority of the hosts; fencing its restart VMs', { vms: names.join(',') })
+      emit('host.lease', { held: false, fenced: names })
+    }
     this.killing = this.kill(names).finally(() => { this.killing = undefined; changed() })
   }
 

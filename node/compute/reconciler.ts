@@ -37,6 +37,8 @@ export interface VmReconcilerInit {
   bridgeExists?: (bridge: string) => Promise<boolean>
   /** Whether this host holds its lease: `--ha restart` VMs run only then (node/compute/fence.ts). @default always */
   leaseHeld?: () => boolean
+  /** Whether the lease is not held yet because this host only just came to need it. @default never */
+  leaseAcquiring?: () => boolean
   /** Why a restart VM is fenced, for its report. */
   fenceReason?: string
 }
@@ -197,7 +199,9 @@ export class VmReconciler {
       const want = vm.desired === 'running' && operatorStop === undefined ? 'running' : vm.desired === 'destroyed' ? 'destroyed' : 'stopped'
       if (want === 'running' && vm.spec.ha === 'restart') {
         const held = this.init.leaseHeld?.() === false
-          ? { status: 'fenced' as const, reason: this.init.fenceReason ?? 'this host lost its lease' }
+          ? this.init.leaseAcquiring?.() === true
+            ? { status: 'placed' as const, reason: 'waiting for this host\'s lease: a majority of the hosts must answer its beats' }
+            : { status: 'fenced' as const, reason: this.init.fenceReason ?? 'this host lost its lease' }
           : vm.endorsed !== true ? { status: 'placed' as const, reason: 'waiting for a majority of the hosts to endorse this host\'s claim' } : undefined
         if (held !== undefined) {
           targets.push({ id: vm.id, name, want: 'stopped', force: true, held, restart: vm.spec.restart, image: { present: true } })

@@ -15,7 +15,10 @@ import type { Logger } from '../log.ts'
 
 export interface LeaseInit {
   store: StateStore
+  /** Beat interval while this host needs its lease (`lease_interval`). */
   beatMs: number
+  /** Beat interval otherwise (`heartbeat_interval`): assumed for peers not heard yet. */
+  idleBeatMs?: number
   log: Logger
   emit: (type: string, data?: Record<string, unknown>) => void
   /** Monotonic milliseconds (tests). */
@@ -30,12 +33,12 @@ export class Lease {
 
   constructor (init: LeaseInit) {
     this.init = init
-    this.keeper = new LeaseKeeper({ beatMs: init.beatMs, ...(init.now === undefined ? {} : { now: init.now }) })
+    this.keeper = new LeaseKeeper({ beatMs: init.beatMs, ...(init.idleBeatMs === undefined ? {} : { idleBeatMs: init.idleBeatMs }), ...(init.now === undefined ? {} : { now: init.now }) })
     this.beats = {
       sent: () => this.keeper.sent(),
       current: () => this.keeper.current(),
       echoFor: peer => { this.rememberOwn(); return this.keeper.echoFor(peer, epochOf(this.init.store.doc.hosts?.[peer])) },
-      received: (peer, seq, echo) => { this.keeper.received(peer, seq, echo) }
+      received: (peer, seq, echo, intervalMs) => { this.keeper.received(peer, seq, echo, intervalMs) }
     }
   }
 
@@ -88,7 +91,7 @@ export class Lease {
         for (const f of fresh) rec.unreachable[f.peer] = scalars({ epoch: f.epoch, since })
       })
       for (const f of fresh) {
-        log.warn('declared a host unreachable', { peer: f.peer, epoch: f.epoch, silentMs: this.keeper.timing.declareMs })
+        log.warn('declared a host unreachable', { peer: f.peer, epoch: f.epoch, silentMs: this.keeper.declareMsFor(f.peer) })
         emit('host.unreachable', { peerId: f.peer, epoch: f.epoch })
       }
     } finally {

@@ -36,8 +36,8 @@ const BLOCK_MS = 10 * 60_000
 const ANTI_ENTROPY_MS = 60_000
 // A digest that still differs this long after a beat is a real divergence, not gossip in flight.
 const DIVERGENCE_GRACE_MS = 1000
-// Digests are judged at most this often per peer, whatever the heartbeat (2 s by default for the
-// lease): judged on every 2 s beat, a 10-host mesh under a stream of changes synced so often that
+// Digests are judged at most this often per peer, whatever the beat rate (2 s while a host holds
+// `restart` VMs): judged on every 2 s beat, a 10-host mesh under a stream of changes synced so often that
 // a change took 45 ms to reach all (p50) instead of 25 (npm run bench -- --only dissemination).
 const DIVERGENCE_EVERY_MS = 10_000
 const DIAL_TIMEOUT_MS = 10_000
@@ -49,6 +49,8 @@ export interface MeshConfig {
   announce: string[]
   /** Seconds between beats. */
   heartbeatInterval: number
+  /** Seconds between beats while this host needs its lease. */
+  leaseInterval: number
   /** Seconds between attempts to dial members we are not connected to. */
   reconnectInterval: number
 }
@@ -61,6 +63,8 @@ export interface MeshInit {
   version: string
   /** An event for the API's event stream. */
   emit: (type: string, data?: Record<string, unknown>) => void
+  /** Whether this host runs or is given `--ha restart` VMs: it beats at the lease rate then. @default never */
+  needsLease?: () => boolean
 }
 
 export interface MeshEvents {
@@ -107,7 +111,7 @@ export class Mesh extends EventEmitter<MeshEvents> {
     this.peerId = peerIdFromPrivateKey(init.key).toString()
     this.gate = new MembershipGate(this.peerId, () => this.store.doc)
     this.liveness = new Liveness(init.config.heartbeatInterval * 1000)
-    this.lease = new Lease({ store: this.store, beatMs: init.config.heartbeatInterval * 1000, log: this.log.forComponent('lease'), emit: init.emit })
+    this.lease = new Lease({ store: this.store, beatMs: init.config.leaseInterval * 1000, idleBeatMs: init.config.heartbeatInterval * 1000, log: this.log.forComponent('lease'), emit: init.emit })
     this.gossip = new Gossip({
       store: this.store,
       key: init.key,
@@ -139,6 +143,8 @@ export class Mesh extends EventEmitter<MeshEvents> {
       p2p,
       liveness: this.liveness,
       intervalMs: config.heartbeatInterval * 1000,
+      leaseMs: config.leaseInterval * 1000,
+      needsLease: () => this.init.needsLease?.() ?? false,
       isMember: peer => isActiveMember(this.store.doc, peer),
       digest: () => this.digest(),
       onBeat: (peer, digest) => this.divergence.report(peer, digest),
@@ -182,7 +188,7 @@ export class Mesh extends EventEmitter<MeshEvents> {
     this.gossip.start(this.libp2p)
     void this.reconnect()
     this.beats?.start()
-    this.every(this.init.config.heartbeatInterval * 1000, () => { void this.lease.tick().catch(err => this.log.warn('lease tick failed', { error: err.message })) })
+    this.every(this.init.config.leaseInterval * 1000, () => { void this.lease.tick().catch(err => this.log.warn('lease tick failed', { error: err.message })) })
     this.every(this.init.config.reconnectInterval * 1000, () => { void this.reconnect() })
     this.every(ANTI_ENTROPY_MS, () => { void this.antiEntropy() })
     // Liveness changes without a state change: let placement see hosts come and go (only when
@@ -195,7 +201,10 @@ export class Mesh extends EventEmitter<MeshEvents> {
   }
 
   /** Sends a beat now (after start-up, so peers see this host at once). */
-  beat (): void { this.beats?.beat() }
+  beat (): void { this.beats?.beatNow() }
+
+  /** This host just came to need its lease: beat at the lease rate from now on, starting now. */
+  leaseNeeded (): void { this.beats?.beatNow() }
 
   private every (ms: number, fn: () => void): void {
     const t = setInterval(fn, ms)

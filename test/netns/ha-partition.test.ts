@@ -108,8 +108,15 @@ describe.skipIf(reason !== undefined)('--ha restart across a partition (namespac
     // The old holder hears the others again, learns it was lost, starts a new epoch.
     await waitFor(async () => ((await d[a].hosts()) as HostView[]).find(h => h.self)?.epoch === 1, { timeoutMs: 60_000, what: 'a new epoch on the old holder' })
     await waitFor(() => Date.now() - healed > 8000, { timeoutMs: 10_000, intervalMs: 500, what: '8 s after the heal' })
-    expect(await running(name)).toHaveLength(1)
-    expect((await running(name))[0]).not.toBe(NAMES[a])
+    const afterHeal = await running(name)
+    if (afterHeal.length !== 1) {
+      for (const x of d) {
+        console.log(x.name, JSON.stringify(await vm(x, 'p1')), JSON.stringify((await x.hosts()).map(h => [h.name, h.reachable, h.lost, h.declaredBy.length, h.epoch])))
+        console.log(x.log.split('\n').filter(l => /lease|declar|epoch|claim|schedul|fenc|VM|silent/.test(l)).slice(-40).join('\n'))
+      }
+    }
+    expect(afterHeal).toHaveLength(1)
+    expect(afterHeal[0]).not.toBe(NAMES[a])
     expect((await vm(d[a], 'p1')).status).toBe('running')
     const twice = copies.filter(c => c.hosts.length > 1)
     expect(twice, JSON.stringify(twice.slice(0, 3))).toEqual([])

@@ -45,6 +45,19 @@ describe('daemon configuration: flags, then environment, then the TOML file, the
     expect(await bad('hypervisor = "vmware"\n')).toMatch(/hypervisor must be/)
   })
 
+  it('beats: 10 s idle, 2 s while holding restart VMs (never slower than idle); a faster lease than heartbeat is refused', async () => {
+    const at = async (text: string): Promise<unknown> => {
+      const f = join(dir, 'beats.toml')
+      await writeFile(f, text)
+      return await resolveConfig({ config: f }, {}).then(c => [c.heartbeatInterval, c.leaseInterval], (e: any) => e.message)
+    }
+    expect(await at('')).toEqual([10, 2])
+    expect(await at('heartbeat_interval = 0.5\n')).toEqual([0.5, 0.5])
+    expect(await at('lease_interval = 1\n')).toEqual([10, 1])
+    expect(await at('heartbeat_interval = 1\nlease_interval = 3\n')).toMatch(/lease_interval \(3\) must not be longer than heartbeat_interval \(1\)/)
+    expect(await at('lease_interval = 0\n')).toMatch(/lease_interval must be a positive number/)
+  })
+
   it('image_listen: the side port for image bytes is on by default, "" turns it off, the flag wins', async () => {
     const f = join(dir, 'images.toml')
     expect((await resolveConfig({}, { PICOCLOUD_CONFIG: undefined })).imageListen).toBe(':9779')
