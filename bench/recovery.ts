@@ -1,6 +1,6 @@
 /**
  * Recovery of a `--ha restart` VM after its host loses power, with default lease settings
- * (heartbeat_interval 2 s: lease 6 s, declared after 12 s of silence). Three real daemons, QEMU
+ * (lease_interval 2 s: lease 6 s, declared after 12 s of silence). Three real daemons, QEMU
  * guests. Each run: a VM boots, its host's daemon, watchdog and QEMU are killed at once (t0), and
  * another daemon's view is polled every 20 ms:
  *   detection      t0 → the VM leaves its old host in that view (a majority declared it lost),

@@ -199,7 +199,7 @@ await section('recovery', async () => {
   row('recovery', '… of which detection (a majority declared the host lost; default: 12 s of silence)', 'picocloud', r.detectMs, 'ms', '', undefined, 0)
   row('recovery', '… then guest boot (running → boot line on the serial console; TCG)', 'picocloud', r.bootMs, 'ms', '', undefined, 0)
   row('recovery', 'power loss → the guest booted on another host', 'picocloud', r.totalMs, 'ms', 'p50, max ≤ 30 s (Proxmox HA: ~2 min)', r.totalMs.p50 <= 30_000 && r.totalMs.max <= 30_000, 0)
-  notes.push('Recovery: bench/recovery.ts. Three daemons with the default heartbeat_interval (2 s: lease 6 s, declared after 12 s), the QEMU driver, a 1-vCPU 256 MiB tiny guest with `--ha restart`; its host\'s daemon, watchdog and QEMU are SIGKILLed at once; another daemon\'s view is polled every 20 ms. The restarted VM starts from its image (no disk replicas yet). Proxmox\'s figure is its documented fence-and-restart time, not measured here.')
+  notes.push('Recovery: bench/recovery.ts. Three daemons with the default lease_interval (2 s, the beat rate of a host holding `--ha restart` VMs: lease 6 s, declared after 12 s), the QEMU driver, a 1-vCPU 256 MiB tiny guest with `--ha restart`; its host\'s daemon, watchdog and QEMU are SIGKILLed at once; another daemon\'s view is polled every 20 ms. The restarted VM starts from its image (no disk replicas yet). Proxmox\'s figure is its documented fence-and-restart time, not measured here.')
 })
 
 // 8b. Image transfer ————————————————————————————————————————————————————————————
