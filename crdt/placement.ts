@@ -127,6 +127,15 @@ function exceeds (want: number, free: number): boolean {
   return !(want <= free)
 }
 
+/** Why a VM's pin keeps it off host `h`, or undefined when the pin admits `h` (or there is none). */
+export function pinExcludes (pin: PlacementRequest['needs']['pin'], h: Pick<HostView, 'peerId' | 'labels'>): { reason: 'pin-host' | 'pin-labels', detail: string } | undefined {
+  if (pin?.host !== undefined && pin.host !== h.peerId) return { reason: 'pin-host', detail: `VM is pinned to host ${pin.host}` }
+  for (const [k, v] of Object.entries(pin?.labels ?? {})) {
+    if (!Object.hasOwn(h.labels, k) || h.labels[k] !== v) return { reason: 'pin-labels', detail: `VM is pinned to hosts labelled ${k}=${v}` }
+  }
+  return undefined
+}
+
 function decide (req: PlacementRequest, h: HostView, t: Tally): HostDecision {
   const no = (reason: HostReason, detail: string): HostDecision => ({ peerId: h.peerId, eligible: false, reason, detail })
   const n = req.needs
@@ -135,12 +144,8 @@ function decide (req: PlacementRequest, h: HostView, t: Tally): HostDecision {
   if (h.lost === true && req.ha === 'restart') return no('lost', 'a majority of the hosts declared it unreachable')
   if (h.up === false) return no('down', 'host is not reachable')
   if (h.drained === true) return no('drained', 'its operator drains it (`picocloud host drain`)')
-  if (n.pin?.host !== undefined && n.pin.host !== h.peerId) return no('pin-host', `VM is pinned to host ${n.pin.host}`)
-  if (n.pin?.labels !== undefined) {
-    for (const [k, v] of Object.entries(n.pin.labels)) {
-      if (!Object.hasOwn(h.labels, k) || h.labels[k] !== v) return no('pin-labels', `VM is pinned to hosts labelled ${k}=${v}`)
-    }
-  }
+  const pinned = pinExcludes(n.pin, h)
+  if (pinned !== undefined) return no(pinned.reason, pinned.detail)
   if (!h.arch.includes(n.arch)) return no('architecture', `host runs ${h.arch.join(', ') || 'no architecture'}, VM needs ${n.arch}`)
   if (n.networks.length > 0 && h.networks === false) return no('no-data-plane', `host builds no private networks (see its \`picocloud status\`), VM is on ${n.networks.join(', ')}`)
   const admission = admits(h.policy, req.issuer, t.byIssuer.get(req.issuer) ?? NO_USAGE, n)

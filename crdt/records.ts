@@ -98,6 +98,7 @@ function hostVm (v: unknown, path: string): HostVm {
     if (!isObject(o)) throw new Error(`${path}.operatorStop: expected an object`)
     out.operatorStop = { at: time(o.at, `${path}.operatorStop.at`), reason: string(o.reason, `${path}.operatorStop.reason`, TEXT) }
   }
+  if (v.handedOver !== undefined) out.handedOver = string(v.handedOver, `${path}.handedOver`, REQUEST_ID)
   return out
 }
 

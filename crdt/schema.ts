@@ -115,6 +115,8 @@ export interface HostVm {
   since: string
   /** Set when the host's operator stopped it (through the local socket). */
   operatorStop?: { at: string, reason: string }
+  /** The `vm.move` request whose disk this host (the one the VM left) handed to the new host. */
+  handedOver?: string
 }
 
 /** A request the host that received it found nobody could take: final. */

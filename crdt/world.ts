@@ -13,7 +13,7 @@
  * const world = deriveWorld(store.doc, id => validity.get(id))
  * world.vms.get(vmId)?.host
  */
-import { assign, resolveClaims, type HostView, type PlacementRequest, type HostDecision, type Claim } from './placement.ts'
+import { assign, resolveClaims, pinExcludes, type HostView, type PlacementRequest, type HostDecision, type Claim } from './placement.ts'
 import { validatePolicy, emptyPolicy, type TrustPolicy } from '../keys/trust-policy.ts'
 import { vmResources, type RequestBodies, type RequestKind, type VmCreateBody, type NetCreateBody, type NicSpec } from '../protocol/requests.ts'
 import { lostHosts, claimCurrent, claimStands, endorsedByMajority } from './lease.ts'
@@ -98,6 +98,11 @@ export interface VmEntry {
   hostLost?: { since: string }
   /** `--ha restart`: a majority of the members endorse its host's claim, so it may run there (crdt/lease.ts). */
   endorsed?: boolean
+  /**
+   * The owner's last `vm move`: the host it left (`from`, as the owner saw it), whose disk the new
+   * host starts from (node/compute/disk-handover.ts), and the request, which names the hand-over.
+   */
+  move?: { from: string, request: string, settled?: boolean }
 }
 
 export interface NetEntry {
@@ -322,7 +327,7 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: 
         requests.set(r.id, outcome(r, 'pending', [], { vm: vm.id }))
         break
       }
-      case 'vm.start': case 'vm.stop': case 'vm.destroy': case 'vm.modify': case 'vm.nic.add': case 'vm.nic.remove': {
+      case 'vm.start': case 'vm.stop': case 'vm.destroy': case 'vm.modify': case 'vm.move': case 'vm.nic.add': case 'vm.nic.remove': {
         const b = r.body as { vm: string }
         const vm = vmByRef(b.vm, r.issuer)
         if (vm === undefined) { reject('no-such-vm', `no VM ${b.vm}`); break }
@@ -330,7 +335,12 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: 
         if (r.kind === 'vm.start') { vm.desired = 'running'; delete vm.forceStop }
         else if (r.kind === 'vm.stop') { vm.desired = 'stopped'; vm.forceStop = (r.body as RequestBodies['vm.stop']).force }
         else if (r.kind === 'vm.destroy') vm.desired = 'destroyed'
-        else if (r.kind === 'vm.nic.add') {
+        else if (r.kind === 'vm.move') {
+          const m = r.body as RequestBodies['vm.move']
+          const { pin: _old, ...rest } = vm.spec
+          vm.spec = m.pin === undefined ? rest : { ...rest, pin: m.pin }
+          vm.move = { from: m.from, request: r.id }
+        } else if (r.kind === 'vm.nic.add') {
           const nic = (r.body as RequestBodies['vm.nic.add']).nic
           const net = nets.get(nic.net)
           if (net === undefined) { reject('no-such-network', `network ${nic.net} does not exist`); break }
@@ -414,6 +424,8 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: 
       vm.host = null
       continue
     }
+    // The host it left says it handed the disk over: later placements (a takeover) owe it nothing.
+    if (vm.move !== undefined && doc.hosts?.[vm.move.from]?.vms?.[vm.id]?.handedOver === vm.move.request) vm.move.settled = true
     const a = actual.get(vm.id)
     vm.host = a?.host ?? null
     if (vm.spec.ha === 'restart') {
@@ -421,7 +433,9 @@ export function deriveWorld (doc: Partial<MeshDoc>, validity: (id: string, via: 
       // says — unless that host is drained: then the VM leaves it, and the endorsements follow
       // once it has stopped the VM and withdrawn its claim.
       const lost = lostSet ??= lostHosts(doc)
-      const endorsed = vm.claimants.find(p => claimStands(doc, lost, vm.id, p) && endorsedByMajority(doc, vm.id, p) && doc.hosts?.[p]?.drained === undefined)
+      // A host the VM's pin no longer admits (the owner moved it) lets it go the same way.
+      const endorsed = vm.claimants.find(p => claimStands(doc, lost, vm.id, p) && endorsedByMajority(doc, vm.id, p) && doc.hosts?.[p]?.drained === undefined &&
+        pinExcludes(vm.spec.pin, { peerId: p, labels: hosts.find(h => h.peerId === p)?.labels ?? {} }) === undefined)
       if (endorsed !== undefined) vm.host = endorsed
       vm.endorsed = endorsed !== undefined && endorsed === vm.host
     }

@@ -3,6 +3,7 @@
  * Field names in these views are what `--json` prints; scripts may rely on them.
  */
 import { PicocloudError, ErrorCode } from './errors.ts'
+import { pinSpec, type PinSpec } from './requests.ts'
 
 export const API_PREFIX = '/v1'
 
@@ -205,6 +206,13 @@ export function parseDrainBody (v: unknown): { reason: string } {
   const reason = str(o, 'reason', false, 512) ?? ''
   if (/\p{Cc}/u.test(reason)) throw new PicocloudError(ErrorCode.BadRequest, 'field "reason" must not contain control characters')
   return { reason }
+}
+
+/** `POST /v1/vms/:ref/move-check`: `{pin?}`, the pin the move would give the VM (none: anywhere). */
+export function parseMoveCheckBody (v: unknown): { pin?: PinSpec } {
+  if (v === undefined || v === null) return {}
+  const o = object(v); only(o, ['pin'])
+  return o.pin === undefined ? {} : { pin: pinSpec(o.pin, 'pin') }
 }
 
 export interface TrustBody {

@@ -15,7 +15,7 @@ import {
 import { isFingerprint, type Fingerprint } from './fingerprint.ts'
 
 export const REQUEST_KINDS = [
-  'vm.create', 'vm.start', 'vm.stop', 'vm.destroy', 'vm.nic.add', 'vm.nic.remove', 'vm.modify',
+  'vm.create', 'vm.start', 'vm.stop', 'vm.destroy', 'vm.nic.add', 'vm.nic.remove', 'vm.modify', 'vm.move',
   'net.create', 'net.delete', 'image.add', 'image.delete', 'key.revoke'
 ] as const
 export type RequestKind = typeof REQUEST_KINDS[number]
@@ -125,6 +125,16 @@ export interface VmModifyBody extends VmRefBody {
   restart?: RestartPolicy
 }
 
+/**
+ * A cold move: the VM's pin becomes `pin` (none: any host), its host stops it and hands its disk
+ * to the new host, which starts it from that disk. `from` is the host it runs on as the requester
+ * saw it: the only host whose disk the new host accepts for this move.
+ */
+export interface VmMoveBody extends VmRefBody {
+  pin?: PinSpec
+  from: string
+}
+
 export type NetMode = 'static' | 'dhcp' | 'slaac'
 export type Gateway = 'host-nat' | 'none' | { vm: string }
 export interface NetCreateBody {
@@ -155,6 +165,7 @@ export interface RequestBodies {
   'vm.nic.add': VmNicAddBody
   'vm.nic.remove': VmNicRemoveBody
   'vm.modify': VmModifyBody
+  'vm.move': VmMoveBody
   'net.create': NetCreateBody
   'net.delete': NetDeleteBody
   'image.add': ImageAddBody
@@ -183,12 +194,7 @@ function size (o: Record<string, unknown>, path: string, required: boolean): { t
 
 const vmCreate = (v: unknown, path: string): VmCreateBody => {
   const o = object(v, path, ['name', 'image', 'type', 'cpus', 'memMiB', 'diskGiB', 'arch', 'nics', 'labels', 'pin', 'sshKeys', 'restart', 'ha'], ['name', 'image'])
-  const pin = optional(o, 'pin', path, (x, p) => {
-    const po = object(x, p, ['host', 'labels'])
-    const r = compact({ host: optional(po, 'host', p, (h, hp) => string(h, hp, PEER_ID)), labels: optional(po, 'labels', p, labels) })
-    if (r.host === undefined && r.labels === undefined) invalid(p, 'a pin names a "host", "labels" or both')
-    return r
-  })
+  const pin = optional(o, 'pin', path, pinSpec)
   const nics = optional(o, 'nics', path, (x, p) => array(x, p, LIMITS.nics, nic)) ?? []
   const seen = new Set<string>()
   for (const [i, n] of nics.entries()) {
@@ -208,6 +214,21 @@ const vmCreate = (v: unknown, path: string): VmCreateBody => {
     restart: optional(o, 'restart', path, (x, p) => oneOf(x, p, RESTART_POLICIES)) ?? 'always',
     ha: optional(o, 'ha', path, (x, p) => oneOf(x, p, HA_POLICIES))
   })
+}
+
+/** A pin as requests carry it (`{host}`, `{labels}` or both); throws BAD_BODY naming the field. */
+export function pinSpec (x: unknown, p: string): PinSpec {
+  const po = object(x, p, ['host', 'labels'])
+  const r = compact({ host: optional(po, 'host', p, (h, hp) => string(h, hp, PEER_ID)), labels: optional(po, 'labels', p, labels) })
+  if (r.host === undefined && r.labels === undefined) invalid(p, 'a pin names a "host", "labels" or both')
+  return r
+}
+
+const vmMove = (v: unknown, path: string): VmMoveBody => {
+  const o = object(v, path, ['vm', 'pin', 'from'], ['vm', 'from'])
+  const r = compact({ vm: vmRef(o.vm, `${path}.vm`), pin: optional(o, 'pin', path, pinSpec), from: string(o.from, `${path}.from`, PEER_ID) })
+  if (r.pin?.host !== undefined && r.pin.host === r.from) invalid(`${path}.pin.host`, 'the VM would move to the host it leaves')
+  return r
 }
 
 const vmOnly = (v: unknown, path: string): VmRefBody => {
@@ -322,6 +343,7 @@ const SCHEMAS: { [K in RequestKind]: (v: unknown, path: string) => RequestBodies
   'vm.nic.add': vmNicAdd,
   'vm.nic.remove': vmNicRemove,
   'vm.modify': vmModify,
+  'vm.move': vmMove,
   'net.create': netCreate,
   'net.delete': netDelete,
   'image.add': imageAdd,

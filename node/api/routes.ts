@@ -5,7 +5,7 @@
  */
 import type { PicocloudHost } from '../host.ts'
 import { decodeSegment, type Route } from './server.ts'
-import { parseAdmitBody, parseExpelBody, parseInitBody, parseJoinBody, parseTrustBody, parseEvict, parseEvictQuery, parseSelector, parseDrainBody, API_PREFIX } from '../../protocol/api.ts'
+import { parseAdmitBody, parseExpelBody, parseInitBody, parseJoinBody, parseTrustBody, parseEvict, parseEvictQuery, parseSelector, parseDrainBody, parseMoveCheckBody, API_PREFIX } from '../../protocol/api.ts'
 import { normalizeFingerprint } from '../../protocol/fingerprint.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 
@@ -63,6 +63,7 @@ export function routes (host: PicocloudHost): Route[] {
       handler: async ({ params, body }) => await control.operatorStop(params.ref, typeof (body as any)?.reason === 'string' ? (body as any).reason : '')
     },
     { method: 'POST', path: p('/vms/:ref/operator-start'), handler: async ({ params }) => await control.operatorStart(params.ref) },
+    { method: 'POST', path: p('/vms/:ref/move-check'), handler: ({ params, body }) => control.moveCheck(params.ref, parseMoveCheckBody(body).pin) },
     { method: 'POST', path: p('/host/drain'), handler: async ({ body }) => await control.drain(parseDrainBody(body).reason) },
     { method: 'POST', path: p('/host/undrain'), handler: async () => await control.undrain() },
     {

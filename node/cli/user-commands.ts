@@ -5,7 +5,7 @@
 import { readFile, writeFile } from 'node:fs/promises'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { HostView } from '../../protocol/api.ts'
-import type { RequestView, VmView, EvictOutcome } from '../control/index.ts'
+import type { RequestView, VmView, EvictOutcome, MoveCheck } from '../control/index.ts'
 import type { Command } from './command.ts'
 import { table, short, line, ago } from './output.ts'
 import { keyring, buildSigned, waitForOutcome, waitForVm, outcomeText, chooseKey, meshId, signBytes } from './sign.ts'
@@ -451,6 +451,50 @@ export const userCommands: Command[] = [
       const { positionals, values } = args
       await request(args, 'vm.stop', { vm: positionals[0], force: values.force === true }, STOPPED)
       await request(args, 'vm.start', { vm: positionals[0] }, RUNNING)
+    }
+  },
+  {
+    name: 'vm move',
+    summary: 'move a VM to another host with its disk: powered off here, started there (owner only)',
+    usage: 'picocloud vm move NAME|ID (--to HOST | --on KEY=VALUE...) [--key FPR] [--passphrase-file F] [--no-wait] [--timeout S]',
+    description: 'A cold move. The VM\'s pin becomes --to HOST (that host only) or --on labels (hosts with all of them); it stays pinned so. Its host powers it off (ACPI, up to 30 s), then hands its disk to the new host over the mesh (encrypted, sha256-checked), which starts it from that disk. While the old host is down the move waits; if the mesh loses that host (a majority declares it), the VM starts from its image. Refused, with nothing changed, when no other host that is up may take it.',
+    positionals: [1, 1],
+    options: { ...signOpts, ...waitOpts, to: { type: 'string' }, on: { type: 'string', multiple: true } },
+    optionHelp: { ...signHelp, 'no-wait': 'return once the request is accepted by this host', timeout: 'seconds to wait until it runs on its new host (default 300)', to: 'the host to move it to (name or peer id)', on: 'move it to a host with this label (repeatable)' },
+    run: async (args) => {
+      const { positionals, values, g, io, api } = args
+      if ((values.to === undefined) === (values.on === undefined)) throw new PicocloudError(ErrorCode.Usage, 'say where to: --to HOST or --on KEY=VALUE (not both)')
+      const pin = values.to !== undefined ? { host: await resolveHost(api, values.to) } : { labels: kv(values.on, '--on') }
+      const check = await api.call<MoveCheck>('POST', `/v1/vms/${encodeURIComponent(positionals[0])}/move-check`, { pin })
+      const vm = await api.call<VmView>('GET', `/v1/vms/${encodeURIComponent(positionals[0])}`)
+      const fromName = check.fromName ?? check.from
+      if (check.stays) throw new PicocloudError(ErrorCode.Usage, `VM ${vm.name} already runs on ${fromName}, which ${pin.host === undefined ? 'has those labels' : 'is that host'}: nothing to move`)
+      if (check.to.length === 0) {
+        const why = check.reasons.map(r => `  ${r.hostName ?? r.host}: ${r.reason}${r.detail === '' ? '' : ` — ${r.detail}`}`)
+        throw new PicocloudError('NO_HOST', [`no other host that is up may take ${vm.name}; nothing changed`, ...why].join('\n'))
+      }
+      const body = { vm: vm.id, pin, from: check.from }
+      const env = await buildSigned(api, 'vm.move', body, { key: values.key, passphraseFile: values['passphrase-file'] })
+      let r = await api.call<RequestView>('POST', '/v1/requests', env)
+      if (values['no-wait'] !== true) r = await waitForOutcome(api, r.id, 60_000)
+      if (r.status === 'rejected' || values['no-wait'] === true) {
+        io.out(g.json ? JSON.stringify(r, null, 2) : outcomeText(r))
+        if (r.status === 'rejected') throw new PicocloudError('REQUEST_REJECTED', 'the request was rejected (reasons above)')
+        return
+      }
+      if (!g.json) io.err(line`moving ${vm.name} from ${fromName} (first choice: ${check.to[0].name ?? check.to[0].peerId}); it is powered off first`)
+      const deadline = Date.now() + (int(values.timeout, '--timeout') ?? 300) * 1000
+      let now = vm
+      for (;;) {
+        now = await api.call<VmView>('GET', `/v1/vms/${vm.id}`)
+        const there = now.host !== undefined && now.host !== null && now.host !== check.from
+        if ((there && now.status === 'running') || now.status === 'failed' || Date.now() > deadline) break
+        await new Promise(resolve => setTimeout(resolve, 250))
+      }
+      if (g.json) io.out(JSON.stringify({ ...r, vm: now.id, vmStatus: now.status, vmReason: now.reason, host: now.host, hostName: now.hostName }, null, 2))
+      else io.out([outcomeText(r), line`VM ${now.name}: ${now.status} on ${now.hostName ?? now.host ?? '-'}${now.reason === undefined ? '' : ` (${now.reason})`}`].join('\n'))
+      if (now.status === 'failed') throw new PicocloudError('VM_FAILED', `VM ${now.name} failed on ${now.hostName ?? '?'}: see \`picocloud vm show ${now.name}\``)
+      if (now.status !== 'running' || now.host === check.from) throw new PicocloudError('TIMEOUT', `${now.name} is not running on its new host yet (${now.status}); follow it with \`picocloud vm show ${now.name}\``)
     }
   },
   {

@@ -24,6 +24,7 @@ import { VmReconciler } from './reconciler.ts'
 import { Fence } from './fence.ts'
 import { Watchdog } from './watchdog.ts'
 import { vmName, type HypervisorDriver } from './hypervisor/types.ts'
+import { DiskHandover, DISK_PROTOCOL, diskStream, type DiskHeader } from './disk-handover.ts'
 
 export interface ComputeInit {
   /** `state`: the state directory; `hypervisor`: how VMs run; `imageListen`: the side channel. */
@@ -57,12 +58,26 @@ export class Compute {
   private readonly progress = new Map<string, FetchProgress>()
   /** The image side channel (images/bulk.ts), when on. */
   private bulk?: BulkServer
+  /** Disks of moved VMs, between the host a VM leaves and the one it goes to. */
+  private readonly disks: DiskHandover
 
   constructor (init: ComputeInit) {
     this.init = init
     this.store = init.store
     this.log = init.log
     this.images = new ImageStore({ stateDir: init.config.state })
+    this.disks = new DiskHandover({ stateDir: init.config.state, log: init.log.forComponent('disks'), accept: (peer, h) => this.acceptDisk(peer, h) })
+  }
+
+  /** A disk is taken only for a move the state names: this VM, placed here, leaving `peer` by that request. */
+  private acceptDisk (peer: string, h: DiskHeader): { maxBytes: number } | { refuse: string } {
+    if (this.init.config.hypervisor === 'none') return { refuse: 'this host runs no VMs' }
+    const vm = this.init.world().vms.get(h.vm)
+    if (vm === undefined || vm.desired === 'destroyed' || vm.rejected !== undefined) return { refuse: 'no such VM' }
+    if (vm.host !== this.store.self) return { refuse: 'the VM is not placed on this host' }
+    if (vm.move?.from !== peer || vm.move.request !== h.request) return { refuse: 'the state names no such move of this VM from that host' }
+    // A qcow2 overlay holds at most the virtual disk's data and some metadata.
+    return { maxBytes: vm.needs.diskGiB * 2 ** 30 + 256 * 2 ** 20 }
   }
 
   /** Opens the image side channel (`image_listen`). */
@@ -76,6 +91,9 @@ export class Compute {
       const bulk = this.bulk === undefined ? undefined : { server: this.bulk, peer: connection.remotePeer.toString() }
       void serveImage(stream, this.images, this.log.forComponent('images'), bulk)
     }, { maxInboundStreams: 8 })
+    await p2p.handle(DISK_PROTOCOL, ({ stream, connection }) => {
+      void this.disks.serve(stream, connection.remotePeer.toString())
+    }, { maxInboundStreams: 4 })
   }
 
   /** Once the world is known: publishes the images held here and starts the VM reconciler. */
@@ -149,6 +167,13 @@ export class Compute {
       beforeStart: this.init.beforeStart,
       leaseHeld: () => this.fence?.holds() ?? true,
       leaseAcquiring: () => this.fence?.acquiring() ?? false,
+      moves: {
+        send: async (peer, vmId, request) => await this.disks.send(async () => await diskStream(this.init.mesh.libp2p(), peer), vmId, request),
+        received: async (name, request) => await this.disks.received(name, request),
+        adopted: async (name, request) => await this.disks.adopted(name, request),
+        adopt: async (name, request, spec, fromImage) => { await this.disks.adopt(name, request, spec, fromImage) }
+      },
+      emit: this.init.emit,
       fenceReason: `fenced: this host heard fewer than a majority of the hosts for ${this.init.lease.fenceMs / 1000} s; it runs the VM again when it hears them, unless the mesh has moved it`
     })
     this.reconciler.start()

@@ -41,7 +41,25 @@ export interface VmReconcilerInit {
   leaseAcquiring?: () => boolean
   /** Why a restart VM is fenced, for its report. */
   fenceReason?: string
+  /**
+   * Cold moves (node/compute/disk-handover.ts): the host a VM left hands its disk to the host that
+   * takes it, which waits for it. Without this a moved VM starts from its image. @default none
+   */
+  moves?: DiskMoves
+  /** Events for the API's stream. */
+  emit?: (type: string, data?: Record<string, unknown>) => void
 }
+
+/** What the reconciler needs of disk hand-overs (DiskHandover, or a fake in tests). */
+export interface DiskMoves {
+  send: (peer: string, vmId: string, request: string) => Promise<{ bytes: number }>
+  received: (name: string, request: string) => Promise<'disk' | 'none' | undefined>
+  adopted: (name: string, request: string) => Promise<boolean>
+  adopt: (name: string, request: string, spec: VmSpec, fromImage?: boolean) => Promise<void>
+}
+
+/** A failed hand-over is tried again after this long. */
+const HANDOVER_RETRY_MS = 5000
 
 const FETCH_RETRY_MS = 5000
 
@@ -62,6 +80,8 @@ export class VmReconciler {
   readonly stats: ReconcileStats = { passes: 0, errors: 0, lastMs: 0, totalMs: 0 }
   /** QEMU pid of each local VM as last observed (the watchdog kills by pid). */
   readonly pids = new Map<string, number>()
+  /** Disk hand-overs of moved VMs under way or done, by move request: done, or retry after. */
+  private readonly handovers = new Map<string, { done: boolean, notBefore: number }>()
 
   constructor (init: VmReconcilerInit) {
     this.init = init
@@ -180,6 +200,8 @@ export class VmReconciler {
     const lostHere = new Set<string>()
     /** `restart` VMs placed elsewhere now, by name → id: killed at once (see below). */
     const killNow = new Map<string, string>()
+    /** VMs their owner moved away from here: their disk goes to the new host once they are stopped. */
+    const handOver: Array<{ vm: VmEntry, to: string }> = []
     for (const vm of world.vms.values()) {
       const name = vmName(vm.id)
       const placedHere = vm.host === self
@@ -188,8 +210,11 @@ export class VmReconciler {
         if (vm.desired === 'destroyed' && mineInState[vm.id] !== undefined) targets.push({ id: vm.id, name, want: 'destroyed', restart: 'never', image: { present: true } })
         else if (vm.desired !== 'destroyed' && vm.host !== null) {
           lostHere.add(name)
-          // Another host may run it as soon as this copy is gone: no time for the guest's power-off.
-          if (vm.spec.ha === 'restart') killNow.set(name, vm.id)
+          const movedAway = vm.move !== undefined && vm.move.from === self && vm.move.settled !== true && this.init.moves !== undefined
+          // Another host may run it as soon as this copy is gone: no time for the guest's power-off
+          // (unless its owner moved it: the new host waits for its disk, which a clean power-off keeps whole).
+          if (vm.spec.ha === 'restart' && !movedAway) killNow.set(name, vm.id)
+          if (movedAway) handOver.push({ vm, to: vm.host })
         }
         continue
       }
@@ -197,6 +222,13 @@ export class VmReconciler {
       if (mineInState[vm.id] === undefined) continue
       const operatorStop = mineInState[vm.id]?.operatorStop
       const want = vm.desired === 'running' && operatorStop === undefined ? 'running' : vm.desired === 'destroyed' ? 'destroyed' : 'stopped'
+      if (want !== 'destroyed' && vm.move !== undefined && vm.move.from !== self && this.init.moves !== undefined) {
+        const waiting = await this.moveIn(world, vm, name)
+        if (waiting !== undefined) {
+          targets.push({ id: vm.id, name, want: 'stopped', held: { status: 'placed', reason: waiting }, restart: vm.spec.restart, image: { present: true } })
+          continue
+        }
+      }
       if (want === 'running' && vm.spec.ha === 'restart') {
         const held = this.init.leaseHeld?.() === false
           ? this.init.leaseAcquiring?.() === true
@@ -211,7 +243,7 @@ export class VmReconciler {
       const { spec, image } = want === 'running' ? await this.spec(world, vm) : { spec: undefined, image: { present: true } }
       targets.push({ id: vm.id, name, want, ...(want === 'stopped' && vm.forceStop === true && operatorStop === undefined ? { force: true } : {}), restart: vm.spec.restart, spec, image })
     }
-    const inputs = JSON.stringify([targets, [...lostHere]])
+    const inputs = JSON.stringify([targets, [...lostHere], handOver.map(h => [h.vm.id, h.to])])
     if (!observe && inputs === this.lastInputs) return
     if (observe) await this.prefetchStandby(world).catch((err: any) => { log.warn('prefetching standby images failed', { error: err.message }) })
     this.lastInputs = inputs
@@ -294,6 +326,56 @@ export class VmReconciler {
       }
     }
     await this.report(reports, mineInState)
+    for (const h of handOver) this.handOver(h.vm, h.to, this.pids.has(vmName(h.vm.id)))
+  }
+
+  /**
+   * On the host a moved VM goes to: undefined when it may start (its disk is here and is now its
+   * overlay, or there is none to wait for), else why it waits. Gives up waiting only when the host
+   * it left can never hand the disk over (lost or no longer a member): it starts from its image.
+   */
+  private async moveIn (world: World, vm: VmEntry, name: string): Promise<string | undefined> {
+    const moves = this.init.moves as DiskMoves
+    const move = vm.move as NonNullable<VmEntry['move']>
+    if (await moves.adopted(name, move.request)) return undefined
+    const got = await moves.received(name, move.request)
+    const from = world.hosts.find(h => h.peerId === move.from)
+    const fromName = this.init.store.doc.hosts?.[move.from]?.name ?? move.from.slice(-8)
+    const gone = from === undefined || from.member === false || from.lost === true
+    if (got === undefined && !gone && move.settled !== true) return `moving: waiting for its disk from ${fromName}, which stops it first`
+    const { spec } = await this.spec(world, vm)
+    // The image first (the usual path fetches it): the disk is put over it on the next pass.
+    if (spec === undefined) return undefined
+    await moves.adopt(name, move.request, spec, got === undefined)
+    if (got === undefined && move.settled !== true) {
+      this.init.log.warn('a moved VM starts from its image: the host it left can no longer hand its disk over', { vm: name, from: fromName })
+      this.init.emit?.('vm.moved', { vm: vm.id, from: move.from, disk: false })
+    } else if (got !== undefined) {
+      this.init.log.info('a moved VM starts from the disk its last host handed over', { vm: name, from: fromName })
+      this.init.emit?.('vm.moved', { vm: vm.id, from: move.from, disk: got === 'disk' })
+    }
+    return undefined
+  }
+
+  /** On the host a moved VM left: once it is stopped here, its disk goes to the new host (retried until it is taken). */
+  private handOver (vm: VmEntry, to: string, runs: boolean): void {
+    const move = vm.move as NonNullable<VmEntry['move']>
+    const moves = this.init.moves as DiskMoves
+    const state = this.handovers.get(move.request)
+    if (runs || state?.done === true || (state !== undefined && Date.now() < state.notBefore)) return
+    this.handovers.set(move.request, { done: true, notBefore: Infinity })
+    const { log, store } = this.init
+    const toName = store.doc.hosts?.[to]?.name ?? to.slice(-8)
+    const t0 = Date.now()
+    moves.send(to, vm.id, move.request).then(async ({ bytes }) => {
+      log.info('handed a moved VM\'s disk over', { vm: vmName(vm.id), to: toName, bytes, ms: Date.now() - t0 })
+      const mine = store.doc.hosts?.[store.self]?.vms ?? {}
+      await this.report(new Map([[vm.id, { status: 'stopped', reason: `moved to ${toName}: its disk was handed over`, handedOver: move.request }]]), mine)
+    }).catch((err: any) => {
+      log.warn('handing a moved VM\'s disk over failed; trying again', { vm: vmName(vm.id), to: toName, error: err.message })
+      this.handovers.set(move.request, { done: false, notBefore: Date.now() + HANDOVER_RETRY_MS })
+      setTimeout(() => this.kick(true), HANDOVER_RETRY_MS + 50).unref()
+    })
   }
 
   private async missingBridge (spec: VmSpec): Promise<{ index: number, bridge: string } | undefined> {
@@ -317,7 +399,7 @@ export class VmReconciler {
   private async report (reports: Map<string, VmReport>, current: Record<string, HostVm>): Promise<void> {
     const changed = [...reports].filter(([id, r]) => {
       const cur = current[id]
-      return cur === undefined || optString(cur.status) !== r.status || optString(cur.reason) !== r.reason
+      return cur === undefined || optString(cur.status) !== r.status || optString(cur.reason) !== r.reason || (r.handedOver !== undefined && optString(cur.handedOver) !== r.handedOver)
     })
     if (changed.length === 0) return
     const { store } = this.init
@@ -331,6 +413,8 @@ export class VmReconciler {
         const next: HostVm = { status: r.status, since: at }
         if (r.reason !== undefined) next.reason = r.reason
         if (prev?.operatorStop !== undefined && r.status !== 'destroyed') next.operatorStop = prev.operatorStop
+        const handedOver = r.handedOver ?? optString(prev?.handedOver)
+        if (handedOver !== undefined && r.status !== 'destroyed') next.handedOver = handedOver
         rec.vms[id] = scalars(next)
       }
     })

@@ -34,7 +34,12 @@ export type VmAction =
   | { type: 'destroy', id: string, name: string }
   | { type: 'stop-orphan', name: string }
 
-export interface VmReport { status: VmStatus, reason?: string }
+export interface VmReport {
+  status: VmStatus
+  reason?: string
+  /** On the host a moved VM left: the move whose disk it handed over (crdt/schema.ts HostVm). */
+  handedOver?: string
+}
 
 export interface PlanInput {
   targets: VmTarget[]

@@ -10,11 +10,12 @@
  */
 import type { StateStore } from '../../crdt/store.ts'
 import { hostViews, placementRequests, type World, type NetEntry, type VmEntry } from '../../crdt/world.ts'
-import { placeOne } from '../../crdt/placement.ts'
+import { placeOne, pinExcludes } from '../../crdt/placement.ts'
 import { isActiveMember, scalars, optString } from '../../crdt/schema.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { TrustEntry } from '../../keys/trust-policy.ts'
 import type { HistoryEntry } from '../../protocol/api.ts'
+import type { PinSpec } from '../../protocol/requests.ts'
 import type { Logger } from '../log.ts'
 import { RequestBook } from './requests.ts'
 import { Scheduler, type EvictOutcome } from './scheduler.ts'
@@ -241,6 +242,34 @@ export class Control {
     return out
   }
 
+  /**
+   * Where VM `ref` would go with pin `pin` (none: anywhere), among the hosts that are up other
+   * than its own. Asked by `vm move` before it signs anything: a move nowhere is refused there.
+   */
+  moveCheck (ref: string, pin: PinSpec | undefined): MoveCheck {
+    const world = this.world()
+    const vm = findVm(world, ref)
+    if (vm.host === null || vm.desired === 'destroyed') {
+      throw new PicocloudError(ErrorCode.BadRequest, `VM ${vm.name} is not placed on any host: nothing to move (it starts where placement puts it)`, 409)
+    }
+    const from = vm.host
+    const doc = this.store.doc
+    const [req] = placementRequests([vm])
+    const { pin: _old, ...needs } = req.needs
+    const moved = { ...req, needs: pin === undefined ? needs : { ...needs, pin } }
+    const others = hostViews(doc, p => this.liveness.isUp(p)).filter(h => h.peerId !== from)
+    const placed = placeOne(moved, others)
+    const name = (p: string): string | undefined => optString(doc.hosts?.[p]?.name)
+    const fromLabels = hostViews(doc).find(h => h.peerId === from)?.labels ?? {}
+    return {
+      from,
+      stays: pinExcludes(pin, { peerId: from, labels: fromLabels }) === undefined,
+      ...(name(from) === undefined ? {} : { fromName: name(from) }),
+      to: placed.ranking.map(p => ({ peerId: p, ...(name(p) === undefined ? {} : { name: name(p) }) })),
+      reasons: placed.decisions.filter(d => !d.eligible).map(d => ({ host: d.peerId, ...(name(d.peerId) === undefined ? {} : { hostName: name(d.peerId) }), reason: d.reason ?? 'ineligible', detail: d.detail ?? '' }))
+    }
+  }
+
   /** Lifts `drain`: new VMs may come here again (VMs that moved away stay where they are). */
   async undrain (): Promise<{ drained: false }> {
     const { store } = this
@@ -278,6 +307,19 @@ export class Control {
   stop (): void {
     this.scheduler.stop()
   }
+}
+
+/** Where a `vm move` could take a VM now, as this host sees the mesh (asked before signing). */
+export interface MoveCheck {
+  /** The host it runs on: the one its disk comes from. */
+  from: string
+  fromName?: string
+  /** The new pin admits its own host too: it would stay there (nothing to move). */
+  stays: boolean
+  /** Hosts that are up and may take it with the new pin, best first. */
+  to: Array<{ peerId: string, name?: string }>
+  /** Why each other host may not. */
+  reasons: Array<{ host: string, hostName?: string, reason: string, detail: string }>
 }
 
 export interface DrainOutcome {

@@ -5,7 +5,7 @@
  * of requests this host received that nobody can take. All of it in one signed change per pass.
  */
 import { deriveWorld, allClaims, hostViews, placementRequests, settledHosts, type World } from '../../crdt/world.ts'
-import { assign, resolveClaims, placeOne, type Claim } from '../../crdt/placement.ts'
+import { assign, resolveClaims, placeOne, pinExcludes, type Claim } from '../../crdt/placement.ts'
 import type { StateStore } from '../../crdt/store.ts'
 import { scalars, isActiveMember } from '../../crdt/schema.ts'
 import { declarers, epochOf, lostHosts, endorsement } from '../../crdt/lease.ts'
@@ -123,7 +123,12 @@ export class Scheduler {
     const claims: Claim[] = allClaims(doc)
     // A lost or drained host's claim on a `restart` VM holds nothing: every up host is a candidate again.
     const lost = new Set(hosts.filter(h => h.lost === true || h.drained === true).map(h => h.peerId))
-    const claimed = new Set(claims.filter(c => !lost.has(c.peerId) || world.vms.get(c.requestId)?.spec.ha !== 'restart').map(c => c.requestId))
+    // Nor does the claim of a host the VM's pin no longer admits (its owner moved it: `vm move`).
+    const pinnedOut = (c: Claim): boolean => {
+      const pin = world.vms.get(c.requestId)?.spec.pin
+      return pin !== undefined && pinExcludes(pin, { peerId: c.peerId, labels: hosts.find(h => h.peerId === c.peerId)?.labels ?? {} }) !== undefined
+    }
+    const claimed = new Set(claims.filter(c => (!lost.has(c.peerId) || world.vms.get(c.requestId)?.spec.ha !== 'restart') && !pinnedOut(c)).map(c => c.requestId))
     const candidates = [...claims]
     for (const r of preqs) if (!claimed.has(r.id)) for (const h of hosts) if (h.up === true) candidates.push({ requestId: r.id, peerId: h.peerId })
     const plan = new Map(resolveClaims(preqs, hosts, candidates).map(a => [a.requestId, a.host]))

@@ -35,10 +35,12 @@ export interface TinyImage {
 }
 
 /** Bump when the contents below change, so that caches are rebuilt. */
-const BUILD_VERSION = 6
+const BUILD_VERSION = 7
 const MODULES = ['virtio_ring', 'virtio', 'virtio_pci_legacy_dev', 'virtio_pci_modern_dev', 'virtio_pci', 'failover', 'net_failover', 'virtio_net', 'virtio_blk', 'button', 'evdev']
 export const BOOT_LINE = 'picocloud-guest booted'
 export const DISK_LABEL = 'picocloud-disk: tiny'
+/** Printed at each boot with the number of boots its disk has seen (kept at 56 MiB into the disk). */
+export const BOOTS_LINE = 'picocloud-guest boots'
 
 const INIT = `#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -65,6 +67,14 @@ mkdir -p /var/log
 acpid -f -c /etc/acpi -l /tmp/acpid.log &
 [ -b /dev/vda ] && echo "$(head -c 20 /dev/vda)" | grep -q '^picocloud-disk:' && head -c 20 /dev/vda && echo
 echo "${BOOT_LINE}"
+# A boot counter on the disk itself, past the boot files: what a moved or replicated disk keeps.
+if [ -b /dev/vda ] && [ "$(cat /sys/block/vda/size)" -gt 131072 ]; then
+  N=$(dd if=/dev/vda bs=1M skip=56 count=1 2>/dev/null | head -c 32 | sed -n 's/^pc-boots \\([0-9]*\\).*/\\1/p')
+  N=$(( \${N:-0} + 1 ))
+  printf 'pc-boots %s\\n' "$N" | dd of=/dev/vda bs=1M seek=56 conv=notrunc 2>/dev/null
+  sync
+  echo "${BOOTS_LINE} $N"
+fi
 if [ -n "$PCIP" ] && ip link show eth0 >/dev/null 2>&1; then
   ip link set eth0 up
   if [ "$PCIP" = dhcp ]; then

@@ -86,6 +86,7 @@ describe('other kinds', () => {
     expect(validateBody('vm.nic.add', { vm: 'web', nic: { net: 'lan' } })).toEqual({ vm: 'web', nic: { net: 'lan' } })
     expect(validateBody('vm.nic.remove', { vm: 'web', net: 'lan' })).toEqual({ vm: 'web', net: 'lan' })
     expect(validateBody('vm.modify', { vm: 'web', memMiB: 2048 })).toEqual({ vm: 'web', memMiB: 2048 })
+    expect(validateBody('vm.move', { vm: 'web', pin: { labels: { zone: 'b' } }, from: PEER })).toEqual({ vm: 'web', pin: { labels: { zone: 'b' } }, from: PEER })
     expect(validateBody('net.create', { name: 'lan', subnet: { ipv4: '10.1.0.0/24', ipv6: 'fd00:1::/64' }, mode: 'slaac', gateway: { vm: 'fw' } }))
       .toEqual({ name: 'lan', subnet: { ipv4: '10.1.0.0/24', ipv6: 'fd00:1::/64' }, mode: 'slaac', gateway: { vm: 'fw' }, labels: {} })
     expect(validateBody('net.create', { name: 'lan', subnet: { ipv4: '10.1.0.0/24' } }))
@@ -107,6 +108,8 @@ describe('other kinds', () => {
     ['vm.stop', { vm: 'web', force: 'yes' }, /body\.force/],
     ['vm.modify', { vm: 'web' }, /nothing to modify/],
     ['vm.modify', { vm: 'web', type: 'large', memMiB: 1024 }, /not both/],
+    ['vm.move', { vm: 'web', pin: { host: PEER } }, /body\.from: required/],
+    ['vm.move', { vm: 'web', pin: { host: PEER }, from: PEER }, /body\.pin\.host: the VM would move to the host it leaves/],
     ['net.create', { name: 'lan', subnet: {} }, /body\.subnet/],
     ['net.create', { name: 'lan', subnet: { ipv4: '10.1.0.1/24' } }, /body\.subnet\.ipv4.*zero host bits/],
     ['net.create', { name: 'lan', subnet: { ipv4: '10.1.0.0/24' }, mode: 'slaac' }, /body\.mode: slaac needs/],
@@ -121,7 +124,7 @@ describe('other kinds', () => {
   ])('%s rejects %j', (kind, body, field) => rejects(kind, body, field))
 
   it('cover every kind', () => {
-    expect(REQUEST_KINDS).toHaveLength(12)
+    expect(REQUEST_KINDS).toHaveLength(13)
   })
 })
 
