@@ -44,7 +44,13 @@ export interface NetworkReconcilerInit {
   /** `<state>/net`: dnsmasq files per network. */
   runtimeDir: string
   log: Logger
-  /** @default 5000 */
+  /**
+   * How often the data plane is checked against the state with nothing changed (drift: an
+   * interface someone removed). Every change of the state kicks a pass at once anyway. Each pass
+   * reads links, addresses, WireGuard and nftables through a few commands, whose spawning is most
+   * of an idle daemon's CPU: at 5 s an idle 10-host mesh used 0.63 % of a core per host, at 15 s
+   * 0.43 % (ten idle daemons, CPU over 30 s). @default 15000
+   */
   intervalMs?: number
 }
 
@@ -281,7 +287,7 @@ export class NetworkReconciler {
 
   start (): void {
     this.stopped = false
-    this.timer = setInterval(() => this.kick(), this.init.intervalMs ?? 5000)
+    this.timer = setInterval(() => this.kick(), this.init.intervalMs ?? 15_000)
     this.timer.unref()
     this.kick()
   }
