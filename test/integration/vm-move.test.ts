@@ -125,4 +125,32 @@ describe.skipIf(missing !== undefined)('vm move: a cold move carries the disk (Q
     expect(copies.filter(c => c.hosts.length > 1)).toEqual([])
     expect(copies.length).toBeGreaterThan(50)
   }, 180_000)
+
+  it('a --ha restart VM moves the same way: its disk goes along, and the endorsements follow the new host', async () => {
+    const r = await ds[0].as(keyring, 'vm', 'create', 'r1', '--image', 'tiny', '--cpus', '1', '--mem', '256', '--disk', '1', '--ha', 'restart')
+    expect(r.code, r.stderr).toBe(0)
+    await waitFor(async () => (await vm(ds[0], 'r1')).status === 'running', { timeoutMs: 90_000, what: 'r1 running' })
+    const v = await vm(ds[0], 'r1')
+    const r1 = `pc-${v.id.slice(0, 8)}`
+    const from = v.hostName as string
+    const to = from === 'alpha' ? 'bravo' : 'alpha'
+    const count = async (d: TestDaemon): Promise<number> => {
+      const log = await readFile(join(d.state, 'vms', r1, 'serial.log'), 'utf8').catch(() => '')
+      return Math.max(0, ...[...log.matchAll(new RegExp(`${BOOTS_LINE} (\\d+)`, 'g'))].map(m => Number(m[1])))
+    }
+    await waitFor(async () => await count(byName(from)) === 1, { timeoutMs: 60_000, what: 'r1 booted once' })
+    const sampled = sampleCopies(ds, r1)
+    try {
+      const mv = await ds[1].as(keyring, 'vm', 'move', 'r1', '--to', to, '--timeout', '90')
+      if (mv.code !== 0) await explain()
+      expect(mv.code, mv.stderr + mv.stdout).toBe(0)
+      await waitFor(async () => await count(byName(to)) === 2, { timeoutMs: 60_000, what: 'r1 booted from its moved disk' })
+      const w = await vm(ds[2], 'r1')
+      expect(w.hostName).toBe(to)
+      expect(w.status).toBe('running')
+      expect(sampled.samples.filter(c => c.hosts.length > 1)).toEqual([])
+    } finally {
+      sampled.stop()
+    }
+  }, 240_000)
 })
