@@ -49,7 +49,7 @@ import {
 import { allocateIpv4, parseSubnet6, subnets4Overlap, inSubnet6, hostInterfaceIds6, joinIpv6, LINK_LOCAL_PREFIX } from './ipam.ts'
 import type { Subnet4 } from './ipam.ts'
 import { renderDnsmasqConfig, renderFirewall, shortHash } from './services.ts'
-import type { FirewallNetwork } from './services.ts'
+import type { FirewallNetwork, DnsmasqDns } from './services.ts'
 
 // ---------------------------------------------------------------------------------------------
 // Input
@@ -121,6 +121,12 @@ export interface PlanInput {
   wgIfname?: string
   /** Directory for per-network service files (`<runtimeDir>/<network>/dnsmasq.*`); needed for dhcp/slaac. */
   runtimeDir?: string
+  /**
+   * The mesh's DNS domain (`meshDomain`, from its name): where this host runs dnsmasq for a network
+   * (dhcp, slaac), it also answers `<vm>.<net>.<domain>`, `<vm>.<net>` and `<vm>` for the
+   * network's VMs. @default no names
+   */
+  domain?: string
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,7 +371,7 @@ export function planHost (input: PlanInput): DesiredState {
       return a
     }))].sort(compareStrings)
     const bridge = bridgeName(vni)
-    const services = planServices(n, self.peerId, bridge, netMtu, input.runtimeDir)
+    const services = planServices(n, self.peerId, bridge, netMtu, input.runtimeDir, input.domain)
     if (services.hostSubnet4 !== undefined) hostSubnets4.push({ name: n.name, subnet: services.hostSubnet4 })
     firewallNets.push(services.firewall)
     networks.push({
@@ -433,8 +439,28 @@ interface ServicesPlan {
   hostSubnet4?: Subnet4
 }
 
+/**
+ * The names a network's dnsmasq answers: each named VM of the network (on any host) as
+ * `<vm>.<net>.<domain>`, `<vm>.<net>` and `<vm>`, with the IPv4 address the mesh gave it (static
+ * or allocated) and its static IPv6 address. SLAAC addresses are the guest's own and not known
+ * here. A name two VMs share (a VM on the network twice) goes to the first.
+ */
+function dnsRecords (n: PlanNetwork, vms: readonly PlanVm[], vmAddresses4: Record<string, string>, domain: string): DnsmasqDns {
+  const seen = new Set<string>()
+  const records: DnsmasqDns['records'] = []
+  for (const v of vms) {
+    if (v.name === undefined || seen.has(v.name)) continue
+    seen.add(v.name)
+    const ip4 = vmAddresses4[v.id]
+    const ip6 = v.ip6 === undefined ? undefined : formatIpv6(parseIpv6(v.ip6))
+    if (ip4 === undefined && ip6 === undefined) continue
+    records.push({ names: [`${v.name}.${n.name}.${domain}`, `${v.name}.${n.name}`, v.name], ...(ip4 === undefined ? {} : { ip4 }), ...(ip6 === undefined ? {} : { ip6 }) })
+  }
+  return { domain: `${n.name}.${domain}`, meshDomain: domain, records }
+}
+
 /** Addresses, dnsmasq and firewall of one network this host carries. */
-function planServices (n: PlanNetwork, self: string, bridge: string, mtu: number, runtimeDir: string | undefined): ServicesPlan {
+function planServices (n: PlanNetwork, self: string, bridge: string, mtu: number, runtimeDir: string | undefined, domain?: string): ServicesPlan {
   const label = `network ${n.name}`
   const gateway = n.gateway ?? 'none'
   const vms = n.vms ?? []
@@ -528,13 +554,14 @@ function planServices (n: PlanNetwork, self: string, bridge: string, mtu: number
             }
           }
         : {}),
-      ...(ra ? { ra: { prefix: parseSubnet6(n.subnet6!).cidr.split('/')[0] } } : {})
+      ...(ra ? { ra: { prefix: parseSubnet6(n.subnet6!).cidr.split('/')[0] } } : {}),
+      ...(domain === undefined ? {} : { dns: dnsRecords(n, vms, vmAddresses4, domain) })
     })
     dnsmasq = { dir, config, hash: shortHash(config) }
   }
   const guardHost = bridgeAddresses.length > 0
   // Every network on this host has its rules, also one the host has no address in (isolation).
-  const firewall: FirewallNetwork = { bridge, guardHost, dhcp4, ...(nat && subnet4 !== undefined ? { nat4: subnet4.cidr } : {}) }
+  const firewall: FirewallNetwork = { bridge, guardHost, dhcp4, ...(dnsmasq !== undefined && domain !== undefined ? { dns: true } : {}), ...(nat && subnet4 !== undefined ? { nat4: subnet4.cidr } : {}) }
   bridgeAddresses.sort(compareStrings)
   return {
     bridgeAddresses,

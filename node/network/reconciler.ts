@@ -233,9 +233,19 @@ export function buildPlanInput (doc: MeshDoc, world: World, o: BuildOptions): Bu
     networks,
     underlayMtu: o.config.underlayMtu,
     wgIfname: o.config.wgIfname,
-    runtimeDir: o.runtimeDir
+    runtimeDir: o.runtimeDir,
+    domain: meshDomain(optString(doc.mesh.name) ?? '')
   }
   return { input, problems }
+}
+
+/**
+ * The mesh's name as a DNS label, the domain its VMs' names live under (`web.lan.<domain>`):
+ * lower case, anything but a-z, 0-9 and - made a -, at most 63; "mesh" when nothing is left.
+ */
+export function meshDomain (name: string): string {
+  const label = name.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 63).replace(/-+$/, '')
+  return label === '' ? 'mesh' : label
 }
 
 /**

@@ -48,6 +48,15 @@ export interface DnsmasqRa {
   prefix: string
 }
 
+/** Names served on the network (node/network/names.ts): each record's names resolve to its addresses. */
+export interface DnsmasqDns {
+  /** The network's search domain, `<net>.<mesh>`. */
+  domain: string
+  /** The mesh's domain: answered here only, never forwarded. */
+  meshDomain: string
+  records: Array<{ names: string[], ip4?: string, ip6?: string }>
+}
+
 export interface DnsmasqParams {
   networkId: string
   name: string
@@ -56,6 +65,7 @@ export interface DnsmasqParams {
   mtu: number
   dhcp4?: DnsmasqDhcp4
   ra?: DnsmasqRa
+  dns?: DnsmasqDns
 }
 
 export function shortHash (text: string): string {
@@ -69,9 +79,11 @@ export function renderDnsmasqConfig (p: DnsmasqParams): string {
     `interface=${p.bridge}`,
     'bind-interfaces',
     'except-interface=lo',
-    // No DNS: the host offers no resolver to VMs (port 0 also keeps the DNS option out of leases).
-    'port=0',
-    'no-resolv',
+    // Without names, no DNS: port 0 also keeps the DNS option out of leases. With names, the
+    // host answers the mesh's names itself and forwards other queries to its own resolvers.
+    ...(p.dns === undefined
+      ? ['port=0', 'no-resolv']
+      : ['port=53', `local=/${p.dns.meshDomain}/`, `domain=${p.dns.domain}`, 'domain-needed', 'bogus-priv']),
     'no-hosts',
     `pid-file=${p.dir}/${DNSMASQ_FILES.pid}`,
     `dhcp-leasefile=${p.dir}/${DNSMASQ_FILES.leases}`
@@ -86,7 +98,8 @@ export function renderDnsmasqConfig (p: DnsmasqParams): string {
       `dhcp-option=option:mtu,${p.mtu}`,
       // An empty option 3 stops dnsmasq from offering itself as the router.
       d.router !== undefined ? `dhcp-option=option:router,${d.router}` : 'dhcp-option=3',
-      'dhcp-option=6'
+      // With names the host is the VMs' resolver (dnsmasq hands its own address out).
+      ...(p.dns === undefined ? ['dhcp-option=6'] : [])
     )
     for (const h of [...d.hosts].sort((a, b) => a.mac < b.mac ? -1 : a.mac > b.mac ? 1 : 0)) {
       lines.push(`dhcp-host=${h.mac},${h.ip}`)
@@ -99,6 +112,10 @@ export function renderDnsmasqConfig (p: DnsmasqParams): string {
       // MTU, interval, router lifetime 0: on-link prefix for SLAAC, not a default router.
       `ra-param=${p.bridge},mtu:${p.mtu},${RA_INTERVAL},0`
     )
+  }
+  for (const r of p.dns?.records ?? []) {
+    const addrs = [r.ip4, r.ip6].filter((a): a is string => a !== undefined)
+    if (addrs.length > 0 && r.names.length > 0) lines.push(`host-record=${[...r.names, ...addrs].join(',')}`)
   }
   return lines.join('\n') + '\n'
 }
@@ -114,6 +131,8 @@ export interface FirewallNetwork {
   guardHost: boolean
   /** Serve DHCPv4 (UDP 67). */
   dhcp4: boolean
+  /** Serve names (DNS, UDP and TCP 53). @default false */
+  dns?: boolean
 }
 
 export interface RenderedFirewall {
@@ -145,6 +164,7 @@ export function renderFirewall (networks: readonly FirewallNetwork[]): RenderedF
     const br = `"${n.bridge}"`
     if (n.guardHost) {
       if (n.dhcp4) input.push(`iifname ${br} udp dport 67 accept`)
+      if (n.dns === true) input.push(`iifname ${br} meta l4proto { tcp, udp } th dport 53 accept`)
       input.push(`iifname ${br} meta l4proto { icmp, ipv6-icmp } accept`)
       input.push(`iifname ${br} ct state established,related accept`)
       input.push(`iifname ${br} drop`)

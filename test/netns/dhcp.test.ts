@@ -46,7 +46,7 @@ const UDHCPC_SCRIPT = `#!/bin/sh
 ip addr add "$ip/$mask" dev "$interface"
 [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
 [ -n "$router" ] && ip route add default via "$router" dev "$interface"
-printf 'ip=%s\\nmask=%s\\nrouter=%s\\nmtu=%s\\n' "$ip" "$mask" "$router" "$mtu" > "$LEASE_OUT"
+printf 'ip=%s\\nmask=%s\\nrouter=%s\\nmtu=%s\\ndns=%s\\n' "$ip" "$mask" "$router" "$mtu" "$dns" > "$LEASE_OUT"
 `
 
 describe.skipIf(reason !== undefined)('network services in network namespaces', () => {
@@ -71,7 +71,10 @@ describe.skipIf(reason !== undefined)('network services in network namespaces', 
     localTaps: topo.guests.filter(g => g.host.index === i && tapNetwork.get(g.name) === n.id).map(g => g.tap)
   }))
   const tapNetwork = new Map<string, string>()
+  /** The mesh's domain: names are served only while it is set (the names test). */
+  let domain: string | undefined
   const inputFor = (i: number, nets = local(i)): PlanInput => ({
+    ...(domain === undefined ? {} : { domain }),
     self: { peerId: peers[i], wgPrivateKey: b64(keys[i].secretKey), listenPort: 51820 },
     members,
     networks: nets,
@@ -231,6 +234,31 @@ describe.skipIf(reason !== undefined)('network services in network namespaces', 
     await waitFor(async () => await ping(m1, '10.40.0.12'), { timeoutMs: 20_000, what: 'ping m1 → m2 on the second colliding network' })
     expect(await ping(k1, '10.40.0.12')).toBe(false)
     expect(await ping(m2, '10.40.0.2')).toBe(false)
+  })
+
+  it('names: each host\'s dnsmasq answers <vm>.<net>.<mesh>, <vm>.<net> and <vm> for the network\'s VMs on every host, and hands itself out as resolver', async () => {
+    domain = 'testmesh'
+    try {
+      await reconcileAll()
+      const planA = planHost(inputFor(0)).networks.find(n => n.networkId === 'net-dhcp')!
+      const planC = planHost(inputFor(2)).networks.find(n => n.networkId === 'net-dhcp')!
+      const lookup = async (g: TestGuest, name: string, server: string): Promise<string> => {
+        const r = await g.exec('busybox', ['nslookup', name, server], { timeoutMs: 10_000 })
+        return r.stdout + r.stderr
+      }
+      // Guest a asks its own host (A) for guest c, which runs on host C; and the other way round.
+      await waitFor(async () => (await lookup(gA, 'c.lan.testmesh', planA.gateway4!)).includes(planA.vmAddresses4['vm-c']), { timeoutMs: 10_000, what: 'c.lan.testmesh from guest a' })
+      expect(await lookup(gC, 'a.lan.testmesh', planC.gateway4!)).toContain(planC.vmAddresses4['vm-a'])
+      expect(await lookup(gC, 'a.lan', planC.gateway4!)).toContain(planC.vmAddresses4['vm-a'])
+      expect(await lookup(gA, 'c', planA.gateway4!)).toContain(planA.vmAddresses4['vm-c'])
+      // A name of the mesh that no VM has is not found (and not asked of anyone else).
+      expect(await lookup(gA, 'nobody.lan.testmesh', planA.gateway4!)).toMatch(/NXDOMAIN|can't resolve|server can't find/i)
+      // A DHCP lease now names the host as the guest's resolver.
+      expect((await dhcp(gA)).dns).toBe(planA.gateway4)
+    } finally {
+      domain = undefined
+      await reconcileAll()
+    }
   })
 
   it('removing the networks stops every dnsmasq, removes its files and the nftables table', async () => {

@@ -32,7 +32,7 @@ const UDHCPC_SCRIPT = `#!/bin/sh
 [ "$1" = bound ] || exit 0
 ip addr add "$ip/$mask" dev "$interface"
 [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
-printf 'ip=%s\\nmask=%s\\nmtu=%s\\n' "$ip" "$mask" "$mtu" > "$LEASE_OUT"
+printf 'ip=%s\\nmask=%s\\nmtu=%s\\ndns=%s\\n' "$ip" "$mask" "$mtu" "$dns" > "$LEASE_OUT"
 `
 
 interface Guest { name: string, ns: string, exec: Exec, host: number, vmId?: string, tmpTap: string }
@@ -283,6 +283,15 @@ describe.skipIf(reason !== undefined)('private networks across hosts, through th
     expect(await conf(2)).toContain(`dhcp-host=${vmMac(g2.vmId!, 0)},${l2.ip}`)
     expect(await conf(0)).not.toContain(vmMac(g2.vmId!, 0))
     await waitFor(async () => await ping(g1, l2.ip), { timeoutMs: LONG, what: 'guest d1 to reach guest d2 on their DHCP addresses' })
+    // Names: the lease names the guest's own host as its resolver, which answers the mesh's names
+    // (the mesh is called netmesh) for VMs on any host, here d2 on C asked by d1 on A.
+    expect(l1.dns).toMatch(/^10\.60\.0\.\d+$/)
+    const lookup = async (g: Guest, name: string, server: string): Promise<string> => {
+      const r = await g.exec('busybox', ['nslookup', name, server], { timeoutMs: 10_000 })
+      return r.stdout + r.stderr
+    }
+    await waitFor(async () => (await lookup(g1, 'd2.dl.netmesh', l1.dns)).includes(l2.ip), { timeoutMs: LONG, what: 'd2.dl.netmesh from guest d1' })
+    expect(await lookup(g2, 'd1.dl', l2.dns)).toContain(l1.ip)
     // vm list and vm show print the address the guest got, on any host (here B, which runs neither).
     const listed = JSON.parse(await ok(1, 'vm', 'list', '-o', 'json')) as Array<{ name: string, addresses: Array<{ net: string, address: string }> }>
     expect(listed.find(v => v.name === 'd1')?.addresses).toEqual([{ net: 'dl', address: l1.ip }])

@@ -7,6 +7,7 @@ import { fakeNetworkDriver } from '../../../node/network/drivers/fake.ts'
 import { parseNftTable } from '../../../node/network/drivers/linux.ts'
 import { reconcileNetwork } from '../../../node/network/reconcile.ts'
 import { renderFirewall } from '../../../node/network/services.ts'
+import { meshDomain } from '../../../node/network/reconciler.ts'
 
 const b64 = (b: Uint8Array): string => Buffer.from(b).toString('base64')
 const keys = ['A', 'B', 'C'].map(() => nacl.box.keyPair())
@@ -56,6 +57,35 @@ describe('planHost: network services', () => {
     expect(d.firewall!.ruleset).toContain(`iifname "${a.bridge.ifname}" udp dport 67 accept`)
     expect(d.firewall!.rules).toEqual({ input: 4, forward: 6, postrouting: 1 })
   })
+  it('names: with the mesh\'s domain, dnsmasq answers every VM of the network (on any host) by three names, forwards nothing of the domain, and the firewall lets DNS in', () => {
+    const a = lan(input({ domain: 'roofnet' }))
+    const conf = a.dnsmasq!.config
+    expect(conf).toContain('port=53\nlocal=/roofnet/\ndomain=lan.roofnet\n')
+    expect(conf).not.toContain('port=0')
+    expect(conf).not.toContain('dhcp-option=6') // dnsmasq hands its own address out as the resolver
+    expect(conf).toContain(`host-record=web.lan.roofnet,web.lan,web,${a.vmAddresses4['vm-1']}\n`)
+    expect(conf).toContain(`host-record=db.lan.roofnet,db.lan,db,${a.vmAddresses4['vm-2']}\n`) // on host C
+    expect(conf).toContain('host-record=fw.lan.roofnet,fw.lan,fw,10.10.0.3\n')
+    // Every host answers the same names.
+    expect(lan(input({ domain: 'roofnet' }, 2)).dnsmasq!.config).toContain(`host-record=web.lan.roofnet,web.lan,web,${a.vmAddresses4['vm-1']}\n`)
+    const fw = planHost(input({ domain: 'roofnet' })).firewall!
+    expect(fw.ruleset).toContain(`iifname "${a.bridge.ifname}" meta l4proto { tcp, udp } th dport 53 accept`)
+    // Without a domain: no DNS at all (as before), and no port 53 in the firewall.
+    expect(lan(input()).dnsmasq!.config).toContain('port=0\nno-resolv\n')
+    expect(planHost(input()).firewall!.ruleset).not.toContain('dport 53')
+    // A static network runs no dnsmasq: no names there.
+    expect(lan(input({ domain: 'roofnet', networks: [net({ mode: 'static', gateway: 'none', vms: vms.filter(v => v.ip !== undefined) })] })).dnsmasq).toBeUndefined()
+  })
+
+  it('the mesh\'s name becomes a DNS label', () => {
+    expect(meshDomain('roofnet')).toBe('roofnet')
+    expect(meshDomain('Ninux Roma!')).toBe('ninux-roma')
+    expect(meshDomain('--')).toBe('mesh')
+    expect(meshDomain('')).toBe('mesh')
+    expect(meshDomain('a'.repeat(80))).toHaveLength(63)
+    expect(meshDomain('x\nhost-record=evil,1.2.3.4')).toBe('x-host-record-evil-1-2-3-4')
+  })
+
   it('isolates every network on the host: nothing is routed between two, nor from or into one but host-nat and its replies', () => {
     const two = planHost(input({ networks: [net(), net({ id: 'net-2', name: 'lan2', subnet4: '10.20.0.0/24', mode: 'static', gateway: 'none', vms: [], localTaps: ['pc-tap2'] })] }))
     const [b1, b2] = two.networks.map(n => `"${n.bridge.ifname}"`)
