@@ -135,7 +135,8 @@ export interface VmMoveBody extends VmRefBody {
   from: string
 }
 
-export type NetMode = 'static' | 'dhcp' | 'slaac'
+/** dhcpv6: as dhcp for IPv4, and IPv6 addresses by DHCPv6 from the mesh instead of SLAAC. */
+export type NetMode = 'static' | 'dhcp' | 'slaac' | 'dhcpv6'
 export type Gateway = 'host-nat' | 'none' | { vm: string }
 export interface NetCreateBody {
   name: string
@@ -284,9 +285,9 @@ const netCreate = (v: unknown, path: string): NetCreateBody => {
     })
   })
   if (subnet.ipv4 === undefined && subnet.ipv6 === undefined) invalid(sp, 'give an "ipv4" CIDR, an "ipv6" CIDR or both')
-  const mode = optional(o, 'mode', path, (x, p) => oneOf(x, p, ['static', 'dhcp', 'slaac'] as const)) ?? 'static'
-  if (mode === 'slaac' && (subnet.ipv6 === undefined || parseCidr(subnet.ipv6, 6)?.prefix !== 64)) {
-    invalid(`${path}.mode`, 'slaac needs an IPv6 subnet of exactly /64')
+  const mode = optional(o, 'mode', path, (x, p) => oneOf(x, p, ['static', 'dhcp', 'slaac', 'dhcpv6'] as const)) ?? 'static'
+  if ((mode === 'slaac' || mode === 'dhcpv6') && (subnet.ipv6 === undefined || parseCidr(subnet.ipv6, 6)?.prefix !== 64)) {
+    invalid(`${path}.mode`, `${mode} needs an IPv6 subnet of exactly /64`)
   }
   // host-nat is IPv4 NAT: the default only where there is an IPv4 subnet to NAT.
   const gateway = optional(o, 'gateway', path, (x, p): Gateway => {

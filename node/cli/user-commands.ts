@@ -644,10 +644,11 @@ export const userCommands: Command[] = [
   {
     name: 'net create',
     summary: 'create a private L2 network (signed with your key)',
-    usage: 'picocloud net create NAME (--subnet CIDR | --subnet6 CIDR | both) [--mode static|dhcp|slaac] [--gateway host-nat|none|vm:NAME] [--label k=v]... [--key FPR] [--no-wait]',
+    usage: 'picocloud net create NAME (--subnet CIDR | --subnet6 CIDR | both) [--mode static|dhcp|slaac|dhcpv6] [--gateway host-nat|none|vm:NAME] [--label k=v]... [--key FPR] [--no-wait]',
+    description: 'Modes: dhcp (IPv4 by DHCP, IPv6 by SLAAC), slaac (IPv6 by SLAAC only), dhcpv6 (IPv4 by DHCP, IPv6 by DHCPv6: addresses the mesh gives, shown by `vm show` and in names), static (only the addresses given with `vm create --nic net=NAME,ip=…`). On dhcp, slaac and dhcpv6 networks each host also answers the VMs\' names (`web.lan.<mesh>`).',
     positionals: [1, 1],
     options: { subnet: { type: 'string' }, subnet6: { type: 'string' }, mode: { type: 'string' }, gateway: { type: 'string' }, label: { type: 'string', multiple: true }, ...signOpts, ...waitOpts },
-    optionHelp: { subnet: 'IPv4 subnet, e.g. 10.10.0.0/24', subnet6: 'IPv6 subnet, e.g. fd00:1::/64 (a /64 for slaac)', mode: 'how VMs get addresses (default dhcp)', gateway: 'host-nat (default with an IPv4 subnet), none (default without), or vm:NAME', label: 'label k=v (repeatable)', ...signHelp, ...waitHelp },
+    optionHelp: { subnet: 'IPv4 subnet, e.g. 10.10.0.0/24', subnet6: 'IPv6 subnet, e.g. fd00:1::/64 (a /64 for slaac and dhcpv6)', mode: 'how VMs get addresses: dhcp (default), slaac, dhcpv6 or static', gateway: 'host-nat (default with an IPv4 subnet), none (default without), or vm:NAME', label: 'label k=v (repeatable)', ...signHelp, ...waitHelp },
     run: async (args) => {
       const { positionals, values } = args
       if (values.subnet === undefined && values.subnet6 === undefined) throw new PicocloudError(ErrorCode.Usage, 'net create needs --subnet CIDR (IPv4), --subnet6 CIDR (IPv6) or both')

@@ -226,6 +226,31 @@ export function hostInterfaceIds6 (networkId: string, peers: readonly string[]):
   return out
 }
 
+/**
+ * IPv6 addresses of the VMs of a `dhcpv6` network in its /64 (`prefix`): each VM's interface id
+ * is the first 64 bits of sha256 of the network and VM ids (rehashed on a collision with another
+ * VM, a static address or a reserved id, VMs in order of id), so every host computes the same
+ * address for a VM whatever else it knows. `taken`: static addresses of the network (text).
+ */
+export function allocateIpv6 (networkId: string, prefix: Uint8Array, vmIds: readonly string[], taken: ReadonlySet<string> = new Set()): Map<string, string> {
+  const out = new Map<string, string>()
+  const used = new Set(taken)
+  for (const id of [...new Set(vmIds)].sort(compareStrings)) {
+    for (let attempt = 0; ; attempt++) {
+      const seed = `picocloud/ipam-vm6/${networkId}/${id}` + (attempt === 0 ? '' : `#${attempt}`)
+      const iid = Uint8Array.from(createHash('sha256').update(seed, 'utf8').digest().subarray(0, 8))
+      iid[0] &= 0xfd
+      if (iid[3] === 0xff && iid[4] === 0xfe) iid[4] = 0xfd
+      const text = joinIpv6(prefix, iid)
+      if (isReservedInterfaceId(iid) || used.has(text)) continue
+      used.add(text)
+      out.set(id, text)
+      break
+    }
+  }
+  return out
+}
+
 /** `prefix::iid` as text. */
 export function joinIpv6 (prefix: Uint8Array, iid: Uint8Array): string {
   const b = new Uint8Array(16)

@@ -12,7 +12,7 @@
  *       networks: [{                                                  // every network of the mesh
  *         id, name,
  *         subnet4?: 'a.b.c.d/len', subnet6?: 'prefix::/64',
- *         mode: 'static' | 'dhcp' | 'slaac',
+ *         mode: 'static' | 'dhcp' | 'slaac' | 'dhcpv6',
  *         gateway?: 'none' | 'host-nat' | { vm: '<VM name or id>' }, // default 'none'
  *         hostsWithVms: [peerId],                                     // hosts carrying its VMs
  *         localTaps: ['pc-…'],                                        // this host's taps on it
@@ -46,7 +46,7 @@ import {
   assignVnis, bridgeName, vxlanName, networkMtu, wireguardMtu, canonicalIp, checkIfname, deriveMac,
   compareStrings, parseIpv6, formatIpv6, DEFAULT_WG_IFNAME, HOST_PREFIX_LEN, VXLAN_PORT, WG_KEEPALIVE, BRIDGE_PREFIX, VXLAN_PREFIX
 } from './addressing.ts'
-import { allocateIpv4, parseSubnet6, subnets4Overlap, inSubnet6, hostInterfaceIds6, joinIpv6, LINK_LOCAL_PREFIX } from './ipam.ts'
+import { allocateIpv4, allocateIpv6, parseSubnet6, subnets4Overlap, inSubnet6, hostInterfaceIds6, joinIpv6, LINK_LOCAL_PREFIX } from './ipam.ts'
 import type { Subnet4 } from './ipam.ts'
 import { renderDnsmasqConfig, renderFirewall, shortHash } from './services.ts'
 import type { FirewallNetwork, DnsmasqDns } from './services.ts'
@@ -71,7 +71,7 @@ export interface PlanMember {
   overlayAddr: string
 }
 
-export type NetworkMode = 'static' | 'dhcp' | 'slaac'
+export type NetworkMode = 'static' | 'dhcp' | 'slaac' | 'dhcpv6'
 
 /** `host-nat`: each host is the IPv4 router of its own VMs and NATs them; `{ vm }`: that VM routes. */
 export type NetworkGateway = 'none' | 'host-nat' | { vm: string }
@@ -167,6 +167,8 @@ export interface DesiredNetwork {
   gateway4?: string
   /** IPv4 address of every VM of the network (VM id → address), mesh-wide. */
   vmAddresses4: Record<string, string>
+  /** IPv6 address the mesh gives every VM of a `dhcpv6` network (static ones included). */
+  vmAddresses6: Record<string, string>
   dnsmasq?: DesiredDnsmasq
 }
 
@@ -386,6 +388,7 @@ export function planHost (input: PlanInput): DesiredState {
       bridgeAddresses: services.bridgeAddresses,
       ...(services.gateway4 !== undefined ? { gateway4: services.gateway4 } : {}),
       vmAddresses4: services.vmAddresses4,
+      vmAddresses6: services.vmAddresses6,
       ...(services.dnsmasq !== undefined ? { dnsmasq: services.dnsmasq } : {})
     })
   }
@@ -433,6 +436,7 @@ interface ServicesPlan {
   bridgeAddresses: string[]
   gateway4?: string
   vmAddresses4: Record<string, string>
+  vmAddresses6: Record<string, string>
   dnsmasq?: DesiredDnsmasq
   firewall: FirewallNetwork
   /** Subnet this host has an IPv4 address in. */
@@ -442,17 +446,17 @@ interface ServicesPlan {
 /**
  * The names a network's dnsmasq answers: each named VM of the network (on any host) as
  * `<vm>.<net>.<domain>`, `<vm>.<net>` and `<vm>`, with the IPv4 address the mesh gave it (static
- * or allocated) and its static IPv6 address. SLAAC addresses are the guest's own and not known
+ * or allocated) and its IPv6 address (static, or allocated in `dhcpv6` mode). SLAAC addresses are the guest's own and not known
  * here. A name two VMs share (a VM on the network twice) goes to the first.
  */
-function dnsRecords (n: PlanNetwork, vms: readonly PlanVm[], vmAddresses4: Record<string, string>, domain: string): DnsmasqDns {
+function dnsRecords (n: PlanNetwork, vms: readonly PlanVm[], vmAddresses4: Record<string, string>, vmAddresses6: Record<string, string>, domain: string): DnsmasqDns {
   const seen = new Set<string>()
   const records: DnsmasqDns['records'] = []
   for (const v of vms) {
     if (v.name === undefined || seen.has(v.name)) continue
     seen.add(v.name)
     const ip4 = vmAddresses4[v.id]
-    const ip6 = v.ip6 === undefined ? undefined : formatIpv6(parseIpv6(v.ip6))
+    const ip6 = vmAddresses6[v.id] ?? (v.ip6 === undefined ? undefined : formatIpv6(parseIpv6(v.ip6)))
     if (ip4 === undefined && ip6 === undefined) continue
     records.push({ names: [`${v.name}.${n.name}.${domain}`, `${v.name}.${n.name}`, v.name], ...(ip4 === undefined ? {} : { ip4 }), ...(ip6 === undefined ? {} : { ip6 }) })
   }
@@ -464,7 +468,7 @@ function planServices (n: PlanNetwork, self: string, bridge: string, mtu: number
   const label = `network ${n.name}`
   const gateway = n.gateway ?? 'none'
   const vms = n.vms ?? []
-  if (!['static', 'dhcp', 'slaac'].includes(n.mode)) bad(`${label}: unknown mode ${JSON.stringify(n.mode)} (static, dhcp or slaac)`)
+  if (!['static', 'dhcp', 'slaac', 'dhcpv6'].includes(n.mode)) bad(`${label}: unknown mode ${JSON.stringify(n.mode)} (static, dhcp, slaac or dhcpv6)`)
   if (typeof gateway === 'string' && gateway !== 'none' && gateway !== 'host-nat') bad(`${label}: unknown gateway ${JSON.stringify(gateway)} ('none', 'host-nat' or { vm: name })`)
   const macs = new Map<string, string>()
   for (const vm of vms) {
@@ -477,10 +481,10 @@ function planServices (n: PlanNetwork, self: string, bridge: string, mtu: number
   const localVms = vms.filter(v => v.hostPeerId === self)
 
   // IPv4
-  const dhcp4 = n.mode === 'dhcp' && n.subnet4 !== undefined
+  const dhcp4 = (n.mode === 'dhcp' || n.mode === 'dhcpv6') && n.subnet4 !== undefined
   const nat = gateway === 'host-nat'
   if (nat && n.subnet4 === undefined) bad(`${label}: gateway host-nat needs a subnet4`)
-  if (n.mode === 'dhcp' && n.subnet4 === undefined && n.subnet6 === undefined) bad(`${label}: mode dhcp needs a subnet4 (or a subnet6 for router advertisements)`)
+  if ((n.mode === 'dhcp' || n.mode === 'dhcpv6') && n.subnet4 === undefined && n.subnet6 === undefined) bad(`${label}: mode dhcp needs a subnet4 (or a subnet6 for router advertisements)`)
   const bridgeAddresses: string[] = []
   let vmAddresses4: Record<string, string> = {}
   let gateway4: string | undefined
@@ -507,8 +511,9 @@ function planServices (n: PlanNetwork, self: string, bridge: string, mtu: number
   }
 
   // IPv6
-  const ra = n.subnet6 !== undefined && (n.mode === 'slaac' || n.mode === 'dhcp')
-  if (n.mode === 'slaac' && n.subnet6 === undefined) bad(`${label}: mode slaac needs a subnet6 (a /64)`)
+  const ra = n.subnet6 !== undefined && (n.mode === 'slaac' || n.mode === 'dhcp' || n.mode === 'dhcpv6')
+  if ((n.mode === 'slaac' || n.mode === 'dhcpv6') && n.subnet6 === undefined) bad(`${label}: mode ${n.mode} needs a subnet6 (a /64)`)
+  let vmAddresses6: Record<string, string> = {}
   if (n.subnet6 !== undefined) {
     const s6 = parseSubnet6(n.subnet6, `${label}: subnet6`)
     if (ra && s6.prefixLen !== 64) bad(`${label}: subnet6 ${s6.cidr} must be a /64 for SLAAC`)
@@ -522,6 +527,12 @@ function planServices (n: PlanNetwork, self: string, bridge: string, mtu: number
       const other = seen6.get(text)
       if (other !== undefined) bad(`${label}: the static address ${text} is given to two VMs (${other} and ${vm.id})`)
       seen6.set(text, vm.id)
+    }
+    if (n.mode === 'dhcpv6') {
+      if (s6.prefixLen !== 64) bad(`${label}: subnet6 ${s6.cidr} must be a /64 for DHCPv6`)
+      const statics = Object.fromEntries(vms.filter(v => v.ip6 !== undefined).map(v => [v.id, formatIpv6(parseIpv6(v.ip6 as string))]))
+      const alloc = allocateIpv6(n.id, s6.prefix, vms.filter(v => v.ip6 === undefined).map(v => v.id), new Set(seen6.keys()))
+      vmAddresses6 = Object.fromEntries([...Object.entries(statics), ...alloc].sort((a, b) => compareStrings(a[0], b[0])))
     }
     if (ra) {
       const iid = hostInterfaceIds6(n.id, hosts).get(self)!
@@ -555,18 +566,20 @@ function planServices (n: PlanNetwork, self: string, bridge: string, mtu: number
           }
         : {}),
       ...(ra ? { ra: { prefix: parseSubnet6(n.subnet6!).cidr.split('/')[0] } } : {}),
-      ...(domain === undefined ? {} : { dns: dnsRecords(n, vms, vmAddresses4, domain) })
+      ...(n.mode === 'dhcpv6' ? { dhcp6: { hosts: localVms.filter(v => vmAddresses6[v.id] !== undefined).map(v => ({ mac: v.mac.toLowerCase(), ip6: vmAddresses6[v.id] })) } } : {}),
+      ...(domain === undefined ? {} : { dns: dnsRecords(n, vms, vmAddresses4, vmAddresses6, domain) })
     })
     dnsmasq = { dir, config, hash: shortHash(config) }
   }
   const guardHost = bridgeAddresses.length > 0
   // Every network on this host has its rules, also one the host has no address in (isolation).
-  const firewall: FirewallNetwork = { bridge, guardHost, dhcp4, ...(dnsmasq !== undefined && domain !== undefined ? { dns: true } : {}), ...(nat && subnet4 !== undefined ? { nat4: subnet4.cidr } : {}) }
+  const firewall: FirewallNetwork = { bridge, guardHost, dhcp4, ...(n.mode === 'dhcpv6' && ra ? { dhcp6: true } : {}), ...(dnsmasq !== undefined && domain !== undefined ? { dns: true } : {}), ...(nat && subnet4 !== undefined ? { nat4: subnet4.cidr } : {}) }
   bridgeAddresses.sort(compareStrings)
   return {
     bridgeAddresses,
     ...(gateway4 !== undefined ? { gateway4 } : {}),
     vmAddresses4,
+    vmAddresses6,
     ...(dnsmasq !== undefined ? { dnsmasq } : {}),
     firewall,
     ...(hostAddr4 !== undefined && subnet4 !== undefined ? { hostSubnet4: subnet4 } : {})

@@ -48,6 +48,11 @@ export interface DnsmasqRa {
   prefix: string
 }
 
+/** Stateful DHCPv6 (`dhcpv6` mode): static leases of this host's VMs, by MAC, in the RA's prefix. */
+export interface DnsmasqDhcp6 {
+  hosts: Array<{ mac: string, ip6: string }>
+}
+
 /** Names served on the network (node/network/names.ts): each record's names resolve to its addresses. */
 export interface DnsmasqDns {
   /** The network's search domain, `<net>.<mesh>`. */
@@ -65,6 +70,7 @@ export interface DnsmasqParams {
   mtu: number
   dhcp4?: DnsmasqDhcp4
   ra?: DnsmasqRa
+  dhcp6?: DnsmasqDhcp6
   dns?: DnsmasqDns
 }
 
@@ -108,10 +114,15 @@ export function renderDnsmasqConfig (p: DnsmasqParams): string {
   if (p.ra !== undefined) {
     lines.push(
       'enable-ra',
-      `dhcp-range=${p.ra.prefix},ra-only,64,${DHCP_LEASE_TIME}`,
+      // With DHCPv6 the RA sets the managed flag and no SLAAC; addresses come from dhcp-host lines.
+      p.dhcp6 !== undefined ? `dhcp-range=${p.ra.prefix},static,64,${DHCP_LEASE_TIME}` : `dhcp-range=${p.ra.prefix},ra-only,64,${DHCP_LEASE_TIME}`,
       // MTU, interval, router lifetime 0: on-link prefix for SLAAC, not a default router.
       `ra-param=${p.bridge},mtu:${p.mtu},${RA_INTERVAL},0`
     )
+  }
+  if (p.ra !== undefined && p.dhcp6 !== undefined) {
+    if (p.dhcp4 === undefined) lines.push('dhcp-ignore=tag:!known')
+    for (const h of [...p.dhcp6.hosts].sort((a, b) => a.mac < b.mac ? -1 : a.mac > b.mac ? 1 : 0)) lines.push(`dhcp-host=${h.mac},[${h.ip6}]`)
   }
   for (const r of p.dns?.records ?? []) {
     const addrs = [r.ip4, r.ip6].filter((a): a is string => a !== undefined)
@@ -131,6 +142,8 @@ export interface FirewallNetwork {
   guardHost: boolean
   /** Serve DHCPv4 (UDP 67). */
   dhcp4: boolean
+  /** Serve DHCPv6 (UDP 547). @default false */
+  dhcp6?: boolean
   /** Serve names (DNS, UDP and TCP 53). @default false */
   dns?: boolean
 }
@@ -164,6 +177,7 @@ export function renderFirewall (networks: readonly FirewallNetwork[]): RenderedF
     const br = `"${n.bridge}"`
     if (n.guardHost) {
       if (n.dhcp4) input.push(`iifname ${br} udp dport 67 accept`)
+      if (n.dhcp6 === true) input.push(`iifname ${br} udp dport 547 accept`)
       if (n.dns === true) input.push(`iifname ${br} meta l4proto { tcp, udp } th dport 53 accept`)
       input.push(`iifname ${br} meta l4proto { icmp, ipv6-icmp } accept`)
       input.push(`iifname ${br} ct state established,related accept`)

@@ -1,6 +1,7 @@
 /**
  * The addresses a VM has on its networks, as `vm list` and `vm show` print them: its static
- * address, or in `dhcp` mode the IPv4 address the mesh allocated (node/network/ipam.ts), computed
+ * address, or in `dhcp` mode the IPv4 address the mesh allocated (and in `dhcpv6` mode its IPv6
+ * address too; node/network/ipam.ts), computed
  * exactly as the VM's own host computes it for its DHCP server (over every placed VM of the
  * network and the hosts that carry it). SLAAC addresses are chosen by the guest: not listed.
  *
@@ -8,7 +9,7 @@
  * vmAddresses(world).get(vmId) // [{ net: 'lan', address: '10.0.0.17' }]
  */
 import type { World, VmEntry } from '../../crdt/world.ts'
-import { allocateIpv4, parseIpv4, parseSubnet4, inSubnet4, parseSubnet6, inSubnet6 } from './ipam.ts'
+import { allocateIpv4, allocateIpv6, parseIpv4, parseSubnet4, inSubnet4, parseSubnet6, inSubnet6 } from './ipam.ts'
 import { compareStrings, formatIpv6, parseIpv6 } from './addressing.ts'
 
 export interface VmAddress { net: string, address: string }
@@ -44,8 +45,14 @@ export function vmAddresses (world: World): Map<string, VmAddress[]> {
         if (s6 !== undefined && inSubnet6(s6, a6) && !used6.has(text)) { used6.add(text); add(vm.id, { net: net.name, address: text }) }
       } catch {}
     }
+    // dhcpv6: the others get the address the data plane hands out (ipam.ts allocateIpv6).
+    if (net.spec.mode === 'dhcpv6' && s6 !== undefined && s6.prefixLen === 64) {
+      const statics = new Set(on.filter(vm => (out.get(vm.id) ?? []).some(a => a.net === net.name && a.address.includes(':'))).map(vm => vm.id))
+      const alloc = allocateIpv6(net.id, s6.prefix, on.filter(vm => !statics.has(vm.id)).map(vm => vm.id), used6)
+      for (const vm of on) { const a = alloc.get(vm.id); if (a !== undefined) add(vm.id, { net: net.name, address: a }) }
+    }
     if (net.spec.subnet.ipv4 === undefined || s4 === undefined) continue
-    const dhcp = net.spec.mode === 'dhcp'
+    const dhcp = net.spec.mode === 'dhcp' || net.spec.mode === 'dhcpv6'
     const ipam = (dhcp ? on : on.filter(vm => static4.has(vm.id))).map(vm => ({ id: vm.id, created: vm.created, ...(static4.has(vm.id) ? { ip: static4.get(vm.id) as string } : {}) }))
     const hosts = [...new Set(on.map(vm => vm.host as string))].sort(compareStrings)
     const needHost = dhcp || net.spec.gateway === 'host-nat'

@@ -21,7 +21,7 @@ import { addOutside, createTopology, netnsUnavailableReason, wireguardUnavailabl
 import type { Topology, TestGuest } from '../helpers/netns.ts'
 import { waitFor } from '../helpers/wait.ts'
 
-const reason = await netnsUnavailableReason(['ping', 'dnsmasq', 'nft', 'busybox', 'sysctl']) ?? await wireguardUnavailableReason()
+const reason = await netnsUnavailableReason(['ping', 'dnsmasq', 'nft', 'busybox', 'sysctl', 'dhclient']) ?? await wireguardUnavailableReason()
 if (reason !== undefined) console.log(`skipping network-services netns tests: ${reason}`)
 
 const b64 = (b: Uint8Array): string => Buffer.from(b).toString('base64')
@@ -47,6 +47,12 @@ ip addr add "$ip/$mask" dev "$interface"
 [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
 [ -n "$router" ] && ip route add default via "$router" dev "$interface"
 printf 'ip=%s\\nmask=%s\\nrouter=%s\\nmtu=%s\\ndns=%s\\n' "$ip" "$mask" "$router" "$mtu" "$dns" > "$LEASE_OUT"
+`
+
+/** dhclient script: the DHCPv6 lease's address, written to `out` (dhclient clears the environment; the address is not configured). */
+const dhclient6Script = (out: string): string => `#!/bin/sh
+case "$reason" in BOUND6|RENEW6|REBIND6|REBOOT6) printf 'ip6=%s\\n' "$new_ip6_address" > '${out}' ;; esac
+exit 0
 `
 
 describe.skipIf(reason !== undefined)('network services in network namespaces', () => {
@@ -257,6 +263,39 @@ describe.skipIf(reason !== undefined)('network services in network namespaces', 
       expect((await dhcp(gA)).dns).toBe(planA.gateway4)
     } finally {
       domain = undefined
+      await reconcileAll()
+    }
+  })
+
+  it('dhcpv6: a guest gets by DHCPv6 exactly the IPv6 address the mesh gives its VM', async () => {
+    const g6 = await topo.addGuest(topo.hosts[2], { name: 'd6', mtu: 1500 })
+    tapNetwork.set('d6', 'net-dhcp6')
+    const vm6: PlanVm = { id: 'vm-d6', name: 'd6', mac: await macOf(g6), hostPeerId: 'peer-c', created: 5 }
+    networks.push({ id: 'net-dhcp6', name: 'v6m', subnet6: 'fd33::/64', mode: 'dhcpv6', hostsWithVms: ['peer-c'], localTaps: [], vms: [vm6] })
+    try {
+      await reconcileAll()
+      const want = planHost(inputFor(2)).networks.find(n => n.networkId === 'net-dhcp6')!.vmAddresses6['vm-d6']
+      expect(want).toMatch(/^fd33::/)
+      expect(planHost(inputFor(0)).networks.find(n => n.networkId === 'net-dhcp6')).toBeUndefined() // A does not carry it
+      const conf = await readFile(join(runtimeDir(2), networkDirName('net-dhcp6'), 'dnsmasq.conf'), 'utf8')
+      expect(conf).toContain(`dhcp-host=${vm6.mac},[${want}]`)
+      expect(await nftTable(2)).toMatch(/udp dport 547 accept/)
+      const out = join(dir, 'lease6-d6')
+      await writeFile(join(dir, 'dhclient6.sh'), dhclient6Script(out), { mode: 0o755 })
+      let lastTry = ''
+      const got = await waitFor(async () => {
+        await rm(out, { force: true })
+        const r = await g6.exec('dhclient', ['-6', '-1', '-lf', join(dir, 'd6.leases'), '-pf', join(dir, 'd6.pid'), '-sf', join(dir, 'dhclient6.sh'), 'eth0'],
+          { timeoutMs: 20_000 })
+        lastTry = `exit ${r.code}: ${r.stderr.slice(-1500)}`
+        if (r.code !== 0) return undefined
+        return (await readFile(out, 'utf8').catch(() => '')).match(/^ip6=(.+)$/m)?.[1]
+      }, { timeoutMs: 40_000, intervalMs: 1000, what: 'a DHCPv6 lease for guest d6' }).catch(err => { console.log('dhclient:', lastTry); throw err })
+      expect(got).toBe(want)
+    } finally {
+      const pid = Number((await readFile(join(dir, 'd6.pid'), 'utf8').catch(() => '')).trim())
+      if (pid > 0) { try { process.kill(pid, 'SIGKILL') } catch {} }
+      networks.splice(networks.findIndex(n => n.id === 'net-dhcp6'), 1)
       await reconcileAll()
     }
   })

@@ -114,6 +114,7 @@ describe('other kinds', () => {
     ['net.create', { name: 'lan', subnet: { ipv4: '10.1.0.1/24' } }, /body\.subnet\.ipv4.*zero host bits/],
     ['net.create', { name: 'lan', subnet: { ipv4: '10.1.0.0/24' }, mode: 'slaac' }, /body\.mode: slaac needs/],
     ['net.create', { name: 'lan', subnet: { ipv6: 'fd00:1::/48' }, mode: 'slaac' }, /body\.mode/],
+    ['net.create', { name: 'lan', subnet: { ipv4: '10.1.0.0/24' }, mode: 'dhcpv6' }, /body\.mode: dhcpv6 needs an IPv6 subnet of exactly \/64/],
     ['net.create', { name: 'lan', subnet: { ipv4: '10.1.0.0/24' }, gateway: 'router' }, /body\.gateway/],
     ['net.create', { name: 'v6', subnet: { ipv6: 'fd00:1::/64' }, mode: 'slaac', gateway: 'host-nat' }, /body\.gateway: host-nat .* needs an IPv4 subnet/],
     ['net.create', { name: 'lan', subnet: { ipv4: '10.1.0.0/24' }, bridge: 'br0' }, /body\.bridge/],

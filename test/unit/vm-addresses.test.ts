@@ -5,7 +5,7 @@
  */
 import { describe, it, expect } from 'vitest'
 import { vmAddresses } from '../../node/network/vm-addresses.ts'
-import { allocateIpv4 } from '../../node/network/ipam.ts'
+import { allocateIpv4, allocateIpv6, parseSubnet6 } from '../../node/network/ipam.ts'
 import { toYaml } from '../../node/cli/user-commands.ts'
 import { commands, type Io } from '../../node/cli/commands.ts'
 import type { World, VmEntry } from '../../crdt/world.ts'
@@ -16,7 +16,7 @@ const vm = (c: string, created: number, net: string, host: string | null, ip?: s
   id: id(c), name: `vm-${c}`, owner: 'F'.repeat(40), labels: {}, desired: 'running', host, claimants: [], requests: [], created, expires: 0, via: '', vias: [],
   spec: {} as VmEntry['spec'], needs: { vcpus: 1, memMiB: 256, diskGiB: 1 }, nics: [{ net, ...(ip === undefined ? {} : { ip }) }], ...extra
 })
-const world = (vms: VmEntry[], mode: 'dhcp' | 'static', gateway = 'none'): World => ({
+const world = (vms: VmEntry[], mode: 'dhcp' | 'static' | 'dhcpv6', gateway = 'none'): World => ({
   vms: new Map(vms.map(v => [v.id, v])),
   nets: new Map([['lan', { id: id('9'), name: 'lan', owner: 'F'.repeat(40), created: 0, requests: [], spec: { name: 'lan', subnet: { ipv4: '10.9.0.0/24', ipv6: 'fd09::/64' }, mode, gateway } as any }]]),
   images: new Map(), requests: new Map(), revoked: new Set(), hosts: [], decisions: new Map()
@@ -32,6 +32,16 @@ describe('VM addresses', () => {
     // c asked for a's address: it gets an allocated one instead.
     expect(out.get(id('c'))?.[0].address).not.toBe('10.9.0.50')
     expect(out.get(id('d'))).toEqual(expect.arrayContaining([{ net: 'lan', address: 'fd09::7' }]))
+  })
+
+  it('dhcpv6: the IPv4 address as in dhcp mode and the IPv6 address the data plane hands out; a static IPv6 address wins', () => {
+    const vms = [vm('a', 1, 'lan', 'H1'), vm('b', 2, 'lan', 'H2', 'fd09::7')]
+    const out = vmAddresses(world(vms, 'dhcpv6'))
+    const v6 = allocateIpv6(id('9'), parseSubnet6('fd09::/64').prefix, [id('a')], new Set(['fd09::7']))
+    expect(out.get(id('a'))).toEqual(expect.arrayContaining([{ net: 'lan', address: v6.get(id('a')) }]))
+    expect(out.get(id('a'))?.find(a => !a.address.includes(':'))?.address).toMatch(/^10\.9\.0\./)
+    expect(out.get(id('b'))).toEqual(expect.arrayContaining([{ net: 'lan', address: 'fd09::7' }]))
+    expect(out.get(id('b'))?.filter(a => a.address.includes(':'))).toHaveLength(1)
   })
 
   it('static mode: only static addresses; unplaced, destroyed and rejected VMs have none', () => {

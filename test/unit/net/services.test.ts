@@ -77,6 +77,32 @@ describe('planHost: network services', () => {
     expect(lan(input({ domain: 'roofnet', networks: [net({ mode: 'static', gateway: 'none', vms: vms.filter(v => v.ip !== undefined) })] })).dnsmasq).toBeUndefined()
   })
 
+  it('dhcpv6: every VM of the network gets an IPv6 address from the mesh (the same on every host), handed out by DHCPv6 to this host\'s VMs, with a managed RA', () => {
+    const v6vms: PlanVm[] = [...vms, { id: 'vm-4', name: 'ns', mac: '02:00:00:00:00:04', ip6: 'fd40::53', hostPeerId: 'peer-a', created: 4 }]
+    const n6 = net({ subnet6: 'fd40::/64', mode: 'dhcpv6', vms: v6vms })
+    const a = lan(input({ networks: [n6], domain: 'roofnet' }))
+    const c = lan(input({ networks: [n6], domain: 'roofnet' }, 2))
+    expect(a.vmAddresses6).toEqual(c.vmAddresses6)
+    expect(Object.keys(a.vmAddresses6).sort()).toEqual(['vm-1', 'vm-2', 'vm-3', 'vm-4'])
+    expect(a.vmAddresses6['vm-4']).toBe('fd40::53') // static wins
+    for (const ip of Object.values(a.vmAddresses6)) expect(ip).toMatch(/^fd40::/)
+    expect(new Set(Object.values(a.vmAddresses6)).size).toBe(4)
+    // IPv4 as in dhcp mode.
+    expect(a.vmAddresses4).toMatchObject(lan(input()).vmAddresses4)
+    const conf = a.dnsmasq!.config
+    expect(conf).toContain('dhcp-range=fd40::,static,64,1h')
+    expect(conf).not.toContain('ra-only')
+    expect(conf).toContain(`dhcp-host=02:00:00:00:00:01,[${a.vmAddresses6['vm-1']}]`)
+    expect(conf).not.toContain('02:00:00:00:00:02,[') // C's VM: C answers it
+    expect(c.dnsmasq!.config).toContain(`dhcp-host=02:00:00:00:00:02,[${c.vmAddresses6['vm-2']}]`)
+    // Names carry the IPv6 address too.
+    expect(conf).toContain(`host-record=web.lan.roofnet,web.lan,web,${a.vmAddresses4['vm-1']},${a.vmAddresses6['vm-1']}`)
+    expect(planHost(input({ networks: [n6] })).firewall!.ruleset).toContain('udp dport 547 accept')
+    // A new VM does not move the others' addresses.
+    const more = lan(input({ networks: [net({ subnet6: 'fd40::/64', mode: 'dhcpv6', vms: [...v6vms, { id: 'vm-0', name: 'new', mac: '02:00:00:00:00:09', hostPeerId: 'peer-a', created: 9 }] })] }))
+    for (const id of ['vm-1', 'vm-2', 'vm-3', 'vm-4']) expect(more.vmAddresses6[id]).toBe(a.vmAddresses6[id])
+  })
+
   it('the mesh\'s name becomes a DNS label', () => {
     expect(meshDomain('roofnet')).toBe('roofnet')
     expect(meshDomain('Ninux Roma!')).toBe('ninux-roma')
