@@ -292,6 +292,9 @@ describe.skipIf(reason !== undefined)('private networks across hosts, through th
     }
     await waitFor(async () => (await lookup(g1, 'd2.dl.netmesh', l1.dns)).includes(l2.ip), { timeoutMs: LONG, what: 'd2.dl.netmesh from guest d1' })
     expect(await lookup(g2, 'd1.dl', l2.dns)).toContain(l1.ip)
+    // And a host resolves it too: host A asks its own address on the network.
+    const onHost = await topo.hosts[0].exec('busybox', ['nslookup', 'd2.dl.netmesh', l1.dns], { timeoutMs: 10_000 })
+    expect(onHost.stdout + onHost.stderr).toContain(l2.ip)
     // vm list and vm show print the address the guest got, on any host (here B, which runs neither).
     const listed = JSON.parse(await ok(1, 'vm', 'list', '-o', 'json')) as Array<{ name: string, addresses: Array<{ net: string, address: string }> }>
     expect(listed.find(v => v.name === 'd1')?.addresses).toEqual([{ net: 'dl', address: l1.ip }])
