@@ -208,6 +208,22 @@ export function parseDrainBody (v: unknown): { reason: string } {
   return { reason }
 }
 
+/** The longest a `GET /v1/requests/:id?unless=…` waits (under the API's and clients' time limits). */
+export const MAX_REQUEST_WAIT_S = 25
+
+/** `?unless=STATUS&wait=SECONDS` of `GET /v1/requests/:id`; `wait` defaults to 10 s, needs `unless`. */
+export function parseRequestWait (unless: string | null, wait: string | null): { unless?: string, waitMs: number } {
+  if (unless === null) {
+    if (wait !== null) throw new PicocloudError(ErrorCode.BadRequest, '"wait" needs "unless": the status to wait past')
+    return { waitMs: 0 }
+  }
+  if (!/^[a-z-]{1,32}$/.test(unless)) throw new PicocloudError(ErrorCode.BadRequest, '"unless" must be a request status such as pending or accepted')
+  const s = wait === null ? 10 : Number(wait)
+  if (wait !== null && !/^\d+(\.\d+)?$/.test(wait)) throw new PicocloudError(ErrorCode.BadRequest, `"wait" must be a number of seconds up to ${MAX_REQUEST_WAIT_S}`)
+  if (!(s >= 0 && s <= MAX_REQUEST_WAIT_S)) throw new PicocloudError(ErrorCode.BadRequest, `"wait" must be a number of seconds up to ${MAX_REQUEST_WAIT_S}`)
+  return { unless, waitMs: s * 1000 }
+}
+
 /** `POST /v1/vms/:ref/move-check`: `{pin?}`, the pin the move would give the VM (none: anywhere). */
 export function parseMoveCheckBody (v: unknown): { pin?: PinSpec } {
   if (v === undefined || v === null) return {}

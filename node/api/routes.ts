@@ -5,7 +5,7 @@
  */
 import type { PicocloudHost } from '../host.ts'
 import { decodeSegment, type Route } from './server.ts'
-import { parseAdmitBody, parseExpelBody, parseInitBody, parseJoinBody, parseTrustBody, parseEvict, parseEvictQuery, parseSelector, parseDrainBody, parseMoveCheckBody, API_PREFIX } from '../../protocol/api.ts'
+import { parseAdmitBody, parseExpelBody, parseInitBody, parseJoinBody, parseTrustBody, parseEvict, parseEvictQuery, parseSelector, parseDrainBody, parseMoveCheckBody, parseRequestWait, API_PREFIX } from '../../protocol/api.ts'
 import { normalizeFingerprint } from '../../protocol/fingerprint.ts'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 
@@ -41,7 +41,15 @@ export function routes (host: PicocloudHost): Route[] {
       }
     },
     { method: 'POST', path: p('/requests'), handler: async ({ body }) => await control.submit(body) },
-    { method: 'GET', path: p('/requests/:id'), handler: ({ params }) => control.request(params.id) },
+    {
+      method: 'GET',
+      path: p('/requests/:id'),
+      // `?unless=STATUS&wait=S`: answer once the status is another, or after S seconds (≤ 25).
+      handler: async ({ params, query }) => {
+        const { unless, waitMs } = parseRequestWait(query.get('unless'), query.get('wait'))
+        return unless === undefined ? control.request(params.id) : await control.requestWhen(params.id, unless, waitMs)
+      }
+    },
     {
       method: 'GET',
       path: p('/vms'),

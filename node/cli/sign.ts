@@ -5,7 +5,7 @@
 import { createInterface } from 'node:readline'
 import { PicocloudError, ErrorCode } from '../../protocol/errors.ts'
 import type { ApiClient } from '../api/index.ts'
-import type { StatusView } from '../../protocol/api.ts'
+import { MAX_REQUEST_WAIT_S, type StatusView } from '../../protocol/api.ts'
 import type { RequestView, VmView } from '../control/index.ts'
 import type { RequestKind } from '../../protocol/requests.ts'
 import { line } from './output.ts'
@@ -76,13 +76,22 @@ export async function buildSigned (api: ApiClient, kind: RequestKind, body: unkn
 const done = (r: RequestView): boolean =>
   r.status === 'rejected' || r.status === 'placed' || (r.kind !== 'vm.create' && r.status === 'accepted')
 
-/** Polls the request until it is placed, accepted (not a vm.create) or rejected. */
+/**
+ * Waits until the request is placed, accepted (not a vm.create) or rejected: long polls, each
+ * answered by the daemon as soon as the status changes (`?unless=`), up to the timeout.
+ */
 export async function waitForOutcome (api: ApiClient, id: string, timeoutMs: number): Promise<RequestView> {
   const deadline = Date.now() + timeoutMs
+  let r = await api.call<RequestView>('GET', `/v1/requests/${id}`)
   for (;;) {
-    const r = await api.call<RequestView>('GET', `/v1/requests/${id}`)
-    if (done(r) || Date.now() > deadline) return r
-    await new Promise(resolve => setTimeout(resolve, 100))
+    const left = deadline - Date.now()
+    if (done(r) || left <= 0) return r
+    const wait = Math.max(0, Math.min(MAX_REQUEST_WAIT_S, Math.ceil(left / 1000)))
+    const t0 = Date.now()
+    const before = r.status
+    r = await api.call<RequestView>('GET', `/v1/requests/${r.id}?unless=${encodeURIComponent(before)}&wait=${wait}`)
+    // A daemon that does not know the long poll answers at once: do not ask it in a tight loop.
+    if (r.status === before && Date.now() - t0 < 50) await new Promise(resolve => setTimeout(resolve, 100))
   }
 }
 

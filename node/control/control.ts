@@ -51,6 +51,7 @@ export class Control {
     const { store, log } = init
     this.addressesOf = init.vmAddresses
     this.store = store
+    store.on('change', () => { for (const w of [...this.waiters]) w() })
     this.log = log
     this.liveness = { isUp: init.isUp, lastSeen: init.lastSeen }
     this.requests = new RequestBook(store, log.forComponent('requests'))
@@ -89,6 +90,28 @@ export class Control {
     const { id } = await this.requests.submit(envelope)
     await this.requests.verifyPending()
     return this.request(id)
+  }
+
+  /**
+   * A request's view once its status is no longer `unless`, or after `waitMs` (a long poll: the
+   * CLI and scripts wait for an outcome without asking every few milliseconds). Each change of the
+   * state is looked at once; nothing else wakes it.
+   */
+  /** Long polls waiting for the next change of the state (one listener on the store for all). */
+  private readonly waiters = new Set<() => void>()
+
+  async requestWhen (id: string, unless: string | undefined, waitMs: number): Promise<RequestView> {
+    const deadline = Date.now() + waitMs
+    for (;;) {
+      const view = this.request(id)
+      const left = deadline - Date.now()
+      if (unless === undefined || view.status !== unless || left <= 0) return view
+      await new Promise<void>(resolve => {
+        const done = (): void => { clearTimeout(timer); this.waiters.delete(done); resolve() }
+        const timer = setTimeout(done, left)
+        this.waiters.add(done)
+      })
+    }
   }
 
   request (id: string): RequestView {

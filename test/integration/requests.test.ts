@@ -232,4 +232,29 @@ describe('signed requests, trust and placement', () => {
     const winner = final[0].find(v => v.id === dupId)?.host
     expect(winner).toBe(rank(dupId, [dupLeft as string, dupRight as string])[0])
   })
+
+  it('a long poll on a request answers as soon as its status changes, after the wait when it does not, and refuses bad parameters', async () => {
+    // u3 is trusted on every host (trust add is idempotent): its VM leaves pending once placed.
+    for (const d of [a, b, c]) expect((await d.cli('trust', 'add', u3.keyFile)).code).toBe(0)
+    const env = await envelope(u3, 'vm.create', { name: 'poll', image: 'tiny', type: 'small' })
+    const first = await a.api.call<RequestView>('POST', '/v1/requests', env)
+    const t0 = Date.now()
+    const next = await a.api.call<RequestView>('GET', `/v1/requests/${first.id}?unless=${first.status}&wait=20`)
+    const waited = Date.now() - t0
+    console.log(`long poll: ${first.status} → ${next.status} after ${waited} ms`)
+    if (first.status !== 'rejected') {
+      expect(next.status).not.toBe(first.status)
+      expect(waited).toBeLessThan(15_000)
+    }
+    // Settled: nothing changes any more, so it is answered after the wait, with the same status.
+    const settled = await waitFor(async () => { const v = await req(a, first.id); return ['placed', 'rejected'].includes(v.status) ? v : undefined }, { what: 'the request settled' })
+    const t1 = Date.now()
+    const same = await a.api.call<RequestView>('GET', `/v1/requests/${first.id}?unless=${settled.status}&wait=1`)
+    expect(same.status).toBe(settled.status)
+    expect(Date.now() - t1).toBeGreaterThanOrEqual(900)
+    // Bad parameters change nothing and say why.
+    for (const q of ['wait=5', 'unless=pending&wait=-1', 'unless=pending&wait=999', 'unless=pending&wait=soon', 'unless=PENDING!']) {
+      await expect(a.api.call('GET', `/v1/requests/${first.id}?${q}`)).rejects.toMatchObject({ code: 'BAD_REQUEST' })
+    }
+  })
 })
