@@ -163,7 +163,13 @@ export class ApiServer {
       if (res.headersSent) { req.socket.destroy(); return }
       const e = new PicocloudError(ErrorCode.RequestTimeout, 'the request body came too slowly', 408)
       res.setHeader('connection', 'close')
-      res.once('finish', () => req.socket.destroy())
+      // A lingering close: the client may still be sending. Destroyed at once with its bytes
+      // unread, the socket could reset the connection and lose the 408 before the client read it.
+      req.resume()
+      res.once('finish', () => {
+        req.socket.end()
+        setTimeout(() => req.socket.destroy(), 2000).unref()
+      })
       sendJson(res, e.status, e.toJSON())
     }
     if (!upload) deadline = setTimeout(expire, this.limits.bodyTimeoutMs)
