@@ -201,6 +201,18 @@ export function allocateIpv4 (networkId: string, subnet4: string, vms: readonly 
 // IPv6 host addresses
 
 /**
+ * A made-up IPv6 interface id: the first 64 bits of sha256 of `seed` (and `#attempt` after a
+ * collision), with the universal/local bit clear (RFC 4291 "local" scope) and outside the EUI-64
+ * range of ids derived from MACs (ff:fe in the middle), where guests' SLAAC addresses live.
+ */
+function hashedInterfaceId (seed: string, attempt: number): Uint8Array {
+  const iid = Uint8Array.from(createHash('sha256').update(seed + (attempt === 0 ? '' : `#${attempt}`), 'utf8').digest().subarray(0, 8))
+  iid[0] &= 0xfd
+  if (iid[3] === 0xff && iid[4] === 0xfe) iid[4] = 0xfd
+  return iid
+}
+
+/**
  * Interface ids for the hosts of a network (for their bridge addresses in the network's prefix and
  * their link-local addresses): first 64 bits of sha256, rehashed on a (practically impossible)
  * collision or a reserved id, hosts in order of peer id.
@@ -210,12 +222,7 @@ export function hostInterfaceIds6 (networkId: string, peers: readonly string[]):
   const used = new Set<string>()
   for (const peer of [...new Set(peers)].sort(compareStrings)) {
     for (let attempt = 0; ; attempt++) {
-      const seed = `picocloud/ipam-host6/${networkId}/${peer}` + (attempt === 0 ? '' : `#${attempt}`)
-      const iid = Uint8Array.from(createHash('sha256').update(seed, 'utf8').digest().subarray(0, 8))
-      // Keep the universal/local bit clear (RFC 4291 "local" scope for a made-up id) and avoid
-      // the range of EUI-64 ids derived from MACs (ff:fe in the middle), where VMs' SLAAC lives.
-      iid[0] &= 0xfd
-      if (iid[3] === 0xff && iid[4] === 0xfe) iid[4] = 0xfd
+      const iid = hashedInterfaceId(`picocloud/ipam-host6/${networkId}/${peer}`, attempt)
       const key = Buffer.from(iid).toString('hex')
       if (isReservedInterfaceId(iid) || used.has(key)) continue
       used.add(key)
@@ -237,10 +244,7 @@ export function allocateIpv6 (networkId: string, prefix: Uint8Array, vmIds: read
   const used = new Set(taken)
   for (const id of [...new Set(vmIds)].sort(compareStrings)) {
     for (let attempt = 0; ; attempt++) {
-      const seed = `picocloud/ipam-vm6/${networkId}/${id}` + (attempt === 0 ? '' : `#${attempt}`)
-      const iid = Uint8Array.from(createHash('sha256').update(seed, 'utf8').digest().subarray(0, 8))
-      iid[0] &= 0xfd
-      if (iid[3] === 0xff && iid[4] === 0xfe) iid[4] = 0xfd
+      const iid = hashedInterfaceId(`picocloud/ipam-vm6/${networkId}/${id}`, attempt)
       const text = joinIpv6(prefix, iid)
       if (isReservedInterfaceId(iid) || used.has(text)) continue
       used.add(text)

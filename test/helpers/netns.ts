@@ -56,11 +56,17 @@ export interface Topology {
 const sh = async (script: string): Promise<boolean> => (await realExec('sh', ['-c', script])).code === 0
 
 /** Why real network tests cannot run here, or undefined when they can. */
+/** Debian packages of the commands tests ask for, for the skip reason. */
+const PACKAGE_OF: Record<string, string> = {
+  ip: 'iproute2', bridge: 'iproute2', ping: 'iputils-ping', dnsmasq: 'dnsmasq-base', nft: 'nftables', busybox: 'busybox',
+  sysctl: 'procps', dhclient: 'isc-dhcp-client', tcpdump: 'tcpdump', iperf3: 'iperf3', wg: 'wireguard-tools'
+}
+
 export async function netnsUnavailableReason (commands: string[] = []): Promise<string | undefined> {
   if (process.platform !== 'linux') return 'not Linux'
   if (process.getuid?.() !== 0) return 'needs root (network namespaces)'
   for (const c of ['ip', 'bridge', ...commands]) {
-    if (!await sh(`command -v ${c} >/dev/null`)) return `command ${c} not found (see .ci/install-system-packages)`
+    if (!await sh(`command -v ${c} >/dev/null`)) return `command ${c} not found${PACKAGE_OF[c] === undefined ? '' : ` (Debian package ${PACKAGE_OF[c]})`}; CI installs it: .ci/install-system-packages`
   }
   const probe = `pct-probe-${randomBytes(3).toString('hex')}`
   if (!await sh(`ip netns add ${probe}`)) return 'cannot create network namespaces (`ip netns add` failed: a container without CAP_SYS_ADMIN?)'
